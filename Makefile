@@ -1,0 +1,52 @@
+# Quick start: `make demo` (a local run: coordinator, two nodes, the dashboard) and `make test`.
+# Both create .venv and install what a fresh machine lacks. torch is installed first, and only when
+# none is importable: a GPU user's own CUDA build is left alone, and a CPU machine gets the CPU
+# build instead of a multi-GB CUDA one.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.gpt5os-installed
+TORCH_SPEC ?= torch==2.13.0
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-fast lint format proto gpu-check clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
+
+$(STAMP): $(BIN)/python pyproject.toml
+	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/python scripts/demo.py
+
+test: install
+	$(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)
+
+test-fast: install
+	$(BIN)/python -m pytest -q -ra -m "not e2e" $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+proto: install
+	$(BIN)/python scripts/gen_proto.py
+
+gpu-check: install
+	$(BIN)/python -m pytest -q -ra -m gpu tests
+	$(BIN)/python bench/wkv.py
+	$(BIN)/python bench/train_step.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

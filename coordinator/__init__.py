@@ -1,0 +1,1 @@
+"""gpt5os.coordinator"""
