@@ -1,1 +1,30 @@
-"""gpt5os.model"""
+"""RWKV-7 (x070): model, WKV kernels, tokenizer, checkpoints and generation.
+
+Exports are loaded lazily so that `gpt5os.model.tokenizer` (used by the coordinator's data
+pipeline) does not pull in torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# public name -> module (relative to this package) that defines it
+_EXPORTS: dict[str, str] = {
+    "WorldTokenizer": "tokenizer",
+    "load_tokenizer": "tokenizer",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'gpt5os.model' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{module}", __name__), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + list(_EXPORTS))
+
+
+__all__ = sorted(_EXPORTS)
