@@ -32,7 +32,6 @@ from pathlib import Path
 
 import numpy as np
 from gpt5os.coordinator.data_filters import (
-    DUPLICATE,
     FILTER_NAMES,
     DocumentFilter,
     FilterConfig,
@@ -324,10 +323,9 @@ def _nothing_left_message(plan: Plan) -> str:
     if not plan.documents_read:
         return "the inputs hold no documents"
     dropped = ", ".join(f"{k} {v}" for k, v in plan.dropped.items() if v)
-    hint = "" if plan.dropped[DUPLICATE] == plan.documents_read else " (too short, binary, ...)"
     return (
         f"no documents left after the filters: read {plan.documents_read}, "
-        f"dropped {dropped}{hint}; give more or other inputs"
+        f"dropped {dropped}; give more or other inputs"
     )
 
 
@@ -401,7 +399,7 @@ def format_report(manifest: Manifest) -> str:
     """A few human lines summarizing a prepare (the CLI prints them)."""
     r = manifest.report
     docs, dropped, tokens, shards = r["documents"], r["dropped"], r["tokens"], r["shards"]
-    drops = ", ".join(f"{k} {v}" for k, v in dropped.items()) or "none"
+    drops = ", ".join(f"{k} {dropped.get(k, 0)}" for k in FILTER_NAMES)
     return "\n".join(
         [
             f"documents: read {docs['read']}, kept {docs['kept']} "
