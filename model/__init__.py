@@ -13,6 +13,16 @@ from typing import Any
 _EXPORTS: dict[str, str] = {
     "WorldTokenizer": "tokenizer",
     "load_tokenizer": "tokenizer",
+    "ModelConfig": "config",
+    "PRESETS": "config",
+    "RWKV7": "rwkv7",
+    "RWKV7State": "rwkv7",
+    "wkv7": "wkv",
+    "save_checkpoint": "checkpoint",
+    "load_checkpoint": "checkpoint",
+    "export_rwkv_pth": "rwkv_pth",
+    "import_rwkv_pth": "rwkv_pth",
+    "generate": "generate",
 }
 
 
