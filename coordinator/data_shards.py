@@ -77,8 +77,11 @@ def add_source(sources: list[str], source: str) -> None:
         if m_last and m_new and m_last.group(1) == m_new.group(1) and m_new.group(3) is None:
             first = int(m_last.group(2))
             end = int(m_last.group(3) or first)
-            if int(m_new.group(2)) == end + 1:
-                sources[-1] = f"{m_last.group(1)}:{first}-{end + 1}"
+            line = int(m_new.group(2))
+            if first <= line <= end:
+                return
+            if line == end + 1:
+                sources[-1] = f"{m_last.group(1)}:{first}-{line}"
                 return
     sources.append(source)
 
