@@ -1,0 +1,141 @@
+"""WKV-7: the fast paths against the per-step reference (outputs, final states, all gradients)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gpt5os.model import wkv7
+from gpt5os.model.wkv import wkv7_reference
+from gpt5os.model.wkv_chunked import wkv7_chunked
+
+REL_TOL = 1e-4
+
+
+def make_inputs(bsz, t_len, h, n, *, with_state, seed, dtype=torch.float32, device="cpu"):
+    """Model-like random inputs: a = -kk, b = kk * iclr with |kk| = 1, w inside the decay clamp."""
+    g = torch.Generator().manual_seed(seed)
+
+    def randn(*shape, scale=1.0):
+        return torch.randn(*shape, generator=g) * scale
+
+    kk = F.normalize(randn(bsz, t_len, h, n), dim=-1)
+    iclr = torch.rand(bsz, t_len, h, n, generator=g)
+    w = torch.exp(-0.6065 * torch.rand(bsz, t_len, h, n, generator=g))
+    r, k, v = (
+        randn(bsz, t_len, h, n, scale=0.5),
+        randn(bsz, t_len, h, n, scale=0.5),
+        randn(bsz, t_len, h, n),
+    )
+    xs = [x.to(device=device, dtype=dtype) for x in (r, w, k, v, -kk, kk * iclr)]
+    state = randn(bsz, h, n, n, scale=0.3).to(device) if with_state else None
+    return xs, state
+
+
+def run_with_grads(fn, xs, state, seed):
+    """y, final state and the gradients of a random projection of both w.r.t. every input."""
+    xs = [x.detach().clone().requires_grad_() for x in xs]
+    leaves = list(xs)
+    if state is not None:
+        state = state.detach().clone().requires_grad_()
+        leaves.append(state)
+    y, s = fn(*xs, state=state)
+    g = torch.Generator().manual_seed(seed + 1)
+    gy = torch.randn(y.shape, generator=g).to(y.device, y.dtype)
+    gs = torch.randn(s.shape, generator=g).to(s.device)
+    loss = (y.float() * gy.float()).sum() + (s * gs).sum()
+    grads = torch.autograd.grad(loss, leaves)
+    return y.detach().float(), s.detach(), [gr.float() for gr in grads]
+
+
+def rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
+    """Relative error, with a floor of 1e-3 RMS on the denominator: a gradient that is exactly
+    zero in the reference (dw at T=1 from a zero state) compares as absolute error there."""
+    x, ref = x.float().cpu(), ref.float().cpu()
+    floor = 1e-3 * max(ref.numel(), 1) ** 0.5
+    return ((x - ref).norm() / ref.norm().clamp_min(floor)).item()
+
+
+NAMES = ["r", "w", "k", "v", "a", "b", "state"]
+
+
+def assert_close_to_reference(fn, xs, state, seed, tol=REL_TOL):
+    ref = run_with_grads(wkv7_reference, [x.cpu().float() for x in xs],
+                         None if state is None else state.cpu(), seed)  # fmt: skip
+    got = run_with_grads(fn, xs, state, seed)
+    assert rel_err(got[0], ref[0]) < tol, f"y rel err {rel_err(got[0], ref[0])}"
+    assert rel_err(got[1], ref[1]) < tol, f"final state rel err {rel_err(got[1], ref[1])}"
+    for name, g_got, g_ref in zip(NAMES[: len(ref[2])], got[2], ref[2], strict=True):
+        assert rel_err(g_got, g_ref) < tol, f"d{name} rel err {rel_err(g_got, g_ref)}"
+
+
+class TestCpuAgainstReference:
+    @pytest.mark.parametrize("t_len", [1, 15, 17, 100])
+    @pytest.mark.parametrize("with_state", [False, True])
+    def test_public_cpu_impl(self, t_len, with_state):
+        xs, state = make_inputs(2, t_len, 2, 16, with_state=with_state, seed=t_len)
+        assert_close_to_reference(
+            lambda *a, state: wkv7(*a, state=state, impl="cpu"), xs, state, seed=t_len
+        )
+
+    @pytest.mark.parametrize("chunk", [4, 16])
+    @pytest.mark.parametrize("t_len", [15, 17, 33])
+    def test_several_chunks_and_padding(self, chunk, t_len):
+        xs, state = make_inputs(3, t_len, 2, 8, with_state=True, seed=100 + t_len)
+        assert_close_to_reference(
+            lambda *a, state: wkv7_chunked(*a, state=state, chunk=chunk), xs, state, seed=7
+        )
+
+    def test_head_size_64(self):
+        xs, state = make_inputs(1, 70, 2, 64, with_state=True, seed=3)
+        assert_close_to_reference(
+            lambda *a, state: wkv7(*a, state=state, impl="cpu"), xs, state, seed=3
+        )
+
+    def test_decays_at_the_clamp(self):
+        """w at exp(-e^-0.5) everywhere: the strongest decay the model can produce."""
+        xs, state = make_inputs(1, 64, 1, 16, with_state=True, seed=4)
+        xs[1] = torch.full_like(xs[1], 0.5452)
+        assert_close_to_reference(
+            lambda *a, state: wkv7(*a, state=state, impl="cpu"), xs, state, seed=4
+        )
+
+    def test_bf16_inputs_give_bf16_output_and_fp32_state(self):
+        xs, state = make_inputs(1, 20, 2, 8, with_state=True, seed=5, dtype=torch.bfloat16)
+        y, s = wkv7(*xs, state=state, impl="cpu")
+        assert y.dtype == torch.bfloat16 and s.dtype == torch.float32
+        y_ref, s_ref = wkv7_reference(*xs, state=state)
+        assert rel_err(y, y_ref) < 1e-2 and rel_err(s, s_ref) < 1e-4
+
+
+class TestContract:
+    def test_state_continues_the_sequence(self):
+        xs, _ = make_inputs(2, 40, 2, 8, with_state=False, seed=6)
+        y_all, s_all = wkv7(*xs, impl="cpu")
+        y1, s1 = wkv7(*(x[:, :23] for x in xs), impl="cpu")
+        y2, s2 = wkv7(*(x[:, 23:] for x in xs), state=s1, impl="cpu")
+        assert rel_err(torch.cat([y1, y2], 1), y_all) < 1e-5
+        assert rel_err(s2, s_all) < 1e-5
+
+    def test_empty_sequence_returns_the_state(self):
+        xs, state = make_inputs(1, 0, 2, 8, with_state=True, seed=8)
+        for impl in ("reference", "cpu"):
+            y, s = wkv7(*xs, state=state, impl=impl)
+            assert y.shape == (1, 0, 2, 8) and torch.equal(s, state)
+
+    def test_decay_outside_the_clamp_is_refused_by_cpu(self):
+        xs, _ = make_inputs(1, 40, 1, 8, with_state=False, seed=9)
+        xs[1] = torch.full_like(xs[1], 1e-3)
+        with pytest.raises(ValueError, match="impl='reference'"):
+            wkv7(*xs, impl="cpu")
+        wkv7(*xs, impl="reference")  # the reference has no such limit
+
+    def test_shape_errors_are_clear(self):
+        xs, _ = make_inputs(1, 5, 2, 8, with_state=False, seed=10)
+        with pytest.raises(ValueError, match="k has shape"):
+            wkv7(xs[0], xs[1], xs[2][:, :4], *xs[3:])
+        with pytest.raises(ValueError, match="state must be"):
+            wkv7(*xs, state=torch.zeros(1, 2, 8, 4))
+        with pytest.raises(ValueError, match="unknown wkv7 impl"):
+            wkv7(*xs, impl="tpu")
