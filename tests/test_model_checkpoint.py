@@ -9,7 +9,6 @@ import textwrap
 
 import pytest
 import torch
-
 from gpt5os.model import (
     RWKV7,
     ModelConfig,

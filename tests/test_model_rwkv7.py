@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from gpt5os.model import PRESETS, RWKV7, ModelConfig, RWKV7State
 
 

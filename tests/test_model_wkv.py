@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-
 from gpt5os.model import wkv7
 from gpt5os.model.wkv import wkv7_reference
 from gpt5os.model.wkv_chunked import wkv7_chunked
