@@ -1,1 +1,1 @@
-"""gpt5os.node"""
+"""gpt5os-node: a volunteer's process that joins a run and trains with DiLoCo over hivemind."""

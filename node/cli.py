@@ -1,0 +1,141 @@
+"""`gpt5os-node`: join a run as a volunteer, or generate text from a checkpoint."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+
+import click
+
+from .config import DEFAULT_COORDINATOR, NodeConfig, default_home
+
+log = logging.getLogger("gpt5os.node")
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+    if not verbose:  # hivemind is chatty at INFO; our own lines are the ones a volunteer reads
+        logging.getLogger("hivemind").setLevel(logging.WARNING)
+        for name in ("hivemind", "hivemind.averaging", "hivemind.dht", "hivemind.optim"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
+@click.group()
+def main() -> None:
+    """gpt5os volunteer node: donate your GPU to train one open RWKV-7 model."""
+
+
+@main.command()
+@click.option(
+    "--coordinator",
+    default=DEFAULT_COORDINATOR,
+    show_default=True,
+    help="HOST:PORT of the run's coordinator.",
+)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option(
+    "--max-rounds",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Leave after this many outer rounds.",
+)
+@click.option(
+    "--home",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where the node key and shard cache live (default: $GPT5OS_HOME or the user data dir).",
+)
+@click.option(
+    "--min-peers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Wait until this many nodes (self included) are in the swarm before training.",
+)
+@click.option(
+    "--dht-listen",
+    default=None,
+    help="hivemind listen multiaddr (default: loopback for a local coordinator, else all interfaces).",
+)
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads.")
+@click.option(
+    "--name", "display_name", default="", help="Your name on the dashboard's leaderboard."
+)
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging, hivemind included.")
+def join(
+    coordinator, device, max_rounds, home, min_peers, dht_listen, threads, display_name, verbose
+) -> None:
+    """Join a run and train until Ctrl-C, SIGTERM or --max-rounds."""
+    _setup_logging(verbose)
+    config = NodeConfig(
+        coordinator=coordinator,
+        home=home or default_home(),
+        device=device,
+        max_rounds=max_rounds,
+        min_peers=min_peers,
+        dht_listen=dht_listen,
+        threads=threads,
+        display_name=display_name,
+    )
+    from .runner import NodeError, run_node
+
+    stop = threading.Event()
+
+    def request_stop(signum, _frame) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt  # a second Ctrl-C means "now"
+        log.info("%s received: finishing the current step and leaving", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    try:
+        rounds = run_node(config, stop)
+    except NodeError as e:
+        raise click.ClickException(str(e)) from None
+    except KeyboardInterrupt:
+        raise click.ClickException("interrupted") from None
+    click.echo(
+        f"gpt5os-node: left after {rounds} outer round{'s' if rounds != 1 else ''}", err=True
+    )
+
+
+@main.command()
+@click.option(
+    "--checkpoint",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="A gpt5os .safetensors checkpoint or an official RWKV-7 .pth.",
+)
+@click.option("--prompt", required=True, help="Text to continue.")
+@click.option("--max-tokens", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--temperature", type=click.FloatRange(min=0.0), default=1.0, show_default=True)
+@click.option("--top-p", type=click.FloatRange(min=0.0, max=1.0), default=0.85, show_default=True)
+@click.option("--seed", type=int, default=None)
+@click.option("--device", default="cpu", show_default=True)
+def generate(checkpoint, prompt, max_tokens, temperature, top_p, seed, device) -> None:
+    """Continue a prompt with a trained model (RNN-mode decoding)."""
+    from .generate_cmd import GenerateError, run_generate
+
+    try:
+        for piece in run_generate(
+            checkpoint,
+            prompt,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            seed=seed,
+            device=device,
+        ):
+            click.echo(piece, nl=False)
+        click.echo()
+    except GenerateError as e:
+        raise click.ClickException(str(e)) from None

@@ -1,0 +1,186 @@
+"""The node's gRPC client for the coordinator: one place that turns transport failures into errors
+a volunteer can act on, and that keeps the session (node id + token) for every call."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+
+import grpc
+from gpt5os.proto import pb, pb_grpc
+
+from .identity import NodeIdentity
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+CONNECT_TIMEOUT_S = 15.0
+CALL_TIMEOUT_S = 30.0
+
+
+class CoordinatorError(RuntimeError):
+    """A coordinator call failed in a way the volunteer should read (bad address, refused join...)."""
+
+
+class ShardCorrupt(RuntimeError):
+    """A downloaded shard did not match the sha256 its lease promised."""
+
+
+def parse_address(address: str) -> str:
+    """Check HOST:PORT early, so a typo gets a clear message instead of a gRPC stack."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise CoordinatorError(
+            f"invalid coordinator address {address!r}: expected HOST:PORT, e.g. 127.0.0.1:50051"
+        )
+    return address
+
+
+@dataclass
+class Session:
+    node_id: str
+    token: str
+    spec: pb.RunSpec
+    join: pb.JoinResponse
+
+    @property
+    def auth(self) -> pb.NodeAuth:
+        return pb.NodeAuth(node_id=self.node_id, session_token=self.token)
+
+
+class CoordinatorClient:
+    """Synchronous calls to one coordinator; safe to use from the trainer and heartbeat threads."""
+
+    def __init__(self, address: str, identity: NodeIdentity, *, display_name: str = "") -> None:
+        self.address = parse_address(address)
+        self.identity = identity
+        self.display_name = display_name
+        self._channel = grpc.insecure_channel(
+            self.address,
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ],
+        )
+        self._stub = pb_grpc.CoordinatorStub(self._channel)
+        self._lock = threading.Lock()
+        self.session: Session | None = None
+
+    def close(self) -> None:
+        self._channel.close()
+
+    # -- calls ------------------------------------------------------------------------------
+
+    def join(self, device: str) -> Session:
+        try:
+            grpc.channel_ready_future(self._channel).result(timeout=CONNECT_TIMEOUT_S)
+        except grpc.FutureTimeoutError:
+            raise CoordinatorError(
+                f"cannot reach the coordinator at {self.address} (no answer in "
+                f"{CONNECT_TIMEOUT_S:.0f} s): check the address and that it is running"
+            ) from None
+        info = pb.NodeInfo(
+            software_version=version("gpt5os"),
+            device=device,
+            hostname=socket.gethostname(),
+            display_name=self.display_name,
+        )
+        response = self._call(
+            "Join", pb.JoinRequest(public_key=self.identity.public_key, info=info)
+        )
+        with self._lock:
+            self.session = Session(
+                response.node_id, response.session_token, response.spec, response
+            )
+        return self.session
+
+    def heartbeat(self, stats: pb.NodeStats) -> pb.HeartbeatResponse:
+        return self._call("Heartbeat", pb.HeartbeatRequest(auth=self._auth(), stats=stats))
+
+    def lease_shard(self) -> pb.LeaseShardResponse:
+        return self._call("LeaseShard", pb.LeaseShardRequest(auth=self._auth()))
+
+    def complete_shard(
+        self, shard_id: str, tokens: int, mean_loss: float
+    ) -> pb.CompleteShardResponse:
+        request = pb.CompleteShardRequest(
+            auth=self._auth(), shard_id=shard_id, tokens_trained=tokens, mean_loss=mean_loss
+        )
+        return self._call("CompleteShard", request)
+
+    def report_round(self, request: pb.ReportRoundRequest) -> None:
+        request.auth.CopyFrom(self._auth())
+        self._call("ReportRound", request)
+
+    def leave(self, reason: str) -> None:
+        self._call("Leave", pb.LeaveRequest(auth=self._auth(), reason=reason), timeout=5.0)
+
+    def fetch_shard(
+        self,
+        lease: pb.Lease,
+        dest: Path,
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> Path:
+        """Download a leased shard to `dest`, resuming a partial file, and check its sha256.
+
+        A file that fails the check is deleted and ShardCorrupt raised: the caller fetches again.
+        """
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        partial = dest.with_suffix(".part")
+        offset = partial.stat().st_size if partial.exists() else 0
+        if offset > lease.size_bytes:
+            partial.unlink()
+            offset = 0
+        request = pb.FetchShardRequest(auth=self._auth(), shard_id=lease.shard_id, offset=offset)
+        try:
+            with open(partial, "ab") as f:
+                for chunk in self._stub.FetchShard(request, timeout=600.0):
+                    f.write(chunk.data)
+                    if on_progress is not None:
+                        on_progress(chunk.offset + len(chunk.data), chunk.total_size)
+        except grpc.RpcError as e:
+            raise self._translate("FetchShard", e) from None
+        digest = hashlib.sha256()
+        with open(partial, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        if digest.hexdigest() != lease.sha256:
+            partial.unlink(missing_ok=True)
+            raise ShardCorrupt(
+                f"shard {lease.shard_id} failed its sha256 check "
+                f"(got {digest.hexdigest()[:12]}, want {lease.sha256[:12]}); fetching again"
+            )
+        partial.replace(dest)
+        return dest
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _auth(self) -> pb.NodeAuth:
+        with self._lock:
+            if self.session is None:
+                raise CoordinatorError("not joined: call join() first")
+            return self.session.auth
+
+    def _call(self, method: str, request, timeout: float = CALL_TIMEOUT_S):
+        try:
+            return getattr(self._stub, method)(request, timeout=timeout)
+        except grpc.RpcError as e:
+            raise self._translate(method, e) from None
+
+    def _translate(self, method: str, error: grpc.RpcError) -> CoordinatorError:
+        code = error.code() if hasattr(error, "code") else None
+        details = error.details() if hasattr(error, "details") else str(error)
+        if code == grpc.StatusCode.UNAVAILABLE:
+            message = f"coordinator at {self.address} is unavailable ({details})"
+        else:
+            name = code.name if code is not None else "UNKNOWN"
+            message = f"coordinator refused {method}: {name}: {details}"
+        err = CoordinatorError(message)
+        err.code = code  # type: ignore[attr-defined]
+        return err

@@ -1,0 +1,110 @@
+"""DiLoCo's outer loop state: the global parameters, the outer Nesterov optimizer, pseudo-gradients.
+
+θ_global lives on the CPU in fp32 (like OpenDiLoCo's offloading): the device holds only the
+local model that inner AdamW steps move. After a round, every peer applies the same averaged
+pseudo-gradient Δ = θ_global − θ_local to its θ_global with SGD(lr, momentum, nesterov) and resets
+θ_local to it, so all peers start the next round from the same point.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Sequence
+
+import torch
+from gpt5os.proto import pb
+
+
+class OuterState:
+    """θ_global plus the outer optimizer's momentum; thread-safe against state-sharing requests."""
+
+    def __init__(self, model: torch.nn.Module, outer: pb.OuterOptimizerSpec) -> None:
+        self.local_params = [p for p in model.parameters()]
+        self.global_params = [
+            p.detach().to("cpu", torch.float32).clone() for p in self.local_params
+        ]
+        self.optimizer = torch.optim.SGD(
+            self.global_params,
+            lr=outer.lr,
+            momentum=outer.momentum,
+            nesterov=outer.nesterov and outer.momentum > 0,
+        )
+        # Momentum buffers exist from the start (zeros behave exactly like the lazy first step), so
+        # a peer's state can be shared before its first outer round.
+        if outer.momentum > 0:
+            for p in self.global_params:
+                self.optimizer.state[p]["momentum_buffer"] = torch.zeros_like(p)
+        self.lock = threading.Lock()
+        self.round = 0  # outer rounds applied to θ_global
+        self.swarm_tokens = 0  # tokens the swarm trained into θ_global (drives the LR schedule)
+
+    @property
+    def numel(self) -> int:
+        return sum(p.numel() for p in self.global_params)
+
+    def pseudo_gradients(self) -> list[torch.Tensor]:
+        """Δ = θ_global − θ_local for every parameter, on the CPU in fp32."""
+        with torch.no_grad():
+            return [
+                g - p.detach().to("cpu", torch.float32)
+                for g, p in zip(self.global_params, self.local_params, strict=False)
+            ]
+
+    def apply_outer_step(self, averaged: Sequence[torch.Tensor], *, tokens: int) -> None:
+        """θ_global ← OuterSGD(θ_global, Δ_avg); θ_local ← θ_global; one more round, `tokens` more."""
+        with self.lock, torch.no_grad():
+            self.round += 1
+            self.swarm_tokens += tokens
+            for g, d in zip(self.global_params, averaged, strict=False):
+                g.grad = d.to(torch.float32).reshape(g.shape)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self._copy_global_to_local()
+
+    def reset_local(self) -> None:
+        """Throw away local progress: θ_local ← θ_global."""
+        with self.lock, torch.no_grad():
+            self._copy_global_to_local()
+
+    def _copy_global_to_local(self) -> None:
+        for g, p in zip(self.global_params, self.local_params, strict=False):
+            p.copy_(g.to(p.device, p.dtype))
+
+    def momentum_buffers(self) -> list[torch.Tensor]:
+        return [
+            self.optimizer.state[p].get("momentum_buffer", torch.zeros_like(p))
+            for p in self.global_params
+        ]
+
+    def export(self) -> tuple[dict[str, int], list[torch.Tensor]]:
+        """(round, swarm tokens) and copies of θ_global and momentum, taken atomically, for a peer
+        that downloads our state."""
+        with self.lock:
+            meta = {"round": self.round, "swarm_tokens": self.swarm_tokens}
+            return meta, [t.clone() for t in self.global_params + self.momentum_buffers()]
+
+    def import_state(self, meta: dict, tensors: Sequence[torch.Tensor]) -> None:
+        """Adopt a peer's state (and reset θ_local to it); ValueError when it does not fit."""
+        n = len(self.global_params)
+        if len(tensors) != 2 * n:
+            raise ValueError(f"peer state has {len(tensors)} tensors, expected {2 * n}")
+        for g, t in zip(self.global_params, tensors[:n], strict=False):
+            if g.numel() != t.numel():
+                raise ValueError("peer state does not match this model's shapes")
+        with self.lock, torch.no_grad():
+            self.round = int(meta["round"])
+            self.swarm_tokens = int(meta["swarm_tokens"])
+            for g, t in zip(self.global_params, tensors[:n], strict=False):
+                g.copy_(t.reshape(g.shape))
+            for buf, t in zip(self.momentum_buffers(), tensors[n:], strict=False):
+                buf.copy_(t.reshape(buf.shape))
+            self._copy_global_to_local()
+
+    def digest(self) -> str:
+        """sha256 of θ_global's bytes: equal on two peers iff their global models are identical."""
+        h = hashlib.sha256()
+        with self.lock:
+            for p in self.global_params:
+                h.update(p.detach().contiguous().numpy().tobytes())
+        return h.hexdigest()

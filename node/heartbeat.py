@@ -1,0 +1,61 @@
+"""Keeps the node alive at the coordinator: sends stats, extends leases, notices pauses."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from gpt5os.proto import pb
+
+from .coordinator_client import CoordinatorClient, CoordinatorError
+from .progress import NodeProgress
+
+log = logging.getLogger(__name__)
+
+
+class Heartbeat(threading.Thread):
+    def __init__(
+        self,
+        client: CoordinatorClient,
+        progress: NodeProgress,
+        *,
+        interval_s: float,
+        maddrs: Callable[[], list[str]],
+        stop: threading.Event,
+    ) -> None:
+        super().__init__(name="heartbeat", daemon=True)
+        self.client = client
+        self.progress = progress
+        self.interval_s = max(0.5, interval_s)
+        self.maddrs = maddrs
+        self.stop_event = stop
+        self.paused = False
+        self.spec_revision: int | None = None
+
+    def beat(self) -> None:
+        stats = pb.NodeStats(
+            tokens_per_second=self.progress.tokens_per_second,
+            tokens_trained=self.progress.tokens_trained,
+            last_loss=self.progress.last_loss,
+            outer_round=self.progress.outer_round,
+            dht_maddrs=self.maddrs(),
+        )
+        response = self.client.heartbeat(stats)
+        if response.paused != self.paused:
+            log.info("the coordinator %s leasing", "paused" if response.paused else "resumed")
+        self.paused = response.paused
+        if self.spec_revision is not None and response.spec_revision != self.spec_revision:
+            log.warning(
+                "the run spec changed (revision %d -> %d): restart the node to pick it up",
+                self.spec_revision,
+                response.spec_revision,
+            )
+        self.spec_revision = response.spec_revision
+
+    def run(self) -> None:
+        while not self.stop_event.wait(self.interval_s):
+            try:
+                self.beat()
+            except CoordinatorError as e:
+                log.warning("heartbeat failed: %s", e)

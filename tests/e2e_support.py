@@ -1,0 +1,181 @@
+"""Helpers for tests that run real gpt5os processes: each gets its own home, is waited on through
+an explicit readiness signal, and is always stopped (terminate, then kill) when the test ends."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+BIN = Path(sys.executable).parent
+
+
+def tool(name: str) -> str:
+    """Path of one of our console scripts in the running venv."""
+    return str(BIN / name)
+
+
+def process_env(home: Path, **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        HOME=str(home),
+        GPT5OS_HOME=str(home / "gpt5os"),
+        OMP_NUM_THREADS="1",
+        PYTHONUNBUFFERED="1",
+        PYTHONFAULTHANDLER="1",
+    )
+    env.update(extra)
+    return env
+
+
+def wait_for(condition: Callable[[], object], timeout: float, what: str, interval: float = 0.1):
+    """Poll `condition` until it returns something truthy; fail with `what` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+class Proc:
+    """A child process with its output captured to a log file we can show when a test fails."""
+
+    def __init__(
+        self, args: list[str], log_path: Path, env: dict[str, str], cwd: Path | None = None
+    ):
+        self.args = args
+        self.log_path = log_path
+        self._log = open(log_path, "wb")
+        self.popen = subprocess.Popen(
+            args,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=cwd,
+            start_new_session=True,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def output(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def wait(self, timeout: float) -> int:
+        try:
+            return self.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise TimeoutError(
+                f"{Path(self.args[0]).name} still running after {timeout:.0f} s; its log:\n{self.tail()}"
+            ) from None
+
+    def tail(self, lines: int = 60) -> str:
+        return "\n".join(self.output().splitlines()[-lines:])
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """SIGTERM the process group, then SIGKILL what is left."""
+        if self.popen.poll() is None:
+            try:
+                os.killpg(self.popen.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self.popen.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(self.popen.pid, signal.SIGKILL)  # stragglers: hivemind's daemons, children
+        except (ProcessLookupError, PermissionError):
+            pass
+        self.popen.wait(timeout=10)
+        self._log.close()
+
+    def kill9(self) -> None:
+        self.popen.send_signal(signal.SIGKILL)
+        self.popen.wait(timeout=10)
+
+
+@contextmanager
+def running(args: list[str], log_path: Path, env: dict[str, str]) -> Iterator[Proc]:
+    proc = Proc(args, log_path, env)
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+def healthy(address: str) -> bool:
+    """True once the coordinator's gRPC health service answers SERVING."""
+    try:
+        with grpc.insecure_channel(address) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
+            return reply.status == health_pb2.HealthCheckResponse.SERVING
+    except grpc.RpcError:
+        return False
+
+
+def start_coordinator(run_dir: Path, home: Path, log_path: Path, *extra: str) -> tuple[Proc, str]:
+    """`gpt5os-coordinator serve` on a free port (--port 0 + --port-file); returns it once healthy."""
+    port_file = run_dir.parent / f"{run_dir.name}.port"
+    port_file.unlink(missing_ok=True)
+    args = [
+        tool("gpt5os-coordinator"), "serve", "--dir", str(run_dir), "--host", "127.0.0.1",
+        "--port", "0", "--port-file", str(port_file), *extra,
+    ]  # fmt: skip
+    proc = Proc(args, log_path, process_env(home))
+    try:
+        port = wait_for(
+            lambda: _read_port(port_file) or _fail_if_dead(proc, "coordinator"),
+            120,
+            "the coordinator's port file",
+        )
+        address = f"127.0.0.1:{port}"
+        wait_for(
+            lambda: healthy(address) or _fail_if_dead(proc, "coordinator"), 60, "coordinator health"
+        )
+    except BaseException:
+        proc.stop()
+        raise
+    return proc, address
+
+
+def _read_port(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def _fail_if_dead(proc: Proc, name: str) -> None:
+    if not proc.alive():
+        raise RuntimeError(f"{name} exited with {proc.popen.returncode}:\n{proc.tail()}")
+    return None
+
+
+def coordinator_status(run_dir: Path) -> dict:
+    out = subprocess.run(
+        [tool("gpt5os-coordinator"), "status", "--dir", str(run_dir), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return json.loads(out.stdout)

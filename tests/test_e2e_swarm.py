@@ -1,0 +1,93 @@
+"""End to end: a real coordinator process and two real `gpt5os-node join` processes on 127.0.0.1
+train the tiny RWKV-7 for three DiLoCo outer rounds over hivemind."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+from e2e_support import Proc, coordinator_status, process_env, start_coordinator, tool
+
+pytestmark = pytest.mark.e2e
+
+ROUNDS = 3
+
+
+@pytest.fixture(scope="session")
+def small_corpus(tmp_path_factory) -> Path:
+    """A slice of the interpreter's standard library, tokenized into small shards."""
+    out = tmp_path_factory.mktemp("data") / "stdlib"
+    subprocess.run(
+        [tool("gpt5os-coordinator"), "data", "prepare", "--out", str(out), "--shard-tokens", "4096",
+         "--max-documents", "120", "stdlib"],
+        check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    return out
+
+
+def _init_run(run_dir: Path, data: Path, *extra: str) -> None:
+    subprocess.run(
+        [tool("gpt5os-coordinator"), "init", "--dir", str(run_dir), "--data", str(data),
+         "--preset", "tiny", *extra],
+        check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+
+
+def _node(address: str, home: Path, log: Path, *extra: str) -> Proc:
+    args = [tool("gpt5os-node"), "join", "--coordinator", address, "--device", "cpu", "--threads", "1",
+            "--home", str(home), *extra]  # fmt: skip
+    return Proc(args, log, process_env(home))
+
+
+def test_two_nodes_average_every_round_and_learn(tmp_path: Path, small_corpus: Path) -> None:
+    run_dir = tmp_path / "run"
+    _init_run(run_dir, small_corpus, "--tokens-per-round", "8192")
+    coordinator, address = start_coordinator(
+        run_dir, tmp_path / "coord-home", tmp_path / "coordinator.log"
+    )
+    nodes: list[Proc] = []
+    try:
+        for name in ("a", "b"):
+            nodes.append(
+                _node(
+                    address,
+                    tmp_path / f"node-{name}",
+                    tmp_path / f"node-{name}.log",
+                    "--max-rounds",
+                    str(ROUNDS),
+                    "--min-peers",
+                    "2",
+                )  # fmt: skip
+            )
+        for node in nodes:
+            rc = node.wait(timeout=600)
+            assert rc == 0, f"node exited with {rc}:\n{node.tail()}"
+
+        status = coordinator_status(run_dir)
+        node_ids = {n["node_id"] for n in status["nodes"]}
+        assert len(node_ids) == 2
+        assert {n["state"] for n in status["nodes"]} == {"left"}
+
+        rounds = {r["round"]: r for r in status["rounds"]}
+        assert sorted(rounds) == list(range(1, ROUNDS + 1)), status["rounds"]
+        for number, record in rounds.items():
+            reports = record["reports"]
+            assert {r["node_id"] for r in reports} == node_ids, f"round {number}: {reports}"
+            for report in reports:  # both nodes were in the averaging group of every round
+                assert set(report["peer_node_ids"]) == node_ids, f"round {number}: {report}"
+            digests = {r["params_sha256"] for r in reports}
+            assert len(digests) == 1, f"round {number}: global parameters differ: {digests}"
+            assert record["peers"] == 2
+        assert rounds[ROUNDS]["mean_loss"] < rounds[1]["mean_loss"]
+
+        shards = status["shards"]
+        assert shards["done"] > 0
+        assert shards["total"] == shards["pending"] + shards["leased"] + shards["done"]
+        credited = sum(n["shards_done"] for n in status["nodes"])
+        assert credited == shards["done"], "a completed shard was counted twice or not at all"
+        assert status["loss_history"] and all(len(p) == 2 for p in status["loss_history"])
+    finally:
+        for node in nodes:
+            node.stop()
+        coordinator.stop()

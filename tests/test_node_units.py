@@ -1,0 +1,67 @@
+"""Pure pieces of the node: batching, the LR schedule, identity files."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import numpy as np
+import pytest
+from gpt5os.node.config import NodeConfig
+from gpt5os.node.coordinator_client import CoordinatorError, parse_address
+from gpt5os.node.identity import load_or_create_identity
+from gpt5os.node.schedule import inner_lr
+from gpt5os.node.shard_feed import cut_batches
+from gpt5os.proto import pb
+
+
+def test_batches_are_consecutive_windows_with_next_token_targets() -> None:
+    tokens = np.arange(1000, dtype=np.uint16)
+    batches = list(cut_batches(tokens, seq_len=10, batch_size=4))
+    inputs = np.concatenate([x for x, _ in batches])
+    targets = np.concatenate([y for _, y in batches])
+    assert inputs.shape == (99, 10)  # (1000 - 1) // 10 windows
+    assert (inputs[:, 1:] == targets[:, :-1]).all()
+    assert (targets == inputs + 1).all()
+    assert inputs[1, 0] == 10
+
+
+def test_a_shard_shorter_than_one_window_gives_no_batch() -> None:
+    assert list(cut_batches(np.arange(5, dtype=np.uint16), seq_len=10, batch_size=2)) == []
+
+
+def test_lr_warms_up_then_decays_to_the_floor() -> None:
+    spec = pb.InnerOptimizerSpec(lr=1e-3, min_lr=1e-4, warmup_tokens=1000, decay_tokens=10_000)
+    assert inner_lr(spec, 0) == pytest.approx(1e-6)
+    assert inner_lr(spec, 999) == pytest.approx(1e-3)
+    assert inner_lr(spec, 1000) == pytest.approx(1e-3)
+    assert inner_lr(spec, 6000) == pytest.approx(5.5e-4)
+    assert inner_lr(spec, 11_000) == pytest.approx(1e-4)
+    assert inner_lr(spec, 10**9) == pytest.approx(1e-4)
+
+
+def test_identity_is_created_private_and_reloaded(tmp_path) -> None:
+    first = load_or_create_identity(tmp_path)
+    mode = stat.S_IMODE(os.stat(tmp_path / "node_key.pem").st_mode)
+    assert mode == 0o600
+    assert len(first.public_key) == 32
+    assert load_or_create_identity(tmp_path).node_id == first.node_id
+
+
+def test_a_corrupt_key_file_is_an_error_with_advice(tmp_path) -> None:
+    (tmp_path / "node_key.pem").write_text("garbage")
+    with pytest.raises(ValueError, match="move it away"):
+        load_or_create_identity(tmp_path)
+
+
+@pytest.mark.parametrize("bad", ["localhost", "host:", ":50051", "host:99999", "host:port"])
+def test_bad_coordinator_addresses_are_refused(bad: str) -> None:
+    with pytest.raises(CoordinatorError, match="HOST:PORT"):
+        parse_address(bad)
+
+
+def test_dht_listens_on_loopback_for_a_local_coordinator(tmp_path) -> None:
+    local = NodeConfig(coordinator="127.0.0.1:1", home=tmp_path)
+    remote = NodeConfig(coordinator="swarm.example.org:50051", home=tmp_path)
+    assert local.resolved_dht_listen() == "/ip4/127.0.0.1/tcp/0"
+    assert remote.resolved_dht_listen() == "/ip4/0.0.0.0/tcp/0"
