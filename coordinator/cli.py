@@ -1,0 +1,306 @@
+"""`gpt5os-coordinator`: create, serve, watch and steer a training run.
+
+Every failure a person can fix ends as one `Error: ...` line on stderr and exit code 1 (click's
+ClickException), never a traceback: expected errors are caught where they happen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+# gRPC's C core logs bind failures itself; the CLI says it in one line of its own instead.
+os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+
+import click  # noqa: E402
+from gpt5os.coordinator.data_cli import data  # noqa: E402
+from gpt5os.coordinator.records import ApiError  # noqa: E402
+from gpt5os.coordinator.run_spec import COMPRESSIONS, PRESETS  # noqa: E402
+from gpt5os.coordinator.runs import RUN_FILE, create_run, load_run  # noqa: E402
+from gpt5os.coordinator.store import DB_NAME, Store, StoreError  # noqa: E402
+
+EXPECTED = (OSError, ValueError, StoreError, ApiError)
+
+
+@click.group()
+@click.version_option(package_name="gpt5os")
+def main() -> None:
+    """Coordinate a gpt5os training run: hand out data, keep the swarm's state, serve the API."""
+
+
+main.add_command(data)
+
+
+def _fail(e: BaseException) -> click.ClickException:
+    return click.ClickException(getattr(e, "message", None) or str(e))
+
+
+# -- init ------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option(
+    "--dir", "run_dir", required=True, type=click.Path(path_type=Path), help="New run directory."
+)
+@click.option(
+    "--data", "data_dir", required=True, type=click.Path(path_type=Path), help="Prepared data."
+)
+@click.option("--preset", type=click.Choice(PRESETS), default="tiny", show_default=True)
+@click.option("--run-id", help="Default: <preset>-<random hex>.")
+@click.option("--seq-len", type=click.IntRange(min=1))
+@click.option("--batch-size", type=click.IntRange(min=1))
+@click.option("--tokens-per-round", type=click.IntRange(min=1))
+@click.option("--inner-lr", type=click.FloatRange(min=0, min_open=True))
+@click.option("--inner-min-lr", type=click.FloatRange(min=0))
+@click.option("--inner-optimizer", "inner_name", type=click.Choice(["adamw", "adamw8bit"]))
+@click.option("--outer-lr", type=click.FloatRange(min=0, min_open=True))
+@click.option("--compression", type=click.Choice(COMPRESSIONS))
+@click.option("--seed", type=click.IntRange(min=0))
+@click.option("--min-node-version", help="Refuse nodes older than this gpt5os version.")
+@click.option("--lease-seconds", type=click.FloatRange(min=0, min_open=True))
+@click.option("--heartbeat-seconds", type=click.FloatRange(min=0, min_open=True))
+@click.option("--max-leases-per-node", type=click.IntRange(min=1))
+def init(run_dir: Path, data_dir: Path, **options: Any) -> None:
+    """Create a run in --dir from data prepared with `gpt5os-coordinator data prepare`."""
+    options["inner_name"] = options.pop("inner_name")
+    try:
+        spec = create_run(run_dir, data_dir, **options)
+    except EXPECTED as e:
+        raise _fail(e) from None
+    click.echo(
+        f"gpt5os-coordinator: created run {spec.run_id} (preset {spec.model.preset}) in {run_dir}; "
+        f"serve it with `gpt5os-coordinator serve --dir {run_dir}`"
+    )
+
+
+# -- serve -----------------------------------------------------------------------------------
+
+
+def _ensure_run(run_dir: Path) -> None:
+    """An empty or missing RUN_DIR gets the embedded default run (stdlib data, preset tiny)."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise click.ClickException(f"{run_dir} is not a directory")
+    try:
+        entries = set(os.listdir(run_dir)) if run_dir.exists() else set()
+    except OSError as e:
+        raise click.ClickException(f"cannot read run directory {run_dir}: {e.strerror}") from None
+    if RUN_FILE in entries:
+        if not os.access(run_dir / RUN_FILE, os.R_OK) or not os.access(run_dir, os.W_OK):
+            raise click.ClickException(
+                f"cannot read and write run directory {run_dir}: check its permissions"
+            )
+        return
+    if entries - {"data"}:
+        raise click.ClickException(
+            f"{run_dir} is not empty and holds no run ({RUN_FILE} missing): choose an empty "
+            f"directory, or create a run with `gpt5os-coordinator init --dir {run_dir} --data DIR`"
+        )
+    from gpt5os.coordinator.data_prepare import prepare
+
+    click.echo(
+        f"gpt5os-coordinator: preparing the default run in {run_dir} (stdlib data, preset tiny)",
+        err=True,
+    )
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        prepare(["stdlib"], run_dir / "data", progress=sys.stderr.isatty())
+        create_run(run_dir, run_dir / "data", preset="tiny")
+    except click.ClickException:
+        raise
+    except Exception as e:  # the data pipeline's own errors carry actionable messages
+        raise _fail(e) from None
+
+
+def _write_port_file(path: Path, port: int) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(f"{port}\n")
+    os.replace(tmp, path)
+
+
+@main.command()
+@click.option(
+    "--dir", "run_dir", required=True, type=click.Path(path_type=Path), help="Run directory."
+)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=50051, show_default=True)
+@click.option("--port-file", type=click.Path(path_type=Path), help="Write the bound port here.")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), help="Serve Prometheus metrics.")
+@click.option("--dht/--no-dht", default=True, show_default=True, help="Run a DHT bootstrap peer.")
+def serve(
+    run_dir: Path, host: str, port: int, port_file: Path | None, metrics_port: int | None, dht: bool
+) -> None:
+    """Serve the run in --dir (an empty or missing --dir gets the default stdlib run)."""
+    _ensure_run(run_dir)
+    try:
+        asyncio.run(_serve(run_dir, host, port, port_file, metrics_port, dht))
+    except KeyboardInterrupt:  # a second Ctrl-C during shutdown
+        pass
+
+
+async def _serve(
+    run_dir: Path, host: str, port: int, port_file: Path | None, metrics_port: int | None, dht: bool
+) -> None:
+    from gpt5os.coordinator.server import CoordinatorServer, ServeError
+
+    server = CoordinatorServer(
+        run_dir, host=host, port=port, metrics_port=metrics_port, start_dht=dht
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        bound = await server.start()
+    except ServeError as e:
+        raise click.ClickException(str(e)) from None
+    try:
+        if port_file is not None:
+            _write_port_file(port_file, bound)
+        extra = f", metrics on {host}:{server.metrics_port}" if metrics_port is not None else ""
+        click.echo(
+            f"gpt5os-coordinator: serving run {server.swarm.run_id} on {host}:{bound}{extra}"
+        )
+        sys.stdout.flush()
+        await stop.wait()
+        click.echo("gpt5os-coordinator: shutting down", err=True)
+    except OSError as e:
+        raise click.ClickException(f"cannot write port file {port_file}: {e.strerror}") from None
+    finally:
+        await server.stop(grace=1.0)
+
+
+# -- status ----------------------------------------------------------------------------------
+
+
+def _status_from_dir(run_dir: Path) -> dict[str, Any]:
+    from gpt5os.coordinator.snapshot import status_dict
+    from gpt5os.coordinator.swarm import open_swarm
+
+    config = load_run(run_dir)
+    sw = open_swarm(run_dir, config, now=time.time(), readonly=True)
+    try:
+        return status_dict(sw, time.time())
+    finally:
+        sw.store.close()
+
+
+def _status_from_server(address: str, timeout: float) -> dict[str, Any]:
+    import grpc
+    from gpt5os.coordinator.snapshot import snapshot_dict
+    from gpt5os.proto import pb, pb_grpc
+
+    with grpc.insecure_channel(address) as channel:
+        try:
+            snap = pb_grpc.CoordinatorStub(channel).GetStatus(
+                pb.GetStatusRequest(), timeout=timeout
+            )
+        except grpc.RpcError as e:
+            if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise click.ClickException(
+                    f"no coordinator answers at {address}: check the address and that it is running"
+                ) from None
+            raise click.ClickException(f"coordinator at {address}: {e.details()}") from None
+    return snapshot_dict(snap)
+
+
+def _summary(s: dict[str, Any]) -> str:
+    sh = s["shards"]
+    active = [n for n in s["nodes"] if n["state"] == "active"]
+    last = s["loss_history"][-1][1] if s["loss_history"] else None
+    lines = [
+        f"run {s['run_id']} ({s['preset']}){'  PAUSED' if s['paused'] else ''}",
+        f"epoch {s['epoch']}  outer round {s['outer_round']}  "
+        f"shards done {sh['done']}/{sh['total']} (leased {sh['leased']}, pending {sh['pending']})",
+        f"nodes {len(active)} active / {len(s['nodes'])} known  tokens {s['tokens_trained']:,}  "
+        f"{s['tokens_per_second']:,.0f} tokens/s  loss {'-' if last is None else f'{last:.4f}'}",
+    ]
+    for n in active[:20]:
+        loss = "-" if n["last_loss"] is None else f"{n['last_loss']:.4f}"
+        lines.append(
+            f"  {n['node_id']}  {n['device'] or '?':<12} {n['tokens_per_second']:>10,.0f} tok/s  "
+            f"{n['tokens_trained']:>12,} tokens  loss {loss}"
+        )
+    return "\n".join(lines)
+
+
+@main.command()
+@click.option("--dir", "run_dir", type=click.Path(path_type=Path), help="Read the run's database.")
+@click.option("--coordinator", "address", help="Ask a running coordinator (HOST:PORT).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--timeout", type=float, default=10.0, show_default=True)
+def status(run_dir: Path | None, address: str | None, as_json: bool, timeout: float) -> None:
+    """Show the run's state (from --dir, or from a coordinator over gRPC)."""
+    if (run_dir is None) == (address is None):
+        raise click.UsageError("give exactly one of --dir RUN_DIR or --coordinator HOST:PORT")
+    try:
+        s = (
+            _status_from_dir(run_dir)
+            if run_dir is not None
+            else _status_from_server(address, timeout)
+        )
+    except EXPECTED as e:
+        raise _fail(e) from None
+    click.echo(json.dumps(s, indent=1) if as_json else _summary(s))
+
+
+# -- pause / resume / ban --------------------------------------------------------------------
+
+
+def _open_store(run_dir: Path) -> Store:
+    if not (run_dir / DB_NAME).is_file():
+        raise click.ClickException(f"{run_dir} holds no run ({DB_NAME} missing)")
+    try:
+        return Store(run_dir / DB_NAME)
+    except StoreError as e:
+        raise _fail(e) from None
+
+
+def _set_paused(run_dir: Path, paused: bool) -> None:
+    store = _open_store(run_dir)
+    try:
+        with store.tx():
+            store.set_meta("paused", int(paused))
+    finally:
+        store.close()
+    word = "paused: no new leases until `resume`" if paused else "resumed: leasing again"
+    click.echo(f"gpt5os-coordinator: run in {run_dir} {word}")
+
+
+@main.command()
+@click.option("--dir", "run_dir", required=True, type=click.Path(path_type=Path))
+def pause(run_dir: Path) -> None:
+    """Stop handing out leases (a running server notices within a second)."""
+    _set_paused(run_dir, True)
+
+
+@main.command()
+@click.option("--dir", "run_dir", required=True, type=click.Path(path_type=Path))
+def resume(run_dir: Path) -> None:
+    """Hand out leases again."""
+    _set_paused(run_dir, False)
+
+
+@main.command()
+@click.option("--dir", "run_dir", required=True, type=click.Path(path_type=Path))
+@click.option("--reason", default="banned by the maintainer", show_default=True)
+@click.argument("node_id")
+def ban(run_dir: Path, reason: str, node_id: str) -> None:
+    """Ban NODE_ID (full id or unique prefix): its leases return to the queue, it cannot rejoin."""
+    store = _open_store(run_dir)
+    try:
+        ids = [n["node_id"] for n in store.nodes() if n["node_id"].startswith(node_id)]
+        if not ids or not node_id:
+            raise click.ClickException(f"no node {node_id!r} in the run in {run_dir}")
+        if len(ids) > 1:
+            raise click.ClickException(f"{node_id!r} matches {len(ids)} nodes: give more of the id")
+        with store.tx():
+            store.add_ban(ids[0], time.time(), reason)
+    finally:
+        store.close()
+    click.echo(f"gpt5os-coordinator: banned node {ids[0]}")

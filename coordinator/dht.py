@@ -1,0 +1,31 @@
+"""The coordinator's hivemind DHT bootstrap peer: the first address every node dials.
+
+hivemind (and torch with it) is imported only here and only when the server starts a DHT, so
+the scheduler, the store and `gpt5os-coordinator status` stay light.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class BootstrapPeer:
+    """A DHT peer that stores nothing of its own; it exists so joiners can find each other."""
+
+    def __init__(self, host: str) -> None:
+        self.host = host
+        self.dht: Any = None
+        self.maddrs: list[str] = []
+
+    def start(self) -> list[str]:
+        import hivemind  # noqa: PLC0415 - heavy, lazy on purpose
+
+        listen = "0.0.0.0" if self.host in ("", "0.0.0.0", "::") else self.host
+        self.dht = hivemind.DHT(start=True, host_maddrs=[f"/ip4/{listen}/tcp/0"])
+        self.maddrs = [str(m) for m in self.dht.get_visible_maddrs()]
+        return self.maddrs
+
+    def stop(self) -> None:
+        if self.dht is not None:
+            self.dht.shutdown()
+            self.dht = None

@@ -1,0 +1,228 @@
+"""The run spec: one versioned value that tells every node what to train and how.
+
+A run is a value, not a pile of flags: `RunSpec` is what `gpt5os-coordinator init` writes into
+the run directory (as JSON), what the server hands to nodes in JoinResponse (as pb.RunSpec), and
+what a maintainer changes (bumping `revision`). Presets give the model shape and the optimizer
+settings that fit it; any field can be overridden.
+
+No torch and no gRPC here: `to_pb` / `from_pb` import the generated messages lazily-cheaply
+(protobuf only).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from gpt5os.proto import pb
+
+SPEC_VERSION = 1
+TOKENIZER = "rwkv-world-v20230424"
+COMPRESSIONS = ("none", "float16")
+INNER_OPTIMIZERS = ("adamw", "adamw8bit")
+
+
+def running_version() -> str:
+    """The installed gpt5os version: the default `min_node_version` of a new run."""
+    try:
+        return importlib.metadata.version("gpt5os")
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - source checkout only
+        return "0.0.0"
+
+
+@dataclass(kw_only=True)
+class ModelSpec:
+    preset: str
+    vocab_size: int = 65536
+    n_layer: int
+    n_embd: int
+    head_size: int = 64
+
+
+@dataclass(kw_only=True)
+class InnerOptimizerSpec:
+    name: str = "adamw"
+    lr: float
+    min_lr: float
+    weight_decay: float
+    beta1: float
+    beta2: float
+    eps: float
+    warmup_tokens: int
+    decay_tokens: int
+    grad_clip: float = 1.0
+
+
+@dataclass(kw_only=True)
+class OuterOptimizerSpec:
+    """DiLoCo's outer Nesterov SGD (Douillard et al. 2023: lr 0.7, momentum 0.9)."""
+
+    lr: float = 0.7
+    momentum: float = 0.9
+    nesterov: bool = True
+
+
+@dataclass(kw_only=True)
+class RunSpec:
+    spec_version: int = SPEC_VERSION
+    run_id: str
+    revision: int = 1
+    model: ModelSpec
+    tokenizer: str = TOKENIZER
+    seq_len: int
+    batch_size: int
+    inner: InnerOptimizerSpec
+    outer: OuterOptimizerSpec = field(default_factory=OuterOptimizerSpec)
+    tokens_per_round: int
+    compression: str = "float16"
+    seed: int = 0
+    min_node_version: str = field(default_factory=running_version)
+    matchmaking_time_s: float = 3.0
+    averaging_timeout_s: float = 60.0
+
+    def validate(self) -> None:
+        """Raise ValueError with the field name and what would be accepted."""
+        positive_ints = {
+            "seq_len": self.seq_len,
+            "batch_size": self.batch_size,
+            "tokens_per_round": self.tokens_per_round,
+            "model.n_layer": self.model.n_layer,
+            "model.n_embd": self.model.n_embd,
+            "model.head_size": self.model.head_size,
+            "model.vocab_size": self.model.vocab_size,
+        }
+        for name, value in positive_ints.items():
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.model.n_embd % self.model.head_size:
+            raise ValueError("model.n_embd must be a multiple of model.head_size")
+        if self.compression not in COMPRESSIONS:
+            raise ValueError(f"compression must be one of {', '.join(COMPRESSIONS)}")
+        if self.inner.name not in INNER_OPTIMIZERS:
+            raise ValueError(f"inner optimizer must be one of {', '.join(INNER_OPTIMIZERS)}")
+        if not (self.inner.lr > 0 and 0 <= self.inner.min_lr <= self.inner.lr):
+            raise ValueError("need inner lr > 0 and 0 <= min_lr <= lr")
+        if self.seed < 0:
+            raise ValueError("seed must be >= 0")
+        if self.matchmaking_time_s <= 0 or self.averaging_timeout_s <= 0:
+            raise ValueError("matchmaking_time_s and averaging_timeout_s must be > 0")
+
+    # -- serialisation ---------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> RunSpec:
+        raw = dict(raw)
+        if raw.get("spec_version", SPEC_VERSION) != SPEC_VERSION:
+            raise ValueError(
+                f"run spec version {raw.get('spec_version')} is not {SPEC_VERSION}: "
+                "this run was made by another gpt5os version"
+            )
+        raw["model"] = ModelSpec(**raw["model"])
+        raw["inner"] = InnerOptimizerSpec(**raw["inner"])
+        raw["outer"] = OuterOptimizerSpec(**raw.get("outer", {}))
+        return cls(**raw)
+
+    @classmethod
+    def from_json(cls, text: str) -> RunSpec:
+        return cls.from_dict(json.loads(text))
+
+    def to_pb(self) -> pb.RunSpec:
+        d = self.to_dict()
+        return pb.RunSpec(
+            **{k: v for k, v in d.items() if k not in ("model", "inner", "outer")},
+            model=pb.ModelSpec(**d["model"]),
+            inner=pb.InnerOptimizerSpec(**d["inner"]),
+            outer=pb.OuterOptimizerSpec(**d["outer"]),
+        )
+
+    @classmethod
+    def from_pb(cls, msg: pb.RunSpec) -> RunSpec:
+        def fields(m: Any, kind: type) -> dict[str, Any]:
+            return {f.name: getattr(m, f.name) for f in dataclasses.fields(kind)}
+
+        top = {
+            f.name: getattr(msg, f.name)
+            for f in dataclasses.fields(cls)
+            if f.name not in ("model", "inner", "outer")
+        }
+        return cls(
+            **top,
+            model=ModelSpec(**fields(msg.model, ModelSpec)),
+            inner=InnerOptimizerSpec(**fields(msg.inner, InnerOptimizerSpec)),
+            outer=OuterOptimizerSpec(**fields(msg.outer, OuterOptimizerSpec)),
+        )
+
+
+# -- presets ---------------------------------------------------------------------------------
+
+# (n_layer, n_embd, seq_len, batch_size, peak lr, min lr). Large presets follow the magnitudes of
+# RWKV-LM's RWKV-7 training scripts (ctx 4096, lr 6e-4 for L12-D768 falling with width, final lr
+# a tenth of the peak, beta2 0.99, weight decay 0.1); batch sizes are per node per inner step.
+_PRESETS: dict[str, tuple[int, int, int, int, float, float]] = {
+    "tiny": (2, 128, 128, 4, 2e-3, 2e-4),
+    "0.1b": (12, 768, 4096, 8, 6e-4, 6e-5),
+    "0.4b": (24, 1024, 4096, 8, 5e-4, 5e-5),
+    "1.5b": (24, 2048, 4096, 4, 3e-4, 3e-5),
+    "3b": (32, 2560, 4096, 4, 2e-4, 2e-5),
+    "7b": (32, 4096, 4096, 2, 1.5e-4, 1.5e-5),
+}
+PRESETS = tuple(_PRESETS)
+
+
+def preset_spec(preset: str, *, run_id: str) -> RunSpec:
+    """The default RunSpec of a preset; raises ValueError naming the known presets."""
+    if preset not in _PRESETS:
+        raise ValueError(f"unknown preset {preset!r}: choose one of {', '.join(PRESETS)}")
+    n_layer, n_embd, seq_len, batch, lr, min_lr = _PRESETS[preset]
+    model = ModelSpec(preset=preset, n_layer=n_layer, n_embd=n_embd)
+    if preset == "tiny":
+        # The CPU demo/test preset: small rounds so a 2-core laptop sees several in minutes.
+        inner = InnerOptimizerSpec(
+            lr=lr,
+            min_lr=min_lr,
+            weight_decay=0.01,
+            beta1=0.9,
+            beta2=0.95,
+            eps=1e-8,
+            warmup_tokens=8192,
+            decay_tokens=10_000_000,
+        )
+        return RunSpec(
+            run_id=run_id,
+            model=model,
+            seq_len=seq_len,
+            batch_size=batch,
+            inner=inner,
+            tokens_per_round=16384,
+        )
+    tokens_per_step = seq_len * batch
+    inner = InnerOptimizerSpec(
+        lr=lr,
+        min_lr=min_lr,
+        weight_decay=0.1,
+        beta1=0.9,
+        beta2=0.99,
+        eps=1e-18,
+        warmup_tokens=tokens_per_step * 1000,
+        decay_tokens=tokens_per_step * 1_000_000,
+    )
+    return RunSpec(
+        run_id=run_id,
+        model=model,
+        seq_len=seq_len,
+        batch_size=batch,
+        inner=inner,
+        # DiLoCo's H=500 inner steps per outer round, counted in swarm tokens.
+        tokens_per_round=tokens_per_step * 500,
+        matchmaking_time_s=15.0,
+        averaging_timeout_s=600.0,
+    )

@@ -1,0 +1,173 @@
+"""Creating and opening a run directory.
+
+A run directory holds:
+
+    RUN_DIR/run.json             RunConfig: the RunSpec plus coordinator settings and data dir
+    RUN_DIR/coordinator.sqlite   the store (leases, completions, nodes, rounds, events)
+    RUN_DIR/data/                prepared data, for the embedded default run (any path works)
+
+`create_run` is what `gpt5os-coordinator init` calls; `load_run` what `serve` and `status` call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gpt5os.coordinator.manifest import Manifest, load_manifest
+from gpt5os.coordinator.run_spec import RunSpec, preset_spec
+from gpt5os.coordinator.scheduler import ShardRef, ShardScheduler
+from gpt5os.coordinator.store import DB_NAME, Store
+
+RUN_FILE = "run.json"
+
+
+@dataclass(kw_only=True)
+class RunConfig:
+    """What the coordinator needs besides the spec; `data_dir` may be relative to the run dir."""
+
+    spec: RunSpec
+    data_dir: str
+    lease_seconds: float = 60.0
+    heartbeat_seconds: float = 5.0
+    max_leases_per_node: int = 4
+
+    def validate(self) -> None:
+        self.spec.validate()
+        if not self.heartbeat_seconds > 0:
+            raise ValueError("heartbeat_seconds must be > 0")
+        if not self.lease_seconds > 2 * self.heartbeat_seconds:
+            raise ValueError(
+                "lease_seconds must be more than twice heartbeat_seconds, or leases expire "
+                "between two heartbeats of a healthy node"
+            )
+        if self.max_leases_per_node < 1:
+            raise ValueError("max_leases_per_node must be >= 1")
+
+    def data_path(self, run_dir: Path) -> Path:
+        return (Path(run_dir) / self.data_dir).resolve()
+
+    def to_json(self) -> str:
+        d = dataclasses.asdict(self)
+        d["spec"] = self.spec.to_dict()
+        return json.dumps(d, indent=1, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> RunConfig:
+        raw = json.loads(text)
+        raw["spec"] = RunSpec.from_dict(raw["spec"])
+        return cls(**raw)
+
+
+_SETTINGS = {f.name for f in dataclasses.fields(RunConfig)} - {"spec", "data_dir"}
+_NESTED = ("model", "inner", "outer")
+
+
+def _apply_overrides(spec: RunSpec, overrides: dict[str, Any]) -> None:
+    """`seq_len=...` sets a top-level field; `inner_lr=...` sets spec.inner.lr, and so on."""
+    top = {f.name for f in dataclasses.fields(spec)}
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        prefix, _, rest = key.partition("_")
+        if key in top and key not in _NESTED:
+            setattr(spec, key, value)
+        elif prefix in _NESTED and rest in {
+            f.name for f in dataclasses.fields(getattr(spec, prefix))
+        }:
+            setattr(getattr(spec, prefix), rest, value)
+        else:
+            raise ValueError(f"unknown run setting {key!r}")
+
+
+def create_run(run_dir: Path, data_dir: Path, **spec_overrides: Any) -> RunSpec:
+    """Create a run in `run_dir` from prepared data in `data_dir` and return its spec.
+
+    :param spec_overrides: `preset` (default "tiny"), any RunSpec field (`seq_len=256`), nested
+        fields as `inner_lr=1e-3` / `outer_momentum=0.8` / `model_n_layer=4`, and the coordinator
+        settings `lease_seconds`, `heartbeat_seconds`, `max_leases_per_node`.
+    :raises FileExistsError: the directory already holds a run
+    :raises FileNotFoundError / ValueError: no usable prepared data, or a bad setting
+    """
+    run_dir = Path(run_dir)
+    if (run_dir / RUN_FILE).exists() or (run_dir / DB_NAME).exists():
+        raise FileExistsError(f"{run_dir} already holds a run: choose an empty directory")
+    overrides = dict(spec_overrides)
+    preset = overrides.pop("preset", None) or "tiny"
+    run_id = overrides.pop("run_id", None) or f"{preset}-{secrets.token_hex(4)}"
+    settings = {k: overrides.pop(k) for k in list(overrides) if k in _SETTINGS}
+    settings = {k: v for k, v in settings.items() if v is not None}
+    spec = preset_spec(preset, run_id=run_id)
+    _apply_overrides(spec, overrides)
+
+    data_dir = Path(data_dir).resolve()
+    manifest = load_manifest(data_dir)
+    if not manifest.train:
+        raise ValueError(f"{data_dir} has no training shards: prepare more data")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        rel = os.path.relpath(data_dir, run_dir.resolve())
+    except ValueError:  # another drive on Windows
+        rel = str(data_dir)
+    config = RunConfig(
+        spec=spec, data_dir=rel if not rel.startswith("..") else str(data_dir), **settings
+    )
+    config.validate()
+    _init_store(run_dir, config, manifest)
+    tmp = run_dir / (RUN_FILE + ".tmp")
+    tmp.write_text(config.to_json())
+    os.replace(tmp, run_dir / RUN_FILE)
+    return spec
+
+
+def _init_store(run_dir: Path, config: RunConfig, manifest: Manifest) -> None:
+    store = Store(run_dir / DB_NAME)
+    try:
+        sched = ShardScheduler.fresh(
+            [shard_ref(s) for s in manifest.train],
+            lease_seconds=config.lease_seconds,
+            seed=config.spec.seed,
+        )
+        with store.tx():
+            store.set_meta("run_id", config.spec.run_id)
+            store.set_meta("epoch", 0)
+            store.set_meta("paused", 0)
+            store.set_meta("started_unix", time.time())
+            store.put_shard_defs(
+                dict(
+                    shard_id=s.shard_id,
+                    split=s.split,
+                    tokens=s.tokens,
+                    size_bytes=s.size_bytes,
+                    sha256=s.sha256,
+                    path=s.path,
+                    ord=i,
+                )
+                for i, s in enumerate(manifest.shards)
+            )
+            store.put_shard_states(sched.states.values())
+    finally:
+        store.close()
+
+
+def shard_ref(s: Any) -> ShardRef:
+    return ShardRef(shard_id=s.shard_id, tokens=s.tokens, size_bytes=s.size_bytes, sha256=s.sha256)
+
+
+def load_run(run_dir: Path) -> RunConfig:
+    """Read RUN_DIR/run.json; raises FileNotFoundError / ValueError with an actionable message."""
+    path = Path(run_dir) / RUN_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} not found: create a run with `gpt5os-coordinator init --dir {run_dir} ...`"
+        )
+    try:
+        return RunConfig.from_json(path.read_text())
+    except (KeyError, TypeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} is not a valid run file: {e}") from e

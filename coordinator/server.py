@@ -1,0 +1,343 @@
+"""The coordinator's gRPC server (grpc.aio): the Coordinator service, health, reflection, metrics.
+
+`CoordinatorServer` runs in the caller's event loop (the dashboard's tests start it in-process;
+`gpt5os-coordinator serve` starts it from the CLI). Every RPC validates its request
+(validate.py), authenticates the node, then calls one Swarm method; ApiError becomes the gRPC
+status it carries. A background task ticks the Swarm twice a second (lease expiry, lost nodes,
+batched stats flush) and polls the store for `pause` / `resume` / `ban` written by the CLI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+from gpt5os.coordinator import snapshot as snap
+from gpt5os.coordinator import validate as v
+from gpt5os.coordinator.dht import BootstrapPeer
+from gpt5os.coordinator.metrics import Metrics
+from gpt5os.coordinator.records import ApiError
+from gpt5os.coordinator.runs import load_run
+from gpt5os.coordinator.swarm import Swarm, open_swarm
+from gpt5os.proto import pb, pb_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Coordinator"].full_name
+MAX_RECEIVE = 4 * 1024 * 1024
+MAX_SEND = 8 * 1024 * 1024
+CHUNK = 1024 * 1024
+TICK_S = 0.5
+WATCH_DEFAULT_S = 1.0
+WATCH_KEEPALIVE_S = 10.0
+
+
+class ServeError(RuntimeError):
+    """The server cannot start (port in use, unreadable run directory); the message says why."""
+
+
+def _rpc(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Count and time a unary RPC; turn ApiError into the status code it names."""
+    name = method.__name__
+
+    @functools.wraps(method)
+    async def wrapper(self: Servicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        t0 = time.perf_counter()
+        code = "OK"
+        try:
+            return method(self, request, context)
+        except ApiError as e:
+            code = e.code.name
+            await context.abort(e.code, e.message)
+        finally:
+            self.metrics.rpcs.labels(name, code).inc()
+            self.metrics.latency.labels(name).observe(time.perf_counter() - t0)
+
+    return wrapper
+
+
+class Servicer(pb_grpc.CoordinatorServicer):
+    def __init__(self, server: CoordinatorServer) -> None:
+        self.server = server
+        self.metrics = server.metrics
+
+    @property
+    def sw(self) -> Swarm:
+        return self.server.swarm
+
+    def now(self) -> float:
+        return self.server.clock()
+
+    def _node(self, auth: pb.NodeAuth) -> Any:
+        node_id, token = v.auth(auth)
+        return self.sw.authenticate(node_id, token)
+
+    @_rpc
+    def Join(self, req: pb.JoinRequest, ctx: Any) -> pb.JoinResponse:
+        public_key, info = v.join(req)
+        now = self.now()
+        node, token = self.sw.join(public_key, info, now)
+        return pb.JoinResponse(
+            node_id=node.node_id,
+            session_token=token,
+            spec=self.sw.spec.to_pb(),
+            initial_peers=self.sw.initial_peers(self.server.dht_maddrs, node.node_id, now),
+            heartbeat_interval_s=self.sw.config.heartbeat_seconds,
+            lease_duration_s=self.sw.config.lease_seconds,
+            outer_round=self.sw.outer_round,
+            dht_prefix=f"gpt5os/{self.sw.run_id}",
+        )
+
+    @_rpc
+    def Heartbeat(self, req: pb.HeartbeatRequest, ctx: Any) -> pb.HeartbeatResponse:
+        node = self._node(req.auth)
+        stats = v.stats(req.stats)
+        leases = self.sw.heartbeat(node, stats, self.now())
+        return pb.HeartbeatResponse(
+            leases=[snap.lease_msg(lease) for lease in leases],
+            paused=self.sw.paused,
+            spec_revision=self.sw.spec.revision,
+        )
+
+    @_rpc
+    def LeaseShard(self, req: pb.LeaseShardRequest, ctx: Any) -> pb.LeaseShardResponse:
+        node = self._node(req.auth)
+        lease, reason, retry = self.sw.lease(node, self.now())
+        if lease is None:
+            return pb.LeaseShardResponse(granted=False, retry_after_s=retry, reason=reason)
+        return pb.LeaseShardResponse(granted=True, lease=snap.lease_msg(lease))
+
+    async def FetchShard(
+        self, req: pb.FetchShardRequest, ctx: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ShardChunk]:
+        t0, code = time.perf_counter(), "OK"
+        try:
+            node = self._node(req.auth)
+            d = self.sw.shard_for_fetch(node, v.shard_id(req.shard_id))
+            size = d["size_bytes"]
+            if req.offset > size:
+                raise ApiError(
+                    grpc.StatusCode.OUT_OF_RANGE,
+                    f"offset {req.offset} is past the shard's {size} bytes",
+                )
+            path = self.sw.config.data_path(self.server.run_dir) / d["path"]
+            try:
+                f = open(path, "rb")  # noqa: SIM115 - closed below, across yields
+            except OSError as e:
+                raise ApiError(
+                    grpc.StatusCode.DATA_LOSS,
+                    f"shard {req.shard_id} is missing on the coordinator: {e}",
+                ) from e
+            with f:
+                offset = req.offset
+                f.seek(offset)
+                if offset == size:  # nothing left: say so, with the size, in one empty chunk
+                    yield pb.ShardChunk(offset=offset, data=b"", total_size=size)
+                while offset < size:
+                    data = f.read(min(CHUNK, size - offset))
+                    if not data:
+                        raise ApiError(
+                            grpc.StatusCode.DATA_LOSS,
+                            f"shard {req.shard_id} is shorter than its manifest says",
+                        )
+                    yield pb.ShardChunk(offset=offset, data=data, total_size=size)
+                    offset += len(data)
+        except ApiError as e:
+            code = e.code.name
+            await ctx.abort(e.code, e.message)
+        finally:
+            self.metrics.rpcs.labels("FetchShard", code).inc()
+            self.metrics.latency.labels("FetchShard").observe(time.perf_counter() - t0)
+
+    @_rpc
+    def CompleteShard(self, req: pb.CompleteShardRequest, ctx: Any) -> pb.CompleteShardResponse:
+        node = self._node(req.auth)
+        shard_id = v.shard_id(req.shard_id)
+        loss = v.number(req.mean_loss, "mean_loss", high=1e6)
+        result = self.sw.complete(node, shard_id, int(req.tokens_trained), loss, self.now())
+        return pb.CompleteShardResponse(counted=result.counted, message=result.message)
+
+    @_rpc
+    def ReportRound(self, req: pb.ReportRoundRequest, ctx: Any) -> pb.ReportRoundResponse:
+        node = self._node(req.auth)
+        self.sw.report_round(node, v.report(req), self.now())
+        return pb.ReportRoundResponse()
+
+    @_rpc
+    def Leave(self, req: pb.LeaveRequest, ctx: Any) -> pb.LeaveResponse:
+        node = self._node(req.auth)
+        self.sw.leave(node, v.text(req.reason, "reason"), self.now())
+        return pb.LeaveResponse()
+
+    @_rpc
+    def GetStatus(self, req: pb.GetStatusRequest, ctx: Any) -> pb.SwarmSnapshot:
+        return snap.snapshot(self.sw, self.now())
+
+    @_rpc
+    def GetNode(self, req: pb.GetNodeRequest, ctx: Any) -> pb.NodeDetail:
+        prefix = v.text(req.node_id, "node_id", required=True, limit=64)
+        return snap.node_detail(self.sw, self.sw.find_node(prefix))
+
+    async def WatchSwarm(
+        self, req: pb.WatchSwarmRequest, ctx: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.SwarmUpdate]:
+        try:
+            interval = v.min_interval(req.min_interval_s, WATCH_DEFAULT_S)
+        except ApiError as e:
+            self.metrics.rpcs.labels("WatchSwarm", e.code.name).inc()
+            await ctx.abort(e.code, e.message)
+        self.metrics.rpcs.labels("WatchSwarm", "OK").inc()
+        yield pb.SwarmUpdate(snapshot=snap.snapshot(self.sw, self.now()))
+        cursor = snap.Cursor.after_snapshot(self.sw)
+        last_sent = time.monotonic()
+        while not self.server.stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.server.stopping.wait(), interval)
+            if self.server.stopping.is_set():
+                return
+            if (
+                self.sw.version == cursor.version
+                and time.monotonic() - last_sent < WATCH_KEEPALIVE_S
+            ):
+                continue
+            yield pb.SwarmUpdate(delta=snap.delta(self.sw, cursor, self.now()))
+            last_sent = time.monotonic()
+
+
+class CoordinatorServer:
+    """A coordinator serving one run directory.
+
+    :param run_dir: a directory made by `create_run` (run.json + coordinator.sqlite)
+    :param host: address to bind; port 0 picks a free port (see `.port` after `start()`)
+    :param metrics_port: serve Prometheus metrics on this port (0 = any free port; None = off)
+    :param start_dht: also run a hivemind DHT bootstrap peer and hand its addresses to nodes
+    :param clock: the time source for leases, heartbeats and history (tests inject one)
+
+    Example::
+
+        server = CoordinatorServer(run_dir, port=0)
+        port = await server.start()
+        ...
+        await server.stop()
+    """
+
+    def __init__(
+        self,
+        run_dir: Path,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        metrics_port: int | None = None,
+        start_dht: bool = False,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.run_dir = Path(run_dir)
+        self.host = host
+        self.port = port
+        self.metrics_port = metrics_port
+        self.start_dht = start_dht
+        self.clock = clock
+        self.metrics = Metrics()
+        self.dht_maddrs: list[str] = []
+        self.swarm: Swarm = None  # type: ignore[assignment]
+        self.stopping = asyncio.Event()
+        self._server: grpc.aio.Server | None = None
+        self._health: Any = None
+        self._dht: BootstrapPeer | None = None
+        self._tick_task: asyncio.Task[None] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    async def start(self) -> int:
+        try:
+            config = load_run(self.run_dir)
+            self.swarm = open_swarm(self.run_dir, config, now=self.clock())
+        except (OSError, ValueError, RuntimeError) as e:
+            raise ServeError(f"cannot open run directory {self.run_dir}: {e}") from e
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", MAX_RECEIVE),
+                ("grpc.max_send_message_length", MAX_SEND),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        pb_grpc.add_CoordinatorServicer_to_server(Servicer(self), server)
+        self._health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        try:
+            port = server.add_insecure_port(f"{self.host}:{self.port}")
+        except RuntimeError:
+            port = 0
+        if not port:
+            self.swarm.store.close()
+            raise ServeError(
+                f"port {self.port} on {self.host} is in use: choose another with --port"
+            )
+        self.port = port
+        if self.start_dht:
+            self._dht = BootstrapPeer(self.host)
+            self.dht_maddrs = await asyncio.to_thread(self._dht.start)
+        if self.metrics_port is not None:
+            try:
+                self.metrics_port = self.metrics.serve(self.metrics_port, self.host)
+            except OSError as e:
+                await self._cleanup_dht()
+                raise ServeError(
+                    f"metrics port {self.metrics_port} on {self.host} is unavailable ({e.strerror}): "
+                    "choose another with --metrics-port"
+                ) from e
+        self.metrics.refresh(self.swarm)
+        await server.start()
+        self._server = server
+        for name in ("", SERVICE_NAME):
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._tick_task = asyncio.create_task(self._ticker())
+        return port
+
+    async def stop(self, grace: float = 1.0) -> None:
+        self.stopping.set()
+        if self._health is not None:
+            await self._health.enter_graceful_shutdown()
+        if self._server is not None:
+            await self._server.stop(grace)
+            self._server = None
+        if self._tick_task is not None:
+            self._tick_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._tick_task
+            self._tick_task = None
+        if self.swarm is not None:
+            self.swarm.flush(self.clock())
+            self.swarm.store.close()
+        self.metrics.close()
+        await self._cleanup_dht()
+
+    async def _cleanup_dht(self) -> None:
+        if self._dht is not None:
+            await asyncio.to_thread(self._dht.stop)
+            self._dht = None
+
+    async def _ticker(self) -> None:
+        polls = 0
+        while True:
+            await asyncio.sleep(TICK_S)
+            try:
+                now = self.clock()
+                self.swarm.tick(now)
+                polls += 1
+                if polls % 2 == 0:
+                    self.swarm.poll_control(now)
+                    self.metrics.refresh(self.swarm)
+            except Exception as e:  # keep serving; a locked database clears on the next tick
+                print(f"gpt5os-coordinator: background tick failed: {e!r}", flush=True)

@@ -1,0 +1,53 @@
+"""Helpers for tests of the coordinator and of code that talks to it (node, dashboard).
+
+`make_data_dir` writes a small prepared-data directory by hand (random tokens, a real
+manifest with real sha256 digests), so tests need neither the tokenizer nor the stdlib corpus.
+`make_run` adds a run on top. Nothing here is used by the coordinator itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from pathlib import Path
+from typing import Any
+
+from gpt5os.coordinator.manifest import Manifest, ShardInfo, save_manifest
+from gpt5os.coordinator.run_spec import RunSpec
+from gpt5os.coordinator.runs import create_run
+
+
+def make_data_dir(
+    data_dir: Path, *, n_train: int = 8, n_val: int = 1, shard_tokens: int = 4096, seed: int = 0
+) -> Manifest:
+    """Write `n_train` + `n_val` shards of random uint16 tokens (token 0 = document separator)."""
+    rng = random.Random(seed)
+    (data_dir / "shards").mkdir(parents=True, exist_ok=True)
+    shards = []
+    for i in range(n_train + n_val):
+        split = "train" if i < n_train else "val"
+        shard_id = f"{split}-{i:05d}"
+        data = bytes(rng.getrandbits(8) for _ in range(2 * shard_tokens))
+        rel = f"shards/{shard_id}.bin"
+        (data_dir / rel).write_bytes(data)
+        shards.append(
+            ShardInfo(
+                shard_id=shard_id,
+                split=split,
+                tokens=shard_tokens,
+                size_bytes=len(data),
+                sha256=hashlib.sha256(data).hexdigest(),
+                path=rel,
+            )
+        )
+    manifest = Manifest(tokenizer="rwkv-world-v20230424", shard_tokens=shard_tokens, shards=shards)
+    save_manifest(data_dir, manifest)
+    return manifest
+
+
+def make_run(
+    run_dir: Path, *, n_train: int = 8, n_val: int = 1, shard_tokens: int = 4096, **spec: Any
+) -> RunSpec:
+    """A run in `run_dir` over a hand-made data dir in `run_dir/data`."""
+    make_data_dir(run_dir / "data", n_train=n_train, n_val=n_val, shard_tokens=shard_tokens)
+    return create_run(run_dir, run_dir / "data", **spec)

@@ -1,0 +1,127 @@
+"""Shape checks for every request: a malformed field is refused before it touches any state.
+
+Each function raises ApiError(INVALID_ARGUMENT, "<field>: what is wrong and what is accepted")
+and returns plain Python values the Swarm works with. Semantic checks (who holds a lease, is the
+node banned) live in swarm.py; message size limits are enforced by gRPC itself (server.py).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+import grpc
+from gpt5os.coordinator.records import ApiError
+from gpt5os.proto import pb
+
+NODE_ID_RE = re.compile(r"^[0-9a-f]{20}$")
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+MAX_TEXT = 256
+MAX_MADDRS = 16
+MAX_MADDR_LEN = 512
+MAX_PEERS = 10_000
+MAX_SHARD_ID = 128
+MAX_TOKEN = 128
+
+
+def bad(field: str, why: str) -> ApiError:
+    return ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"{field}: {why}")
+
+
+def text(value: str, field: str, *, required: bool = False, limit: int = MAX_TEXT) -> str:
+    if required and not value:
+        raise bad(field, "is required")
+    if len(value) > limit:
+        raise bad(field, f"is {len(value)} characters long; at most {limit}")
+    return value
+
+
+def number(value: float, field: str, *, low: float = 0.0, high: float = 1e15) -> float:
+    if not math.isfinite(value):
+        raise bad(field, f"must be a finite number, got {value}")
+    if not low <= value <= high:
+        raise bad(field, f"must be between {low:g} and {high:g}, got {value:g}")
+    return float(value)
+
+
+def node_id(value: str, field: str = "node_id") -> str:
+    if not NODE_ID_RE.match(value):
+        raise bad(field, "must be 20 lowercase hex characters (sha256 of the public key)")
+    return value
+
+
+def auth(msg: pb.NodeAuth) -> tuple[str, str]:
+    node_id(msg.node_id, "auth.node_id")
+    text(msg.session_token, "auth.session_token", required=True, limit=MAX_TOKEN)
+    return msg.node_id, msg.session_token
+
+
+def join(req: pb.JoinRequest) -> tuple[bytes, dict[str, str]]:
+    if len(req.public_key) != 32:
+        raise bad(
+            "public_key", f"must be a raw 32-byte Ed25519 key, got {len(req.public_key)} bytes"
+        )
+    info = {
+        "software_version": text(
+            req.info.software_version, "info.software_version", required=True, limit=64
+        ),
+        "device": text(req.info.device, "info.device"),
+        "hostname": text(req.info.hostname, "info.hostname"),
+        "display_name": text(req.info.display_name, "info.display_name", limit=64),
+    }
+    return bytes(req.public_key), info
+
+
+def stats(msg: pb.NodeStats) -> dict[str, Any]:
+    if len(msg.dht_maddrs) > MAX_MADDRS:
+        raise bad("stats.dht_maddrs", f"at most {MAX_MADDRS} addresses")
+    for m in msg.dht_maddrs:
+        if not m.startswith("/") or len(m) > MAX_MADDR_LEN:
+            raise bad(
+                "stats.dht_maddrs",
+                f"{m[:60]!r} is not a multiaddr like /ip4/1.2.3.4/tcp/4001/p2p/...",
+            )
+    loss = number(msg.last_loss, "stats.last_loss", high=1e6)
+    return {
+        "tokens_per_second": number(msg.tokens_per_second, "stats.tokens_per_second", high=1e12),
+        "tokens_trained": int(msg.tokens_trained),
+        "last_loss": loss if loss > 0 else None,  # 0 = nothing trained yet
+        "outer_round": int(msg.outer_round),
+        "dht_maddrs": list(msg.dht_maddrs),
+    }
+
+
+def shard_id(value: str) -> str:
+    text(value, "shard_id", required=True, limit=MAX_SHARD_ID)
+    return value
+
+
+def report(req: pb.ReportRoundRequest) -> dict[str, Any]:
+    if req.round < 1:
+        raise bad("round", "outer rounds are numbered from 1")
+    if len(req.peer_node_ids) > MAX_PEERS:
+        raise bad("peer_node_ids", f"at most {MAX_PEERS} peers")
+    peers = [node_id(p, "peer_node_ids[]") for p in req.peer_node_ids]
+    if len(set(peers)) != len(peers):
+        raise bad("peer_node_ids", "lists a node twice")
+    if req.params_sha256 and not SHA256_RE.match(req.params_sha256):
+        raise bad("params_sha256", "must be 64 lowercase hex characters (or empty)")
+    val = number(req.val_loss, "val_loss", high=1e6) if req.HasField("val_loss") else None
+    return {
+        "round": int(req.round),
+        "peer_node_ids": peers,
+        "tokens": int(req.tokens),
+        "mean_loss": number(req.mean_loss, "mean_loss", high=1e6),
+        "duration_s": number(req.duration_s, "duration_s", high=1e7),
+        "averaging_s": number(req.averaging_s, "averaging_s", high=1e7),
+        "params_sha256": req.params_sha256,
+        "val_loss": val,
+        "group_tokens": int(req.group_tokens),
+    }
+
+
+def min_interval(value: float, default: float) -> float:
+    if value == 0:
+        return default
+    return max(0.1, number(value, "min_interval_s", high=3600.0))
