@@ -22,7 +22,7 @@ _EXPORTS: dict[str, str] = {
     "load_checkpoint": "checkpoint",
     "export_rwkv_pth": "rwkv_pth",
     "import_rwkv_pth": "rwkv_pth",
-    "generate": "generate",
+    "generate": "generation",
 }
 
 

@@ -264,13 +264,20 @@ class RWKV7(nn.Module):
         return RWKV7State.zeros(self.config, batch, device=p.device, dtype=p.dtype)
 
     def forward(
-        self, idx: Tensor, state: RWKV7State | None = None, *, return_state: bool = False
+        self,
+        idx: Tensor,
+        state: RWKV7State | None = None,
+        *,
+        return_state: bool = False,
+        only_last: bool = False,
     ) -> Tensor | tuple[Tensor, RWKV7State]:
         """Logits ``[B, T, vocab]`` for token ids ``idx [B, T]``.
 
         :param state: continue after the tokens that produced it (None: start of sequence)
         :param return_state: also return the state after the last token (a new object; the
             input state is not modified, and gradients flow through it)
+        :param only_last: logits of the last position only (``[B, 1, vocab]``): prefill
+            without paying for the head on every prompt token
         """
         if idx.dim() != 2:
             raise ValueError(f"idx must be [B, T] token ids, got shape {tuple(idx.shape)}")
@@ -295,6 +302,8 @@ class RWKV7(nn.Module):
                 att_shift.append(xa[:, -1])
                 wkv_states.append(s_out)
                 ffn_shift.append(xf[:, -1])
+        if only_last:
+            x = x[:, -1:]
         logits = self.head(self.ln_out(x))
         if not return_state:
             return logits
