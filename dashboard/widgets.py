@@ -107,7 +107,8 @@ class ThroughputPanel(Vertical):
         if points:
             label.append(f"  peak {format_count(max(points))}", style="dim")
         self.query_one("#throughput-label", Static).update(label)
-        self.query_one("#throughput-spark", Sparkline).data = points or [0.0]
+        # one point would paint a full bar: a trend needs two
+        self.query_one("#throughput-spark", Sparkline).data = points if len(points) > 1 else []
 
 
 class ShardBar(Static):
@@ -182,8 +183,18 @@ class EventLog(RichLog):
         self._localtime = localtime
         self._last_id = -1
         self._snapshots_seen = -1
+        self._view: SwarmView | None = None
+        self._wrapped_at = 0
+
+    def on_resize(self) -> None:
+        # RichLog wraps lines when written: after a resize, write them again at the new width
+        if self._view is not None and self.size.width != self._wrapped_at:
+            self._snapshots_seen = -1
+            self.show(self._view)
 
     def show(self, view: SwarmView) -> None:
+        self._view = view
+        self._wrapped_at = self.size.width
         if view.snapshots_seen != self._snapshots_seen:  # a fresh snapshot: start over
             self.clear()
             self._last_id = -1
@@ -210,13 +221,13 @@ class EventLog(RichLog):
 
 COLUMNS: tuple[tuple[SortKey, str, int], ...] = (
     ("id", "id", 8),
-    ("name", "name", 10),
+    ("name", "name", 9),
     ("state", "state", 6),
     ("tps", "tok/s", 7),
     ("tokens", "tokens", 7),
     ("loss", "loss", 6),
     ("seen", "seen", 7),
-    ("device", "device", 11),
+    ("device", "device", 10),
 )
 
 
@@ -246,7 +257,7 @@ class NodesTable(DataTable):
             )
             self.add_row(
                 short_id(n.node_id),
-                n.display_name[:10],
+                n.display_name[:9],
                 Text(n.state, style=state_style),
                 Text(format_count(n.tokens_per_second), justify="right"),
                 Text(format_count(n.tokens_trained), justify="right"),
@@ -275,4 +286,4 @@ def _short_device(device: str) -> str:
     text = device.split(":", 1)[1] if device.startswith("cuda:") else device
     for prefix in ("NVIDIA GeForce ", "NVIDIA ", "AMD Radeon "):
         text = text.removeprefix(prefix)
-    return text[:11]
+    return text[:10]

@@ -6,7 +6,6 @@ Synthetic protos are fine here: these rules have no I/O. The live path is test_d
 from __future__ import annotations
 
 import pytest
-
 from gpt5os.dashboard.feed import Backoff, parse_address
 from gpt5os.dashboard.swarm_view import (
     SORT_KEYS,
