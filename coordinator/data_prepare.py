@@ -13,7 +13,7 @@ not depend on the order documents arrive in or on which other documents exist; o
 hash rule gives no validation document at all (tiny corpora) is the lowest-hash document moved
 to validation, so a split that asked for validation data gets some.
 
-Resume: after every shard the writers' positions are saved to DIR/.prepare-state.json (atomic).
+Resume: after every shard its position is appended to a journal (see data_state.py).
 A rerun with the same inputs and options scans again, checks the fingerprint, and continues from
 the saved positions; the result is byte-identical to an uninterrupted run. Different inputs or
 options are refused unless `force` (which starts over). The manifest holds no timestamps, so
@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from gpt5os.coordinator import data_state
 from gpt5os.coordinator.data_filters import (
     FILTER_NAMES,
     DocumentFilter,
@@ -44,15 +44,12 @@ from gpt5os.coordinator.data_shards import (
     TOKEN_NP_DTYPE,
     ShardWriter,
     SplitState,
-    write_file_atomically,
 )
 from gpt5os.coordinator.data_sources import DataSourceError, check_inputs, iter_documents
 from gpt5os.coordinator.manifest import MANIFEST_NAME, Manifest, load_manifest, save_manifest
 from gpt5os.model.tokenizer import END_OF_DOCUMENT, TOKENIZER_NAME, load_tokenizer
 from tqdm import tqdm
 
-STATE_NAME = ".prepare-state.json"
-STATE_FORMAT = 1
 TRAIN, VAL = "train", "val"
 _DROPPED, _TRAIN, _VAL = 0, 1, 2  # verdict codes in Plan.verdicts
 _DIGEST_BYTES = 16
@@ -212,7 +209,7 @@ def prepare(
         raise PrepareError(f"{out_dir}: cannot create the output directory ({e})") from None
     if force:
         _clear(out_dir)
-    state = _load_state(out_dir, key)
+    state = _resume_state(out_dir, key)
     if state is None:
         existing = _existing_manifest(out_dir, key)
         if existing is not None:
@@ -233,7 +230,7 @@ def prepare(
         report=_report(key, plan, state),
     )
     save_manifest(out_dir, manifest)
-    (out_dir / STATE_NAME).unlink(missing_ok=True)
+    data_state.remove(out_dir)
     return manifest
 
 
@@ -248,10 +245,8 @@ def _write(
 ) -> None:
     """Pass 2: tokenize kept documents into the writers, saving the resume state per shard."""
 
-    def save_state() -> None:
-        raw = {"format": STATE_FORMAT, "key": key}
-        raw["splits"] = {name: s.to_dict() for name, s in state.items()}
-        write_file_atomically(out_dir / STATE_NAME, json.dumps(raw, sort_keys=True).encode())
+    def save_state(split: str, split_state: SplitState) -> None:
+        data_state.append(out_dir, split, split_state)
 
     writers = {
         code: ShardWriter(
@@ -263,7 +258,8 @@ def _write(
         )
         for code, name in ((_TRAIN, TRAIN), (_VAL, VAL))
     }
-    save_state()  # from here on a rerun knows these were our inputs and options
+    if not any(s.shards for s in state.values()):
+        data_state.start(out_dir, key)  # from here on a rerun knows our inputs and options
     tokenizer = load_tokenizer(options.tokenizer)
     n_read = plan.documents_read
     kept_index = -1
@@ -329,27 +325,20 @@ def _nothing_left_message(plan: Plan) -> str:
     )
 
 
-def _load_state(out_dir: Path, key: dict) -> dict[str, SplitState] | None:
-    """The saved resume state when it belongs to these inputs and options; refuse otherwise."""
-    path = out_dir / STATE_NAME
-    if not path.is_file():
-        return None
+def _resume_state(out_dir: Path, key: dict) -> dict[str, SplitState] | None:
+    """The saved progress when it belongs to these inputs and options; refuse otherwise."""
     try:
-        raw = json.loads(path.read_text())
-        if raw.get("format") != STATE_FORMAT:
-            raise ValueError(f"state format {raw.get('format')!r}")
-        saved_key = raw["key"]
-        splits = {name: SplitState.from_dict(raw["splits"][name]) for name in (TRAIN, VAL)}
-    except (ValueError, KeyError, TypeError) as e:
+        saved = data_state.saved_key(out_dir)
+    except data_state.StateError as e:
+        raise PrepareError(f"{e}; pass --force to start over in {out_dir}") from None
+    if saved is None:
+        return None
+    if saved != key:
         raise PrepareError(
-            f"{path} is unreadable ({e}); pass --force to start over in {out_dir}"
-        ) from None
-    if saved_key != key:
-        raise PrepareError(
-            f"{out_dir} holds an interrupted prepare of other {_what_differs(saved_key, key)}; "
+            f"{out_dir} holds an interrupted prepare of other {_what_differs(saved, key)}; "
             "rerun with the same ones to resume, or pass --force to start over"
         )
-    return splits
+    return data_state.load(out_dir)
 
 
 def _existing_manifest(out_dir: Path, key: dict) -> Manifest | None:
@@ -389,7 +378,7 @@ def _what_differs(saved: dict, key: dict) -> str:
 def _clear(out_dir: Path) -> None:
     """--force: remove what an earlier prepare left (only our own files)."""
     (out_dir / MANIFEST_NAME).unlink(missing_ok=True)
-    (out_dir / STATE_NAME).unlink(missing_ok=True)
+    data_state.remove(out_dir)
     shards = out_dir / SHARDS_DIR
     if shards.is_dir():
         shutil.rmtree(shards)

@@ -87,8 +87,8 @@ def add_source(sources: list[str], source: str) -> None:
 
 
 class ShardWriter:
-    """Writes one split's shards; `on_shard` is called after each shard file is durable (the
-    caller persists the resume state there)."""
+    """Writes one split's shards; `on_shard(split, state)` is called after each shard file is
+    durable (the caller records the resume position there)."""
 
     def __init__(
         self,
@@ -97,7 +97,7 @@ class ShardWriter:
         out_dir: Path,
         shard_tokens: int,
         state: SplitState,
-        on_shard: Callable[[], None],
+        on_shard: Callable[[str, SplitState], None],
     ) -> None:
         self.split = split
         self.out_dir = Path(out_dir)
@@ -154,7 +154,7 @@ class ShardWriter:
         self.tokens += self._buf_len
         self.state.next_doc, self.state.next_offset = next_doc, next_offset
         self._buf, self._buf_len, self._sources = [], 0, []
-        self._on_shard()
+        self._on_shard(self.split, self.state)
 
 
 def _write_shard_file(path: Path, data: bytes) -> None:

@@ -29,7 +29,7 @@ def make_docs(lengths: list[int]) -> list[np.ndarray]:
 def run(out: Path, docs: list[np.ndarray], shard_tokens: int, state: SplitState) -> SplitState:
     out.joinpath("shards").mkdir(parents=True, exist_ok=True)
     w = ShardWriter(
-        split="train", out_dir=out, shard_tokens=shard_tokens, state=state, on_shard=lambda: None
+        split="train", out_dir=out, shard_tokens=shard_tokens, state=state, on_shard=lambda *_: None
     )
     for i, toks in enumerate(docs):
         if w.wants(i):
@@ -72,7 +72,9 @@ def test_resume_after_crash_at_any_shard_gives_identical_shards(
     state = SplitState()
     written = 0
 
-    def save() -> None:  # what prepare persists after each shard (a deep copy via dicts)
+    def save(
+        split: str, st: SplitState
+    ) -> None:  # what prepare persists after each shard (a deep copy via dicts)
         saved["state"] = state.to_dict()
 
     real = data_shards._write_shard_file
