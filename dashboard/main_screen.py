@@ -25,6 +25,8 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Static
 
+MAX_TABLE_ROWS = 500  # rebuilding more rows on every update would make the app sluggish
+
 
 @dataclass(kw_only=True)
 class Connection:
@@ -109,6 +111,9 @@ class MainScreen(Screen):
         )
         total = len(view.nodes) if view else 0
         shown = f"{len(rows)} of {total}" if self.query_text else f"{total}"
+        if len(rows) > MAX_TABLE_ROWS:  # a 10k-node swarm: the top rows, `/` finds the rest
+            shown += f", first {MAX_TABLE_ROWS} shown"
+            rows = rows[:MAX_TABLE_ROWS]
         order = "descending" if self.descending else "ascending"
         filt = f"  filter: {self.query_text!r}" if self.query_text else ""
         title.update(f"[b]nodes[/b] {shown}  [dim]sorted by {self.sort_key}, {order}{filt}[/]")

@@ -13,6 +13,7 @@ from gpt5os.dashboard.swarm_view import (
     format_loss,
     short_id,
 )
+from gpt5os.dashboard.widgets import token_scale
 from gpt5os.proto import pb
 from rich.text import Text
 from textual import work
@@ -99,12 +100,19 @@ class NodeScreen(Screen):
         plt = plot.plt
         plt.clear_data()
         plt.clear_figure()
-        if detail.loss_history:
-            plt.plot([p.tokens for p in detail.loss_history], [p.loss for p in detail.loss_history])
-            plt.title("this node's loss")
+        points = [(p.tokens, p.loss) for p in detail.loss_history]
+        xs = [t for t, _ in points]
+        unit = ""
+        cumulative = all(a <= b for a, b in zip(xs, xs[1:], strict=False))
+        if points:
+            # tokens that only grow are a position in training; otherwise (per-report counts)
+            # the report's order is the honest x axis
+            scale, unit = token_scale(max(xs))
+            x = [t / scale for t in xs] if cumulative else list(range(1, len(points) + 1))
+            plt.plot(x, [v for _, v in points], label="this node's loss")
         else:
             plt.title("this node's loss - no reports yet")
-        plt.xlabel("tokens")
+        plt.xlabel(f"tokens{unit}" if points and cumulative else "report")
         plot.refresh()
 
         tps = [p.tokens_per_second for p in detail.throughput_history]

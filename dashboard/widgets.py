@@ -68,7 +68,7 @@ class LossChart(PlotextPlot):
         plt.clear_figure()
         train = list(view.loss_history)
         val = list(view.val_loss_history)
-        scale, unit = _token_scale(max([t for t, _ in train + val], default=0))
+        scale, unit = token_scale(max([t for t, _ in train + val], default=0))
         if train:
             plt.plot([t / scale for t, _ in train], [v for _, v in train], label="train loss")
         if val:
@@ -81,7 +81,7 @@ class LossChart(PlotextPlot):
         self.refresh()
 
 
-def _token_scale(max_tokens: float) -> tuple[float, str]:
+def token_scale(max_tokens: float) -> tuple[float, str]:
     if max_tokens >= 1e9:
         return 1e9, " (G)"
     if max_tokens >= 1e6:

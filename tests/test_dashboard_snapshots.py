@@ -103,8 +103,40 @@ def sample_snapshot() -> pb.SwarmSnapshot:
     )
 
 
+def sample_details() -> dict[str, pb.NodeDetail]:
+    """GetNode answers for the sample's nodes: own losses per round, throughput, a lease."""
+    snap = sample_snapshot()
+    details = {}
+    for i, node in enumerate(snap.nodes):
+        details[node.node_id] = pb.NodeDetail(
+            node=node,
+            loss_history=[
+                pb.LossPoint(tokens=r * 180_000, loss=6.4 - r * 0.35 - i * 0.05)
+                for r in range(1, 7)
+            ],
+            throughput_history=[
+                pb.ThroughputPoint(
+                    unix=NOW - 600 + 10 * k,
+                    tokens_per_second=node.tokens_per_second * (0.8 + 0.04 * (k % 6)),
+                )
+                for k in range(60)
+            ],
+            leases=[
+                pb.Lease(
+                    shard_id=f"train-{20 + i:05d}", tokens=65536, epoch=1, deadline_unix=NOW + 240
+                )
+            ]
+            if node.state == "active"
+            else [],
+            rounds=[r for r in snap.rounds if node.node_id in r.node_ids],
+        )
+    return details
+
+
 def make_app(snapshot: pb.SwarmSnapshot | None = None) -> DashboardApp:
-    source = StaticSource(snapshot or sample_snapshot(), address="127.0.0.1:50051")
+    source = StaticSource(
+        snapshot or sample_snapshot(), details=sample_details(), address="127.0.0.1:50051"
+    )
     return DashboardApp(source, clock=lambda: NOW, localtime=time.gmtime, refresh_ages=False)
 
 
@@ -137,3 +169,18 @@ def test_empty_swarm_80x24(snap_compare) -> None:
         server_unix=NOW,
     )
     assert snap_compare(make_app(snap), terminal_size=(80, 24), run_before=_settle)
+
+
+async def _open_bob(pilot) -> None:
+    await _settle(pilot)
+    await pilot.press("enter")  # the cursor starts on bob: most tokens
+    app = pilot.app
+    for _ in range(200):
+        await pilot.pause()
+        if getattr(app.screen, "detail", None) is not None:
+            break
+    await pilot.pause()
+
+
+def test_node_detail_120x40(snap_compare) -> None:
+    assert snap_compare(make_app(), terminal_size=(120, 40), run_before=_open_bob)
