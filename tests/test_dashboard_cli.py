@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import sys
+import time
 from pathlib import Path
 
 import grpc
@@ -58,6 +59,47 @@ async def test_snapshot_writes_an_svg_of_the_live_run(tmp_path: Path) -> None:
             assert word in svg, word
     finally:
         await server.stop(grace=0.1)
+
+
+async def test_snapshot_against_a_coordinator_serve_process(tmp_path: Path) -> None:
+    """Two real processes: `gpt5os-coordinator serve` and `gpt5os-dashboard --snapshot`."""
+    run_dir = make_run(tmp_path)
+    port_file = tmp_path / "port"
+    serve = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).parent / "gpt5os-coordinator"),
+        "serve",
+        "--dir",
+        str(run_dir),
+        "--port",
+        "0",
+        "--port-file",
+        str(port_file),
+        "--no-dht",
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not port_file.exists():
+            assert serve.returncode is None, (await serve.stderr.read()).decode()
+            assert time.monotonic() < deadline, "coordinator did not write its port file"
+            await asyncio.sleep(0.05)
+        address = f"127.0.0.1:{int(port_file.read_text())}"
+        out = tmp_path / "served.svg"
+        code, _, stderr = await run_cli(
+            "--coordinator", address, "--snapshot", str(out), "--size", "80x24"
+        )
+        assert code == 0, stderr
+        svg = out.read_text()
+        assert "dash-test" in svg and "no&#160;nodes&#160;yet" in svg
+    finally:
+        if serve.returncode is None:
+            serve.terminate()
+            try:
+                await asyncio.wait_for(serve.wait(), 30)
+            except TimeoutError:
+                serve.kill()
+                await serve.wait()
 
 
 async def test_snapshot_with_no_coordinator_fails_with_one_line(tmp_path: Path) -> None:
