@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import string
 import unicodedata
 from dataclasses import asdict, dataclass
 
@@ -29,7 +30,7 @@ _LETTER = re.compile(r"[^\W\d_]")  # any Unicode letter
 # were not UTF-8.
 _NON_TEXT_CHAR = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f\ufffd]")
 _LINE_END = re.compile(r"\r\n?")
-_TRAILING_SPACE = re.compile(r"[ \t]+$", re.MULTILINE)
+_ASCII_LETTERS = string.ascii_letters.encode()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -75,8 +76,17 @@ def normalize(text: str) -> str:
         text = unicodedata.normalize("NFC", text)
     if "\r" in text:
         text = _LINE_END.sub("\n", text)
-    text = _TRAILING_SPACE.sub("", text)
+    text = "\n".join([line.rstrip(" \t") for line in text.split("\n")])
     return text.strip("\n")
+
+
+def count_letters(text: str) -> int:
+    """Unicode letters in `text`; pure-ASCII text (most code) takes a C fast path ~10x quicker
+    than the regex."""
+    if text.isascii():
+        raw = text.encode("ascii")
+        return len(raw) - len(raw.translate(None, _ASCII_LETTERS))
+    return len(_LETTER.findall(text))
 
 
 def digest_of(text: str) -> bytes:
@@ -100,7 +110,7 @@ class DocumentFilter:
             return Verdict(NON_TEXT)
         if n < cfg.min_chars:
             return Verdict(TOO_SHORT)
-        if len(_LETTER.findall(text)) < cfg.min_alpha_ratio * n:
+        if count_letters(text) < cfg.min_alpha_ratio * n:
             return Verdict(LOW_ALPHA)
         if n > cfg.max_line_chars and max(map(len, text.split("\n"))) > cfg.max_line_chars:
             return Verdict(LONG_LINES)

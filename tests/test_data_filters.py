@@ -11,6 +11,7 @@ from gpt5os.coordinator.data_filters import (
     TOO_SHORT,
     DocumentFilter,
     FilterConfig,
+    count_letters,
     digest_of,
     normalize,
 )
@@ -47,6 +48,11 @@ def test_kept_document_has_normalized_text_and_digest() -> None:
 def test_each_filter_drops_its_kind(data: bytes | str, reason: str) -> None:
     raw = data.encode() if isinstance(data, str) else data
     assert DocumentFilter().check(raw).dropped_by == reason
+
+
+def test_count_letters_ascii_fast_path_agrees_with_unicode_rule() -> None:
+    for text in ["abc 123 _x_", "Grüße, мир! 3.14", "", "ÀÉ" * 3 + "z"]:
+        assert count_letters(text) == sum(c.isalpha() for c in text)
 
 
 def test_thresholds_are_configurable() -> None:
