@@ -15,9 +15,10 @@ HELP_TEXT = """\
 [b]?[/b]          this help (Esc, ? or q closes it)
 [b]s[/b]          cycle the nodes table's sort column
 [b]r[/b]          reverse the sort
-[b]/[/b]          filter nodes by id, name, device or state (Enter keeps it, Esc clears it)
+[b]/[/b]          filter nodes by id, name, device or state
+           (Enter keeps it, Esc clears it)
 [b]Enter[/b]      open the selected node's detail (Esc goes back)
-[b]↑ ↓ PgUp PgDn[/b] move in the nodes table; click a column header to sort by it
+[b]↑ ↓[/b]        move in the nodes table; click a column header to sort by it
 
 Every number is the coordinator's own: tokens/s, coverage, ETA, shard counts, round losses.
 When the coordinator goes away the status line says so and the dashboard reconnects by itself.
