@@ -77,7 +77,9 @@ class RunSpec:
     inner: InnerOptimizerSpec
     outer: OuterOptimizerSpec = field(default_factory=OuterOptimizerSpec)
     tokens_per_round: int
-    compression: str = "float16"
+    # "none": exact fixed-point averaging, every peer keeps bitwise-identical global parameters
+    # (float64 on the wire); "float16": half the bytes, peers drift apart by ~1e-3 of an update.
+    compression: str = "none"
     seed: int = 0
     min_node_version: str = field(default_factory=running_version)
     matchmaking_time_s: float = 3.0

@@ -42,9 +42,13 @@ class WorldTokenizer:
         return b"".join(self._trie.idx2token.get(int(i), b"") for i in ids)
 
 
-@functools.cache
 def load_tokenizer(name: str = TOKENIZER_NAME) -> WorldTokenizer:
     """The process-wide tokenizer for `name`; raises ValueError for a tokenizer we do not ship."""
     if name != TOKENIZER_NAME:
         raise ValueError(f"unknown tokenizer {name!r}; this gpt5os knows only {TOKENIZER_NAME!r}")
+    return _world_tokenizer()
+
+
+@functools.cache
+def _world_tokenizer() -> WorldTokenizer:
     return WorldTokenizer()

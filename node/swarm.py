@@ -17,6 +17,7 @@ import torch
 from gpt5os.proto import pb
 from hivemind.compression import CompressionInfo, Float16Compression, NoCompression
 from hivemind.optim.progress_tracker import ProgressTracker
+from hivemind.utils import get_dht_time
 
 from .diloco import OuterState
 
@@ -104,7 +105,7 @@ class Membership:
             self.key,
             subkey=self.dht.peer_id.to_bytes(),
             value=self.node_id,
-            expiration_time=hivemind.get_dht_time() + 120,
+            expiration_time=get_dht_time() + 120,
         )
 
     def count(self) -> int:
