@@ -1,0 +1,214 @@
+"""`gpt5os-coordinator` as a person runs it: real processes, one clear error line on bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+import pytest
+from gpt5os.coordinator.testkit import make_data_dir, make_run
+from gpt5os.proto import pb, pb_grpc
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def tool(name: str) -> str:
+    return str(Path(sys.executable).with_name(name))
+
+
+def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [tool("gpt5os-coordinator"), *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def assert_one_error_line(r: subprocess.CompletedProcess, *words: str) -> None:
+    assert r.returncode != 0
+    assert "Traceback" not in r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, r.stderr
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+def start_serve(run_dir: Path, *extra: str) -> tuple[subprocess.Popen, Path]:
+    port_file = run_dir.parent / f"{run_dir.name}.port"
+    proc = subprocess.Popen(
+        [tool("gpt5os-coordinator"), "serve", "--dir", str(run_dir), "--port", "0",
+         "--port-file", str(port_file), *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    return proc, port_file
+
+
+def wait_line(proc: subprocess.Popen, timeout: float) -> str:
+    """The readiness line on stdout (read with a deadline enforced by the test timeout)."""
+    line = proc.stdout.readline()
+    assert line, f"serve exited early: {proc.wait(timeout)} {proc.stderr.read()}"
+    return line
+
+
+def stop(proc: subprocess.Popen) -> tuple[int, str]:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        _, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+    return proc.returncode, err
+
+
+def test_serve_empty_dir_makes_default_run_with_dht_bootstrap(tmp_path: Path) -> None:
+    """An empty RUN_DIR gets the stdlib/tiny run; nodes get the DHT's addresses from Join."""
+    import hivemind
+    from hivemind.utils import get_dht_time
+
+    run_dir = tmp_path / "run"
+    proc, port_file = start_serve(run_dir, "--metrics-port", "0")
+    dhts = []
+    try:
+        line = wait_line(proc, 120)
+        assert line.startswith("gpt5os-coordinator: serving run tiny-") and "127.0.0.1:" in line
+        port = int(port_file.read_text())
+        assert f"127.0.0.1:{port}" in line
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            reply = pb_grpc.CoordinatorStub(ch).Join(
+                pb.JoinRequest(public_key=b"k" * 32, info=pb.NodeInfo(software_version="0.1.0")),
+                timeout=10,
+            )
+        assert reply.spec.model.preset == "tiny" and reply.spec.model.n_layer == 2
+        assert reply.spec.tokenizer == "rwkv-world-v20230424"
+        assert reply.initial_peers and all(
+            p.startswith("/ip4/127.0.0.1/tcp/") for p in reply.initial_peers
+        )
+        # two DHT peers that only know the coordinator's bootstrap peer find each other's data
+        writer = hivemind.DHT(initial_peers=list(reply.initial_peers), start=True)
+        dhts.append(writer)
+        assert writer.store("probe", "hello", get_dht_time() + 60)
+        reader = hivemind.DHT(initial_peers=list(reply.initial_peers), start=True)
+        dhts.append(reader)
+        found = reader.get("probe", latest=True)
+        assert found is not None and found.value == "hello"
+        status = json.loads(cli("status", "--dir", str(run_dir), "--json").stdout)
+        assert (
+            status["shards"]["total"] > 10
+            and status["shards"]["pending"] == status["shards"]["total"]
+        )
+        assert [n["node_id"] for n in status["nodes"]] == [reply.node_id]
+        human = cli("status", "--coordinator", f"127.0.0.1:{port}")
+        assert human.returncode == 0 and status["run_id"] in human.stdout
+    finally:
+        for d in dhts:
+            d.shutdown()
+        code, err = stop(proc)
+    assert code == 0 and "Traceback" not in err
+
+
+def test_serve_sigint_and_restart_keeps_the_run(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    make_run(run_dir, n_train=3)
+    proc, port_file = start_serve(run_dir, "--no-dht")
+    try:
+        first = wait_line(proc, 60)
+        proc.send_signal(signal.SIGINT)  # Ctrl-C
+        code, err = stop(proc)
+    finally:
+        stop(proc)
+    assert code == 0 and "Traceback" not in err
+    proc, port_file = start_serve(run_dir, "--no-dht")
+    try:
+        second = wait_line(proc, 60)
+    finally:
+        stop(proc)
+    assert first.split(" on ")[0] == second.split(" on ")[0]  # same run id
+
+
+def test_occupied_port_is_one_clear_line(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    make_run(run_dir, n_train=2)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        r = cli("serve", "--dir", str(run_dir), "--port", str(port), "--no-dht")
+    assert r.returncode == 1
+    assert_one_error_line(r, f"port {port} on 127.0.0.1 is in use", "--port")
+
+
+def test_bad_run_dirs_are_one_clear_line(tmp_path: Path) -> None:
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    assert_one_error_line(cli("serve", "--dir", str(a_file), "--no-dht"), "not a directory")
+    cluttered = tmp_path / "cluttered"
+    cluttered.mkdir()
+    (cluttered / "notes.txt").write_text("x")
+    assert_one_error_line(cli("serve", "--dir", str(cluttered), "--no-dht"), "holds no run")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "run.json").write_text("{not json")
+    assert_one_error_line(cli("serve", "--dir", str(broken), "--no-dht"), "broken")
+    assert_one_error_line(cli("status", "--dir", str(tmp_path / "nowhere")), "not found")
+    if os.geteuid() != 0:  # root reads anything
+        locked = tmp_path / "locked"
+        make_run(locked, n_train=1)
+        locked.chmod(0)
+        try:
+            assert_one_error_line(cli("serve", "--dir", str(locked), "--no-dht"), str(locked))
+        finally:
+            locked.chmod(0o755)
+
+
+def test_status_of_unknown_coordinator_is_one_clear_line() -> None:
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    r = cli("status", "--coordinator", f"127.0.0.1:{port}", "--timeout", "2")
+    assert_one_error_line(r, "no coordinator answers", f"127.0.0.1:{port}")
+
+
+def test_init_options_and_errors(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    make_data_dir(data, n_train=3)
+    run_dir = tmp_path / "run"
+    r = cli("init", "--dir", str(run_dir), "--data", str(data), "--preset", "tiny", "--seq-len", "256",
+            "--tokens-per-round", "8192", "--inner-lr", "0.001", "--compression", "none", "--seed", "7",
+            "--lease-seconds", "30", "--heartbeat-seconds", "3", "--run-id", "my-run")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    spec = json.loads((run_dir / "run.json").read_text())
+    assert spec["spec"]["run_id"] == "my-run" and spec["spec"]["seq_len"] == 256
+    assert spec["spec"]["inner"]["lr"] == 0.001 and spec["spec"]["compression"] == "none"
+    assert (
+        spec["spec"]["seed"] == 7 and spec["lease_seconds"] == 30 and spec["heartbeat_seconds"] == 3
+    )
+    assert_one_error_line(
+        cli("init", "--dir", str(run_dir), "--data", str(data)), "already holds a run"
+    )
+    assert_one_error_line(
+        cli("init", "--dir", str(tmp_path / "r2"), "--data", str(tmp_path / "nodata")),
+        "data prepare",
+    )
+    assert_one_error_line(
+        cli("init", "--dir", str(tmp_path / "r3"), "--data", str(data), "--lease-seconds", "1"),
+        "lease_seconds",
+    )
+    assert not (tmp_path / "r3" / "run.json").exists()
+    bad = cli("init", "--dir", str(tmp_path / "r4"), "--data", str(data), "--compression", "zip")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
+def test_pause_resume_ban_on_disk(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    make_run(run_dir, n_train=2)
+    assert cli("pause", "--dir", str(run_dir)).returncode == 0
+    assert json.loads(cli("status", "--dir", str(run_dir), "--json").stdout)["paused"] is True
+    assert cli("resume", "--dir", str(run_dir)).returncode == 0
+    assert json.loads(cli("status", "--dir", str(run_dir), "--json").stdout)["paused"] is False
+    assert_one_error_line(cli("ban", "--dir", str(run_dir), "0123456789"), "no node")
+    assert_one_error_line(cli("pause", "--dir", str(tmp_path / "none")), "holds no run")
