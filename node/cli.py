@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
@@ -88,8 +89,13 @@ def join(
     from .runner import NodeError, run_node
 
     stop = threading.Event()
+    main_pid = os.getpid()
 
     def request_stop(signum, _frame) -> None:
+        if os.getpid() != main_pid:  # a forked hivemind helper inherited this handler: die as asked
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
         if stop.is_set():
             raise KeyboardInterrupt  # a second Ctrl-C means "now"
         log.info("%s received: finishing the current step and leaving", signal.Signals(signum).name)

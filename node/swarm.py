@@ -64,7 +64,7 @@ class PseudoGradientAverager(hivemind.DecentralizedAverager):
             prefix=prefix,
             min_group_size=2,
             min_matchmaking_time=spec.matchmaking_time_s or 3.0,
-            request_timeout=max(3.0, (spec.matchmaking_time_s or 3.0) / 2),
+            request_timeout=max(1.0, (spec.matchmaking_time_s or 3.0) / 2),
             allreduce_timeout=spec.averaging_timeout_s or 120.0,
             compression=compression,
             state_compression=NoCompression(),

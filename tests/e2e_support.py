@@ -89,10 +89,10 @@ class Proc:
         return "\n".join(self.output().splitlines()[-lines:])
 
     def stop(self, timeout: float = 20.0) -> None:
-        """SIGTERM the process group, then SIGKILL what is left."""
+        """SIGTERM the process (it stops its own children), then SIGKILL its group's leftovers."""
         if self.popen.poll() is None:
             try:
-                os.killpg(self.popen.pid, signal.SIGTERM)
+                self.popen.send_signal(signal.SIGTERM)  # the process stops its own children
             except ProcessLookupError:
                 pass
             try:
