@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import functools
 import time
+import traceback
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,10 @@ def _rpc(method: Callable[..., Any]) -> Callable[..., Any]:
         except ApiError as e:
             code = e.code.name
             await context.abort(e.code, e.message)
+        except Exception as e:  # a bug: log it, answer INTERNAL, keep serving
+            code = "INTERNAL"
+            traceback.print_exc()
+            await context.abort(grpc.StatusCode.INTERNAL, f"coordinator error in {name}: {e!r}")
         finally:
             self.metrics.rpcs.labels(name, code).inc()
             self.metrics.latency.labels(name).observe(time.perf_counter() - t0)

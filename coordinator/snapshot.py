@@ -18,6 +18,7 @@ from gpt5os.proto import pb
 
 HISTORY_SHOWN = 1000
 ROUNDS_SHOWN = 500
+INACTIVE_SHOWN = 1000  # left/lost/banned nodes in a snapshot, most recently seen first
 
 
 def downsample(points: list[Any], limit: int = HISTORY_SHOWN) -> list[Any]:
@@ -109,6 +110,17 @@ def _events(events: list[tuple[int, float, str, str, str]]) -> list[pb.Event]:
     return [pb.Event(id=i, unix=u, kind=k, node_id=n, message=m) for i, u, k, n, m in events]
 
 
+def nodes_shown(sw: Swarm) -> list[NodeRecord]:
+    """Every active node, and the most recently seen of the others (a run that lasts weeks
+    meets far more volunteers than are online at once; snapshots stay small)."""
+    active = [n for n in sw.nodes.values() if n.state == "active"]
+    others = [n for n in sw.nodes.values() if n.state != "active"]
+    if len(others) > INACTIVE_SHOWN:
+        others = sorted(others, key=lambda n: n.last_seen_unix)[-INACTIVE_SHOWN:]
+    shown = {n.node_id for n in active} | {n.node_id for n in others}
+    return [n for n in sw.nodes.values() if n.node_id in shown]
+
+
 def _recent_rounds(sw: Swarm) -> list[RoundAgg]:
     return [sw.rounds[r] for r in sorted(sw.rounds)[-ROUNDS_SHOWN:]]
 
@@ -116,7 +128,7 @@ def _recent_rounds(sw: Swarm) -> list[RoundAgg]:
 def snapshot(sw: Swarm, now: float) -> pb.SwarmSnapshot:
     return pb.SwarmSnapshot(
         run=run_status(sw),
-        nodes=[node_status(n) for n in sw.nodes.values()],
+        nodes=[node_status(n) for n in nodes_shown(sw)],
         rounds=[round_status(a) for a in _recent_rounds(sw)],
         loss_history=_loss(downsample(sw.loss_points)),
         val_loss_history=_loss(downsample(sw.val_points)),

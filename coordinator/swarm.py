@@ -199,10 +199,11 @@ class Swarm:
         node.tokens_per_second = 0.0
         released = self.sched.release_node(node.node_id)
         self._event(now, state, node.node_id, message)
+        kind = "lease_expired" if state == "lost" else "lease_released"
         for lease in released:
             self._event(
                 now,
-                "lease_released",
+                kind,
                 node.node_id,
                 f"shard {lease.shard.shard_id} back in the queue",
             )

@@ -1,0 +1,206 @@
+"""Load test of the coordinator: N simulated nodes heartbeating, leasing and completing shards.
+
+Starts a real `gpt5os-coordinator serve` on a fresh run (or uses --coordinator HOST:PORT) and
+drives it from one or more client processes, each running many asyncio node loops over a small
+pool of gRPC channels. Every node joins (spread over --ramp seconds), then every --interval
+seconds sends a Heartbeat; at a heartbeat it also leases a shard (with probability
+--lease-prob when it holds none) or completes the shard it has held for --work seconds.
+After the ramp and one interval of warm-up, it measures for --duration seconds and prints the
+sustained request rate and p50/p99/max latency per method, as seen by the clients.
+
+    python bench/coordinator_load.py                        # 1,000 nodes, 30 s
+    python bench/coordinator_load.py --nodes 10000 --procs 2 --server-cpus 0,1
+
+Latencies are client-side (they include the clients' own event-loop delay): run the clients on
+other cores than the server (--server-cpus pins the server with taskset) for a fair figure.
+Goal (issue 5): 10,000 nodes at one heartbeat per 10 s, p99 < 50 ms, server on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import multiprocessing as mp
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+
+import grpc  # noqa: E402
+from gpt5os.proto import pb, pb_grpc  # noqa: E402
+
+METHODS = ("Join", "Heartbeat", "LeaseShard", "CompleteShard")
+
+
+async def _timed(samples: dict, window: tuple[float, float], name: str, coro):
+    t0 = time.time()
+    try:
+        reply = await coro
+        ok = True
+    except grpc.aio.AioRpcError:
+        reply, ok = None, False
+    t1 = time.time()
+    if window[0] <= t0 <= window[1] or name == "Join":
+        samples[name].append(t1 - t0)
+        if not ok:
+            samples["errors"].append(name)
+    return reply
+
+
+async def _node(idx: int, stub, args, samples: dict, start: float, window: tuple[float, float]):
+    rng = random.Random(idx)
+    await asyncio.sleep(max(0.0, start + args.ramp * idx / args.nodes - time.time()))
+    key = hashlib.sha256(f"bench-node-{idx}".encode()).digest()
+    req = pb.JoinRequest(public_key=key, info=pb.NodeInfo(software_version="99.0", device="sim"))
+    reply = await _timed(samples, window, "Join", stub.Join(req, timeout=30))
+    if reply is None:
+        return
+    auth = pb.NodeAuth(node_id=reply.node_id, session_token=reply.session_token)
+    await asyncio.sleep(rng.uniform(0, args.interval))
+    held, held_since, tokens = None, 0.0, 0
+    while time.time() < window[1]:
+        t = time.time()
+        tokens += int(1000 * args.interval)
+        stats = pb.NodeStats(tokens_per_second=1000.0, tokens_trained=tokens, last_loss=5.0)
+        await _timed(
+            samples,
+            window,
+            "Heartbeat",
+            stub.Heartbeat(pb.HeartbeatRequest(auth=auth, stats=stats), timeout=30),
+        )
+        if held is None and rng.random() < args.lease_prob:
+            lease = await _timed(
+                samples,
+                window,
+                "LeaseShard",
+                stub.LeaseShard(pb.LeaseShardRequest(auth=auth), timeout=30),
+            )
+            if lease is not None and lease.granted:
+                held, held_since = lease.lease.shard_id, time.time()
+        elif held is not None and time.time() - held_since >= args.work:
+            done = pb.CompleteShardRequest(
+                auth=auth, shard_id=held, tokens_trained=64, mean_loss=5.0
+            )
+            await _timed(samples, window, "CompleteShard", stub.CompleteShard(done, timeout=30))
+            held = None
+        await asyncio.sleep(max(0.0, args.interval - (time.time() - t)))
+
+
+async def _client(indices: list[int], address: str, args, start: float, window, out) -> None:
+    channels = [grpc.aio.insecure_channel(address) for _ in range(args.channels)]
+    stubs = [pb_grpc.CoordinatorStub(c) for c in channels]
+    samples: dict = {m: [] for m in METHODS} | {"errors": []}
+    await asyncio.gather(
+        *(_node(i, stubs[i % len(stubs)], args, samples, start, window) for i in indices)
+    )
+    for c in channels:
+        await c.close()
+    out.put(samples)
+
+
+def _client_proc(indices, address, args, start, window, out) -> None:
+    asyncio.run(_client(indices, address, args, start, window, out))
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def _start_server(args, tmp: Path) -> tuple[subprocess.Popen, str]:
+    from gpt5os.coordinator.testkit import make_run
+
+    run_dir = tmp / "run"
+    n_shards = max(200, args.nodes)
+    make_run(run_dir, n_train=n_shards, n_val=0, shard_tokens=64, heartbeat_seconds=args.interval,
+             lease_seconds=max(60.0, 6 * args.interval))  # fmt: skip
+    port_file = tmp / "port"
+    cmd = [str(Path(sys.executable).with_name("gpt5os-coordinator")), "serve", "--dir", str(run_dir),
+           "--port", "0", "--port-file", str(port_file), "--no-dht"]  # fmt: skip
+    if args.server_cpus:
+        cmd = ["taskset", "-c", args.server_cpus, *cmd]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(tmp / "server.log", "wb"))
+    deadline = time.time() + 60
+    while not (port_file.is_file() and port_file.read_text().strip()):
+        if proc.poll() is not None or time.time() > deadline:
+            raise SystemExit(
+                f"coordinator did not start: {(tmp / 'server.log').read_text()[-2000:]}"
+            )
+        time.sleep(0.05)
+    return proc, f"127.0.0.1:{port_file.read_text().strip()}"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--nodes", type=int, default=1000)
+    p.add_argument("--duration", type=float, default=30.0, help="measured seconds")
+    p.add_argument("--interval", type=float, default=10.0, help="heartbeat period per node")
+    p.add_argument("--ramp", type=float, default=10.0, help="seconds over which nodes join")
+    p.add_argument("--lease-prob", type=float, default=0.5)
+    p.add_argument("--work", type=float, default=20.0, help="seconds a node holds a shard")
+    p.add_argument("--procs", type=int, default=1, help="client processes")
+    p.add_argument("--channels", type=int, default=32, help="gRPC channels per client process")
+    p.add_argument("--coordinator", help="use a running coordinator instead of starting one")
+    p.add_argument("--server-cpus", help="taskset CPU list for the started server, e.g. 0,1")
+    args = p.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="gpt5os-load-"))
+    proc = None
+    try:
+        if args.coordinator:
+            address = args.coordinator
+        else:
+            proc, address = _start_server(args, tmp)
+        start = time.time() + 1.0
+        window = (
+            start + args.ramp + args.interval,
+            start + args.ramp + args.interval + args.duration,
+        )
+        ctx = mp.get_context("spawn")
+        out = ctx.Queue()
+        slices = [list(range(i, args.nodes, args.procs)) for i in range(args.procs)]
+        procs = [
+            ctx.Process(target=_client_proc, args=(s, address, args, start, window, out))
+            for s in slices
+        ]
+        for c in procs:
+            c.start()
+        merged: dict = {m: [] for m in METHODS} | {"errors": []}
+        for _ in procs:
+            for k, v in out.get(timeout=window[1] - time.time() + 120).items():
+                merged[k] += v
+        for c in procs:
+            c.join()
+        measured = sum(len(merged[m]) for m in METHODS if m != "Join")
+        print(f"nodes {args.nodes}  heartbeat every {args.interval:g} s  measured {args.duration:g} s  "
+              f"client procs {args.procs}  server cpus {args.server_cpus or 'any'}")  # fmt: skip
+        print(f"sustained {measured / args.duration:,.0f} req/s  errors {len(merged['errors'])}")
+        everything = [x for m in METHODS if m != "Join" for x in merged[m]]
+        for name, values in [*((m, merged[m]) for m in METHODS), ("all (excl. Join)", everything)]:
+            if values:
+                print(f"  {name:<18} n={len(values):>7}  p50 {_pct(values, 0.5) * 1e3:7.2f} ms  "
+                      f"p99 {_pct(values, 0.99) * 1e3:7.2f} ms  max {max(values) * 1e3:7.2f} ms")  # fmt: skip
+    finally:
+        if proc is not None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
