@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import hashlib
 import multiprocessing as mp
 import os
@@ -45,13 +46,13 @@ async def _timed(samples: dict, window: tuple[float, float], name: str, coro):
     try:
         reply = await coro
         ok = True
-    except grpc.aio.AioRpcError:
-        reply, ok = None, False
+    except grpc.aio.AioRpcError as e:
+        reply, ok = None, e.code().name
     t1 = time.time()
     if window[0] <= t0 <= window[1] or name == "Join":
         samples[name].append(t1 - t0)
-        if not ok:
-            samples["errors"].append(name)
+        if ok is not True:
+            samples["errors"].append(f"{name}:{ok}")
     return reply
 
 
@@ -186,7 +187,9 @@ def main() -> None:
         measured = sum(len(merged[m]) for m in METHODS if m != "Join")
         print(f"nodes {args.nodes}  heartbeat every {args.interval:g} s  measured {args.duration:g} s  "
               f"client procs {args.procs}  server cpus {args.server_cpus or 'any'}")  # fmt: skip
-        print(f"sustained {measured / args.duration:,.0f} req/s  errors {len(merged['errors'])}")
+        errors = collections.Counter(merged["errors"])
+        print(f"sustained {measured / args.duration:,.0f} req/s  errors {sum(errors.values())}"
+              + "".join(f"  {k} x{v}" for k, v in errors.most_common(4)))  # fmt: skip
         everything = [x for m in METHODS if m != "Join" for x in merged[m]]
         for name, values in [*((m, merged[m]) for m in METHODS), ("all (excl. Join)", everything)]:
             if values:

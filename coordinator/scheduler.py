@@ -131,10 +131,15 @@ class ShardScheduler:
     # -- queries ---------------------------------------------------------------------------
 
     def counts(self) -> dict[str, int]:
-        c = {"total": len(self.states), "pending": 0, "leased": 0, "done": 0}
-        for st in self.states.values():
-            c[st.status.value] += 1
-        return c
+        """Shards of the current epoch by status (O(nodes holding leases), not O(shards))."""
+        total, pending = len(self.states), len(self._queue)
+        leased = sum(len(sids) for sids in self._by_node.values())
+        return {
+            "total": total,
+            "pending": pending,
+            "leased": leased,
+            "done": total - pending - leased,
+        }
 
     def leases_of(self, node_id: str) -> list[LeaseInfo]:
         return [self._lease_info(sid) for sid in sorted(self._by_node.get(node_id, ()))]

@@ -35,6 +35,7 @@ MAX_RECEIVE = 4 * 1024 * 1024
 MAX_SEND = 8 * 1024 * 1024
 CHUNK = 1024 * 1024
 TICK_S = 0.5
+METRICS_EVERY_TICKS = 4  # gauges every 2 s (scrapers poll every 15 s or so)
 WATCH_DEFAULT_S = 1.0
 WATCH_KEEPALIVE_S = 10.0
 
@@ -91,7 +92,7 @@ class Servicer(pb_grpc.CoordinatorServicer):
         return pb.JoinResponse(
             node_id=node.node_id,
             session_token=token,
-            spec=self.sw.spec.to_pb(),
+            spec=self.sw.spec_pb,
             initial_peers=self.sw.initial_peers(self.server.dht_maddrs, node.node_id, now),
             heartbeat_interval_s=self.sw.config.heartbeat_seconds,
             lease_duration_s=self.sw.config.lease_seconds,
@@ -334,15 +335,16 @@ class CoordinatorServer:
             self._dht = None
 
     async def _ticker(self) -> None:
-        polls = 0
+        ticks = 0
         while True:
             await asyncio.sleep(TICK_S)
             try:
                 now = self.clock()
                 self.swarm.tick(now)
-                polls += 1
-                if polls % 2 == 0:
+                ticks += 1
+                if ticks % 2 == 0:
                     self.swarm.poll_control(now)
+                if ticks % METRICS_EVERY_TICKS == 0:
                     self.metrics.refresh(self.swarm)
             except Exception as e:  # keep serving; a locked database clears on the next tick
                 print(f"gpt5os-coordinator: background tick failed: {e!r}", flush=True)

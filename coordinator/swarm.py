@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from collections import deque
+from collections import OrderedDict, deque
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,8 @@ ROUND_SETTLE_S = 30.0
 THROUGHPUT_EVERY_S = 5.0
 HISTORY_POINTS = 20_000  # in memory; snapshots downsample to <= 1000
 INITIAL_PEERS_MAX = 8
+RECENT_PEERS_KEPT = 64
+LOST_CHECK_EVERY_S = 2.0
 
 
 def node_id_of(public_key: bytes) -> str:
@@ -53,6 +55,7 @@ class Swarm:
     def __init__(self, config: RunConfig, store: Store, *, now: float, readonly: bool = False):
         self.config = config
         self.spec = config.spec
+        self.spec_pb = config.spec.to_pb()  # built once: Join hands it to every node
         self.store = store
         self.readonly = readonly
         self.version = 1
@@ -96,6 +99,13 @@ class Swarm:
         self.throughput: deque[tuple[int, float, float]] = deque(maxlen=HISTORY_POINTS)
         for i, (unix, tps) in enumerate(store.throughput()[-HISTORY_POINTS:]):
             self.throughput.append((i + 1, unix, tps))
+        self._recent_peers: OrderedDict[str, None] = OrderedDict(
+            (n.node_id, None)
+            for n in sorted(self.nodes.values(), key=lambda n: n.last_seen_unix)
+            if n.dht_maddrs
+        )
+        self._open_rounds = {r for r, a in self.rounds.items() if not a.finished}
+        self._last_lost_check = 0.0
         self._pending_events: list[tuple[int, float, str, str, str]] = []
         self._dirty_nodes: set[str] = set()
         self._last_sample = 0.0
@@ -178,6 +188,10 @@ class Swarm:
         node.outer_round = max(node.outer_round, stats["outer_round"])
         if stats["dht_maddrs"]:
             node.dht_maddrs = stats["dht_maddrs"]
+            self._recent_peers.pop(node.node_id, None)
+            self._recent_peers[node.node_id] = None
+            while len(self._recent_peers) > RECENT_PEERS_KEPT:
+                self._recent_peers.popitem(last=False)
         node.sample(now)
         self._dirty_nodes.add(node.node_id)
         self._touch(node)
@@ -289,12 +303,13 @@ class Swarm:
         agg = self.rounds.get(r)
         if agg is None:
             agg = self.rounds[r] = RoundAgg(round=r, first_unix=now)
+            self._open_rounds.add(r)
         new = node.node_id not in agg.reports
         agg.reports[node.node_id] = dict(rep, node_id=node.node_id, unix=now)
         if new:
             node.rounds += 1
         node.outer_round = max(node.outer_round, r)
-        to_finish = [a for a in self.rounds.values() if not a.finished and a.round < r]
+        to_finish = [self.rounds[o] for o in self._open_rounds if o < r]
         if agg.all_reported() and not agg.finished:
             to_finish.append(agg)
         for a in sorted(to_finish, key=lambda a: a.round):
@@ -312,6 +327,7 @@ class Swarm:
 
     def _finish_round(self, agg: RoundAgg, now: float) -> None:
         agg.finished_unix = now
+        self._open_rounds.discard(agg.round)
         done = [a for a in self.rounds.values() if a.finished and a.loss_tokens is not None]
         agg.loss_tokens = sum(a.tokens for a in done if a.round < agg.round) + agg.tokens
         agg.loss = agg.mean_loss
@@ -350,13 +366,16 @@ class Swarm:
                 f"shard {lease.shard.shard_id} back in the queue",
             )
             changed = True
-        lost_after = LOST_AFTER_HEARTBEATS * self.config.heartbeat_seconds
-        for node in list(self.nodes.values()):
-            if node.state == "active" and now - node.last_seen_unix > lost_after:
-                self._end_session(
-                    node, "lost", now, f"no heartbeat for {now - node.last_seen_unix:.0f} s"
-                )
-        for agg in sorted(self.rounds.values(), key=lambda a: a.round):
+        if now - self._last_lost_check >= LOST_CHECK_EVERY_S:
+            self._last_lost_check = now
+            lost_after = LOST_AFTER_HEARTBEATS * self.config.heartbeat_seconds
+            for node in [n for n in self.nodes.values() if n.state == "active"]:
+                if now - node.last_seen_unix > lost_after:
+                    self._end_session(
+                        node, "lost", now, f"no heartbeat for {now - node.last_seen_unix:.0f} s"
+                    )
+        for r in sorted(self._open_rounds):
+            agg = self.rounds[r]
             if not agg.finished and now - agg.first_unix >= ROUND_SETTLE_S:
                 self._finish_round(agg, now)
                 with self.store.tx():
@@ -409,21 +428,18 @@ class Swarm:
         return sum(n.tokens_trained for n in self.nodes.values())
 
     def initial_peers(self, own: list[str], exclude: str, now: float) -> list[str]:
-        """The coordinator's DHT addresses, then recently seen nodes' addresses, newest first."""
+        """The coordinator's DHT addresses, then recently seen nodes' addresses, newest first.
+
+        O(1) per Join: heartbeats keep `_recent_peers` ordered by last report (see heartbeat).
+        """
         peers = list(own)
-        recent = sorted(
-            (
-                n
-                for n in self.nodes.values()
-                if n.state == "active" and n.dht_maddrs and n.node_id != exclude
-            ),
-            key=lambda n: n.last_seen_unix,
-            reverse=True,
-        )
-        for n in recent:
+        for node_id in reversed(self._recent_peers):
             if len(peers) >= INITIAL_PEERS_MAX + len(own):
                 break
-            peers.extend(m for m in n.dht_maddrs[:2] if m not in peers)
+            node = self.nodes.get(node_id)
+            if node is None or node.state != "active" or node_id == exclude:
+                continue
+            peers.extend(m for m in node.dht_maddrs[:2] if m not in peers)
         return peers[: INITIAL_PEERS_MAX + len(own)]
 
     def find_node(self, prefix: str) -> NodeRecord:

@@ -197,6 +197,10 @@ class SchedulerMachine(RuleBasedStateMachine):
             return
         c = self.s.counts()
         assert c["total"] == self.n == c["pending"] + c["leased"] + c["done"]
+        by_status = {status: 0 for status in ("pending", "leased", "done")}
+        for state in self.s.states.values():
+            by_status[state.status.value] += 1
+        assert by_status == {k: c[k] for k in by_status}
         leased = {
             sid: st.node_id for sid, st in self.s.states.items() if st.status is ShardStatus.LEASED
         }
