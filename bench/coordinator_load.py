@@ -27,10 +27,12 @@ import os
 import random
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 os.environ.setdefault("GRPC_VERBOSITY", "NONE")
@@ -118,6 +120,46 @@ def _pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
+def _cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _histogram(metrics_port: int) -> dict[str, dict[float, float]]:
+    """Server-side RPC latency buckets: {method: {le: cumulative count}}."""
+    text = (
+        urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10)
+        .read()
+        .decode()
+    )
+    out: dict[str, dict[float, float]] = {}
+    for line in text.splitlines():
+        if line.startswith("gpt5os_rpc_seconds_bucket{"):
+            labels, value = line[len("gpt5os_rpc_seconds_bucket{") :].split("} ")
+            kv = dict(x.split("=", 1) for x in labels.split(","))
+            out.setdefault(kv["method"].strip('"'), {})[float(kv["le"].strip('"'))] = float(value)
+    return out
+
+
+def _bucket_pct(start: dict[float, float], end: dict[float, float], q: float) -> str:
+    les = sorted(end)
+    counts = [end[le] - start.get(le, 0.0) for le in les]
+    total = counts[-1] if counts else 0
+    if total <= 0:
+        return "-"
+    for le, c in zip(les, counts, strict=True):
+        if c >= q * total:
+            return f"<= {le * 1e3:g} ms"
+    return "> max bucket"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def _start_server(args, tmp: Path) -> tuple[subprocess.Popen, str]:
     from gpt5os.coordinator.testkit import make_run
 
@@ -127,7 +169,8 @@ def _start_server(args, tmp: Path) -> tuple[subprocess.Popen, str]:
              lease_seconds=max(60.0, 6 * args.interval))  # fmt: skip
     port_file = tmp / "port"
     cmd = [str(Path(sys.executable).with_name("gpt5os-coordinator")), "serve", "--dir", str(run_dir),
-           "--port", "0", "--port-file", str(port_file), "--no-dht"]  # fmt: skip
+           "--port", "0", "--port-file", str(port_file), "--no-dht",
+           "--metrics-port", str(args.metrics_port)]  # fmt: skip
     if args.server_cpus:
         cmd = ["taskset", "-c", args.server_cpus, *cmd]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(tmp / "server.log", "wb"))
@@ -156,6 +199,7 @@ def main() -> None:
     p.add_argument("--coordinator", help="use a running coordinator instead of starting one")
     p.add_argument("--server-cpus", help="taskset CPU list for the started server, e.g. 0,1")
     args = p.parse_args()
+    args.metrics_port = _free_port()
 
     tmp = Path(tempfile.mkdtemp(prefix="gpt5os-load-"))
     proc = None
@@ -178,6 +222,13 @@ def main() -> None:
         ]
         for c in procs:
             c.start()
+        server_side = proc is not None
+        time.sleep(max(0.0, window[0] - time.time()))
+        if server_side:
+            cpu0, hist0 = _cpu_seconds(proc.pid), _histogram(args.metrics_port)
+        time.sleep(max(0.0, window[1] - time.time()))
+        if server_side:
+            cpu1, hist1 = _cpu_seconds(proc.pid), _histogram(args.metrics_port)
         merged: dict = {m: [] for m in METHODS} | {"errors": []}
         for _ in procs:
             for k, v in out.get(timeout=window[1] - time.time() + 120).items():
@@ -195,6 +246,15 @@ def main() -> None:
             if values:
                 print(f"  {name:<18} n={len(values):>7}  p50 {_pct(values, 0.5) * 1e3:7.2f} ms  "
                       f"p99 {_pct(values, 0.99) * 1e3:7.2f} ms  max {max(values) * 1e3:7.2f} ms")  # fmt: skip
+        if server_side:
+            print(f"server CPU: {(cpu1 - cpu0) / args.duration:.2f} cores busy on average "
+                  "(process total, all threads)")  # fmt: skip
+            print("server-side handler latency (histogram bucket bounds, excl. network/queueing):")
+            for m in METHODS:
+                if m in hist1:
+                    start = hist0.get(m, {})
+                    print(f"  {m:<18} p50 {_bucket_pct(start, hist1[m], 0.5):>12}  "
+                          f"p99 {_bucket_pct(start, hist1[m], 0.99):>12}")  # fmt: skip
     finally:
         if proc is not None:
             proc.send_signal(signal.SIGTERM)
@@ -202,6 +262,9 @@ def main() -> None:
                 proc.wait(15)
             except subprocess.TimeoutExpired:
                 proc.kill()
+        log = tmp / "server.log"
+        if log.is_file() and log.read_text().strip():
+            print("server log (tail):\n" + log.read_text()[-1500:])
         shutil.rmtree(tmp, ignore_errors=True)
 
 

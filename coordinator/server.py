@@ -266,6 +266,7 @@ class CoordinatorServer:
         try:
             config = load_run(self.run_dir)
             self.swarm = open_swarm(self.run_dir, config, now=self.clock())
+            self.swarm.store.start_checkpointer()
         except (OSError, ValueError, RuntimeError) as e:
             raise ServeError(f"cannot open run directory {self.run_dir}: {e}") from e
         server = grpc.aio.server(

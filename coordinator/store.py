@@ -17,8 +17,10 @@ them read a consistent view without blocking the writer. No torch here.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
+import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -87,6 +89,34 @@ class StoreError(RuntimeError):
     """The run directory's database is missing, unreadable or from a newer gpt5os."""
 
 
+class Checkpointer:
+    """Moves the WAL into the database from a background thread with its own connection.
+
+    With autocheckpoint on, the commit that crosses the WAL threshold also checkpoints, which
+    fsyncs: a stall of the event loop (hundreds of ms on a busy disk) every few thousand
+    heartbeats. A PASSIVE checkpoint here never blocks the writer, and sqlite3 releases the GIL.
+    """
+
+    def __init__(self, path: Path, interval_s: float) -> None:
+        self.path, self.interval_s = path, interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="wal-checkpoint", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        db = sqlite3.connect(self.path, timeout=10.0)
+        try:
+            while not self._stop.wait(self.interval_s):
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        finally:
+            db.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 class Store:
     """Thin SQL over the run database: every method is one statement or one transaction."""
 
@@ -106,7 +136,16 @@ class Store:
         except sqlite3.Error as e:
             raise StoreError(f"cannot open {self.path}: {e}") from e
 
+    def start_checkpointer(self, interval_s: float = 2.0) -> None:
+        """The server's store: checkpoint in the background, never inside a commit."""
+        self.db.execute("PRAGMA wal_autocheckpoint=0")
+        self._checkpointer = Checkpointer(self.path, interval_s)
+
     def close(self) -> None:
+        checkpointer = getattr(self, "_checkpointer", None)
+        if checkpointer is not None:
+            checkpointer.stop()
+            self._checkpointer = None
         self.db.close()
 
     # -- schema ----------------------------------------------------------------------------
