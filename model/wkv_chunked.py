@@ -63,6 +63,10 @@ def wkv7_chunked(
     s0 = r.new_zeros(bsz, h, n, n) if state is None else state.float()
     if t_len == 0:
         return r.new_zeros(bsz, 0, h, n).to(out_dtype), s0
+    if t_len == 1:  # a chunk of one step is the recurrence itself (RNN decoding): skip the setup
+        s = s0 * w[:, 0, :, None, :] + (s0 @ a[:, 0, :, :, None]) * b[:, 0, :, None, :]
+        s = s + v[:, 0, :, :, None] * k[:, 0, :, None, :]
+        return (s @ r[:, 0, :, :, None]).view(bsz, 1, h, n).to(out_dtype), s
     chunk = min(chunk, t_len)
     lo, wmin, wmax = w_min(chunk), float(w.detach().min()), float(w.detach().max())
     if not (wmin >= lo and wmax <= 1.0):
