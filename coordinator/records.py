@@ -6,6 +6,7 @@ a node's cumulative tokens across sessions). The Swarm (swarm.py) owns and persi
 
 from __future__ import annotations
 
+import json
 import math
 from collections import deque
 from dataclasses import dataclass, field
@@ -62,6 +63,20 @@ class NodeRecord:
         from gpt5os.coordinator.store import NODE_COLUMNS
 
         return cls(**{c: row[c] for c in NODE_COLUMNS})
+
+    def stats_row(self) -> tuple[Any, ...]:
+        """Store.put_node_stats's row: the heartbeat-driven columns, then node_id."""
+        return (
+            self.state,
+            self.last_seen_unix,
+            self.tokens_per_second,
+            self.tokens_trained,
+            self.session_tokens,
+            self.last_loss,
+            self.outer_round,
+            json.dumps(self.dht_maddrs) if self.dht_maddrs else "[]",
+            self.node_id,
+        )
 
     def add_session_tokens(self, reported: int) -> None:
         """NodeStats.tokens_trained counts from the node's (re)join; credit only the increase."""

@@ -35,6 +35,7 @@ MAX_RECEIVE = 4 * 1024 * 1024
 MAX_SEND = 8 * 1024 * 1024
 CHUNK = 1024 * 1024
 TICK_S = 0.5
+FLUSH_CHUNK = 100  # node stats rows per transaction: a few ms of event loop each
 METRICS_EVERY_TICKS = 4  # gauges every 2 s (scrapers poll every 15 s or so)
 WATCH_DEFAULT_S = 1.0
 WATCH_KEEPALIVE_S = 10.0
@@ -341,7 +342,9 @@ class CoordinatorServer:
             await asyncio.sleep(TICK_S)
             try:
                 now = self.clock()
-                self.swarm.tick(now)
+                self.swarm.tick(now, flush=False)
+                while self.swarm.flush(now, limit=FLUSH_CHUNK):
+                    await asyncio.sleep(0)  # let RPCs in between two chunks
                 ticks += 1
                 if ticks % 2 == 0:
                     self.swarm.poll_control(now)

@@ -250,12 +250,10 @@ class Store:
         cols = ", ".join(f":{c}" for c in NODE_COLUMNS)
         self.db.execute(f"INSERT OR REPLACE INTO nodes VALUES ({cols})", row)
 
-    def put_node_stats(self, rows: list[dict[str, Any]]) -> None:
-        sets = ", ".join(f"{c}=:{c}" for c in STATS_COLUMNS)
-        self.db.executemany(
-            f"UPDATE nodes SET {sets} WHERE node_id=:node_id",
-            [dict(r, dht_maddrs=json.dumps(r["dht_maddrs"])) for r in rows],
-        )
+    def put_node_stats(self, rows: list[tuple[Any, ...]]) -> None:
+        """Rows are STATS_COLUMNS in order (dht_maddrs as JSON text), then node_id."""
+        sets = ", ".join(f"{c}=?" for c in STATS_COLUMNS)
+        self.db.executemany(f"UPDATE nodes SET {sets} WHERE node_id=?", rows)
 
     def nodes(self) -> list[dict[str, Any]]:
         out = []

@@ -355,7 +355,7 @@ class Swarm:
 
     # -- periodic work ---------------------------------------------------------------------
 
-    def tick(self, now: float) -> None:
+    def tick(self, now: float, *, flush: bool = True) -> None:
         """Expire leases, mark silent nodes lost, settle rounds, sample throughput, flush."""
         changed = False
         for lease in self.sched.expire(now):
@@ -389,21 +389,30 @@ class Swarm:
             self.version += 1
         if changed:
             self.version += 1
-        self.flush(now)
+        if flush:
+            self.flush(now)
 
-    def flush(self, now: float) -> None:
-        """Write batched heartbeat stats, lease extensions and events in one transaction."""
+    def flush(self, now: float, limit: int | None = None) -> bool:
+        """Write batched heartbeat stats, lease extensions and events in one transaction.
+
+        With `limit`, at most that many nodes' stats go in this transaction (the server calls
+        it repeatedly, yielding to its event loop in between, so no RPC waits long behind a
+        big flush); returns True while more remain.
+        """
         if self.readonly:
-            return
-        nodes = [self.nodes[n].row() for n in self._dirty_nodes if n in self.nodes]
-        if not (nodes or self.sched.dirty or self._pending_events):
-            return
-        with self.store.tx():
-            if nodes:
-                self.store.put_node_stats(nodes)
-            self._write_shards()
-            self._write_events()
-        self._dirty_nodes.clear()
+            return False
+        if limit is None or limit >= len(self._dirty_nodes):
+            ids, self._dirty_nodes = self._dirty_nodes, set()
+        else:
+            ids = {self._dirty_nodes.pop() for _ in range(limit)}
+        rows = [self.nodes[n].stats_row() for n in ids if n in self.nodes]
+        if rows or self.sched.dirty or self._pending_events:
+            with self.store.tx():
+                if rows:
+                    self.store.put_node_stats(rows)
+                self._write_shards()
+                self._write_events()
+        return bool(self._dirty_nodes)
 
     def poll_control(self, now: float) -> None:
         """Pick up `gpt5os-coordinator pause/resume/ban`, which write to the store directly."""
