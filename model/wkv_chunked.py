@@ -29,6 +29,8 @@ and refuse other inputs, pointing at impl="reference".
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
 
@@ -44,6 +46,15 @@ def _to_chunks(x: Tensor, n_chunks: int, chunk: int) -> Tensor:
     """[B, T, H, N] -> [B, H, n_chunks, L, N] (T already padded to n_chunks * L)."""
     bsz, _, h, n = x.shape
     return x.view(bsz, n_chunks, chunk, h, n).permute(0, 3, 1, 2, 4)
+
+
+@functools.cache
+def _mask(chunk: int, device: torch.device) -> Tensor:
+    """[2L, 2L] mask of the stacked interaction matrix: rows a (strictly earlier columns),
+    rows r (earlier or same step)."""
+    t = torch.arange(2 * chunk, device=device) % chunk
+    rows_a = (torch.arange(2 * chunk, device=device) < chunk)[:, None]
+    return torch.where(rows_a, t[:, None] > t[None, :], t[:, None] >= t[None, :])
 
 
 def wkv7_chunked(
@@ -92,23 +103,19 @@ def wkv7_chunked(
     mid = cs[..., chunk // 2 : chunk // 2 + 1, :]
     last = cs[..., -1:, :]
 
-    a_in = a * torch.exp(cse - mid)
-    r_in = r * torch.exp(cs - mid)
-    inv = torch.exp(mid - cs)
-    b_out = b * inv
-    k_out = k * inv
+    e_mid = torch.exp(cs - mid)
+    inv = 1.0 / e_mid
+    # one matmul gives all four intra-chunk interaction matrices:
+    # rows [a_t gamma_{t-1}; r_t gamma_t] x columns [b_s / gamma_s; k_s / gamma_s]
+    queries = torch.cat([a * (e_mid / w), r * e_mid], dim=-2)  # [.., 2L, N]
+    keys = torch.cat([b * inv, k * inv], dim=-2)
+    q_all = torch.where(_mask(chunk, r.device), queries @ keys.transpose(-1, -2), 0.0)
+    m_b, m_k = q_all[..., :chunk, :chunk], q_all[..., :chunk, chunk:]  # strictly lower
+    q_rbk = q_all[..., chunk:, :]  # [Qb, Qk]: lower incl. diagonal
 
-    idx = torch.arange(chunk, device=r.device)
-    strict = idx[:, None] > idx[None, :]
-    lower = idx[:, None] >= idx[None, :]
-    zero = r.new_zeros(())
-    m_b = torch.where(strict, a_in @ b_out.transpose(-1, -2), zero)
-    m_k = torch.where(strict, a_in @ k_out.transpose(-1, -2), zero)
-    q_b = torch.where(lower, r_in @ b_out.transpose(-1, -2), zero)
-    q_k = torch.where(lower, r_in @ k_out.transpose(-1, -2), zero)
-
-    a_s = a * torch.exp(cse)  # a_t * gamma_{t-1}: reads the entering state
-    r_s = r * torch.exp(cs)
+    e_abs = torch.exp(cs)
+    a_s = a * (e_abs / w)  # a_t * gamma_{t-1}: reads the entering state
+    r_s = r * e_abs
     to_end = torch.exp(last - cs)
     b_e = b * to_end
     k_e = k * to_end
@@ -118,8 +125,9 @@ def wkv7_chunked(
     sol = torch.linalg.solve_triangular(eye - m_b, rhs, upper=False, unitriangular=True)
     x_s, u_v = sol[..., :n], sol[..., n:]  # U = X S0^T + Uv
 
-    g = torch.diag_embed(torch.exp(last.squeeze(-2))) + x_s.transpose(-1, -2) @ b_e
-    hc = u_v.transpose(-1, -2) @ b_e + v.transpose(-1, -2) @ k_e
+    gx = sol.transpose(-1, -2) @ b_e  # [X; Uv]^T b_e: [2N, N]
+    g = torch.diag_embed(torch.exp(last.squeeze(-2))) + gx[..., :n, :]
+    hc = gx[..., n:, :] + v.transpose(-1, -2) @ k_e
 
     states = []
     s = s0
@@ -130,8 +138,8 @@ def wkv7_chunked(
         s = torch.baddbmm(h_c.flatten(0, 1), s.flatten(0, 1), g_c.flatten(0, 1)).view_as(s)
     s_in = torch.stack(states, dim=2)  # [B, H, nc, N, N] state entering each chunk
 
-    s_in_t = s_in.transpose(-1, -2)
-    u = x_s @ s_in_t + u_v
-    y = r_s @ s_in_t + q_b @ u + q_k @ v  # [B, H, nc, L, N]
+    from_state = torch.cat([x_s, r_s], dim=-2) @ s_in.transpose(-1, -2)  # [X; R gamma] S^T
+    u = from_state[..., :chunk, :] + u_v
+    y = from_state[..., chunk:, :] + q_rbk @ torch.cat([u, v], dim=-2)  # [B, H, nc, L, N]
     y = y.permute(0, 2, 3, 1, 4).reshape(bsz, n_chunks * chunk, h, n)[:, :t_len]
     return y.to(out_dtype), s

@@ -134,9 +134,9 @@ class TestArchitecture:
 
     def test_cpu_and_reference_wkv_give_the_same_model(self):
         torch.manual_seed(2)
-        model = perturbed(RWKV7(small_config()))
-        idx = torch.randint(0, 300, (1, 50))
-        targets = torch.randint(0, 300, (1, 50))
+        model = perturbed(RWKV7(small_config(n_layer=2)))
+        idx = torch.randint(0, 300, (1, 37))  # two chunks of 32, the second padded
+        targets = torch.randint(0, 300, (1, 37))
         grads = {}
         for impl in ("cpu", "reference"):
             model.wkv_impl = impl
