@@ -99,7 +99,6 @@ def wkv7_chunked(
 
     logw = torch.log(w)
     cs = torch.cumsum(logw, dim=-2)  # log gamma_t (inclusive)
-    cse = cs - logw  # log gamma_{t-1}
     mid = cs[..., chunk // 2 : chunk // 2 + 1, :]
     last = cs[..., -1:, :]
 
