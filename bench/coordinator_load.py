@@ -49,7 +49,7 @@ async def _timed(samples: dict, window: tuple[float, float], name: str, coro):
         reply = await coro
         ok = True
     except grpc.aio.AioRpcError as e:
-        reply, ok = None, e.code().name
+        reply, ok = None, f"{e.code().name}({e.details()[:60]})"
     t1 = time.time()
     if window[0] <= t0 <= window[1] or name == "Join":
         samples[name].append(t1 - t0)
