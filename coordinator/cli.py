@@ -163,6 +163,9 @@ async def _serve(
         if port_file is not None:
             _write_port_file(port_file, bound)
         extra = f", metrics on {host}:{server.metrics_port}" if metrics_port is not None else ""
+        if server.dht_maddrs:
+            peers = " ".join(server.dht_maddrs)
+            click.echo(f"gpt5os-coordinator: DHT bootstrap peer {peers}", err=True)
         click.echo(
             f"gpt5os-coordinator: serving run {server.swarm.run_id} on {host}:{bound}{extra}"
         )
