@@ -27,7 +27,7 @@ def test_tiny_preset_defaults() -> None:
         128,
         4,
         16384,
-        "float16",
+        "none",  # exact fixed-point averaging (the node's choice); "float16" is the option
         0,
     )
     i = s.inner
