@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from e2e_support import Proc, coordinator_status, process_env, start_coordinator, tool
+from e2e_support import Proc, coordinator_status, process_env, start_coordinator, tool, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -90,4 +90,58 @@ def test_two_nodes_average_every_round_and_learn(tmp_path: Path, small_corpus: P
     finally:
         for node in nodes:
             node.stop()
+        coordinator.stop()
+
+
+def test_a_lone_node_trains_alone_and_a_late_joiner_averages_with_it(
+    tmp_path: Path, small_corpus: Path
+) -> None:
+    run_dir = tmp_path / "run"
+    _init_run(run_dir, small_corpus, "--tokens-per-round", "4096")
+    coordinator, address = start_coordinator(
+        run_dir, tmp_path / "coord-home", tmp_path / "coordinator.log"
+    )
+    first = late = None
+    try:
+        first = _node(
+            address, tmp_path / "node-first", tmp_path / "node-first.log", "--max-rounds", "4"
+        )
+
+        def first_round_done() -> dict | None:
+            status = coordinator_status(run_dir)
+            return status if status["rounds"] else None
+
+        status = wait_for(first_round_done, 300, "the first node's first round", interval=1.0)
+        [first_id] = [n["node_id"] for n in status["nodes"]]
+        alone = status["rounds"][0]
+        assert alone["round"] == 1 and [r["peer_node_ids"] for r in alone["reports"]] == [
+            [first_id]
+        ]
+
+        late = _node(
+            address, tmp_path / "node-late", tmp_path / "node-late.log", "--max-rounds", "2"
+        )
+        assert late.wait(timeout=600) == 0, late.tail()
+        assert first.wait(timeout=600) == 0, first.tail()
+
+        status = coordinator_status(run_dir)
+        [late_id] = [n["node_id"] for n in status["nodes"] if n["node_id"] != first_id]
+        assert "loaded the swarm's state from a peer" in late.output()
+        together = [
+            r
+            for r in status["rounds"]
+            if {p["node_id"] for p in r["reports"]} == {first_id, late_id}
+        ]
+        assert together, f"the late joiner never averaged with the first node: {status['rounds']}"
+        for record in together:
+            assert record["round"] > 1
+            assert {r["params_sha256"] for r in record["reports"]} == {
+                record["reports"][0]["params_sha256"]
+            }
+            for report in record["reports"]:
+                assert set(report["peer_node_ids"]) == {first_id, late_id}
+    finally:
+        for proc in (first, late):
+            if proc is not None:
+                proc.stop()
         coordinator.stop()
