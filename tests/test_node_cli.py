@@ -74,7 +74,6 @@ def test_generate_with_a_missing_checkpoint(tmp_path: Path) -> None:
 
 def test_generate_streams_a_continuation_from_a_checkpoint(tmp_path: Path) -> None:
     import torch
-
     from gpt5os.model import RWKV7, ModelConfig, save_checkpoint
 
     torch.manual_seed(0)
