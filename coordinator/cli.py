@@ -22,7 +22,7 @@ import click  # noqa: E402
 from gpt5os.coordinator.data_cli import data  # noqa: E402
 from gpt5os.coordinator.records import ApiError  # noqa: E402
 from gpt5os.coordinator.run_spec import COMPRESSIONS, PRESETS  # noqa: E402
-from gpt5os.coordinator.runs import RUN_FILE, create_run, load_run  # noqa: E402
+from gpt5os.coordinator.runs import RUN_FILE, create_run, load_run, update_spec  # noqa: E402
 from gpt5os.coordinator.store import DB_NAME, Store, StoreError  # noqa: E402
 
 EXPECTED = (OSError, ValueError, StoreError, ApiError)
@@ -307,3 +307,24 @@ def ban(run_dir: Path, reason: str, node_id: str) -> None:
     finally:
         store.close()
     click.echo(f"gpt5os-coordinator: banned node {ids[0]}")
+
+
+@main.command()
+@click.option("--dir", "run_dir", required=True, type=click.Path(path_type=Path))
+@click.option("--set", "changes", multiple=True, metavar="KEY=VALUE", help="e.g. inner_lr=1e-3")
+def spec(run_dir: Path, changes: tuple[str, ...]) -> None:
+    """Print the run spec, or change it with --set (bumps its revision; nodes re-Join)."""
+    try:
+        if not changes:
+            click.echo(load_run(run_dir).spec.to_json())
+            return
+        pairs = {}
+        for item in changes:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise ValueError(f"--set {item!r}: expected KEY=VALUE, e.g. inner_lr=1e-3")
+            pairs[key] = value
+        new = update_spec(run_dir, pairs)
+    except EXPECTED as e:
+        raise _fail(e) from None
+    click.echo(f"gpt5os-coordinator: run {new.run_id} spec is now revision {new.revision}")

@@ -171,3 +171,40 @@ def load_run(run_dir: Path) -> RunConfig:
         return RunConfig.from_json(path.read_text())
     except (KeyError, TypeError, json.JSONDecodeError) as e:
         raise ValueError(f"{path} is not a valid run file: {e}") from e
+
+
+def update_spec(run_dir: Path, changes: dict[str, str]) -> RunSpec:
+    """Change the spec of an existing run and bump its revision (`gpt5os-coordinator spec`).
+
+    Keys name fields as in `create_run` (`inner_lr`, `tokens_per_round`, `outer.momentum` also
+    works); values are text converted to the field's type. A running server picks the new spec
+    up within a second and tells nodes through HeartbeatResponse.spec_revision.
+    """
+    config = load_run(run_dir)
+    spec = RunSpec.from_dict(config.spec.to_dict())
+    typed: dict[str, Any] = {}
+    for key, text in changes.items():
+        key = key.replace(".", "_").replace("-", "_")
+        prefix, _, rest = key.partition("_")
+        holder = getattr(spec, prefix) if prefix in _NESTED and not hasattr(spec, key) else spec
+        name = rest if holder is not spec else key
+        if key in ("run_id", "spec_version", "revision") or not hasattr(holder, name):
+            raise ValueError(f"unknown or fixed run setting {key!r}")
+        current = getattr(holder, name)
+        try:
+            if isinstance(current, bool):
+                if text.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError(text)
+                typed[key] = text.lower() in ("true", "1")
+            else:
+                typed[key] = type(current)(text)
+        except ValueError:
+            raise ValueError(f"{key}={text!r}: expected a {type(current).__name__}") from None
+    _apply_overrides(spec, typed)
+    spec.revision += 1
+    new = RunConfig(**{**dataclasses.asdict(config), "spec": spec})
+    new.validate()
+    tmp = Path(run_dir) / (RUN_FILE + ".tmp")
+    tmp.write_text(new.to_json())
+    os.replace(tmp, Path(run_dir) / RUN_FILE)
+    return spec

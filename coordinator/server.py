@@ -24,7 +24,7 @@ from gpt5os.coordinator import validate as v
 from gpt5os.coordinator.dht import BootstrapPeer
 from gpt5os.coordinator.metrics import Metrics
 from gpt5os.coordinator.records import ApiError
-from gpt5os.coordinator.runs import load_run
+from gpt5os.coordinator.runs import RUN_FILE, load_run
 from gpt5os.coordinator.swarm import Swarm, open_swarm
 from gpt5os.proto import pb, pb_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -258,6 +258,7 @@ class CoordinatorServer:
         self._health: Any = None
         self._dht: BootstrapPeer | None = None
         self._tick_task: asyncio.Task[None] | None = None
+        self._spec_mtime = 0
 
     @property
     def address(self) -> str:
@@ -268,6 +269,7 @@ class CoordinatorServer:
             config = load_run(self.run_dir)
             self.swarm = open_swarm(self.run_dir, config, now=self.clock())
             self.swarm.store.start_checkpointer()
+            self._spec_mtime = (self.run_dir / RUN_FILE).stat().st_mtime_ns
         except (OSError, ValueError, RuntimeError) as e:
             raise ServeError(f"cannot open run directory {self.run_dir}: {e}") from e
         server = grpc.aio.server(
@@ -336,6 +338,17 @@ class CoordinatorServer:
             await asyncio.to_thread(self._dht.stop)
             self._dht = None
 
+    def _poll_spec(self, now: float) -> None:
+        """Reload run.json when `gpt5os-coordinator spec --set` rewrote it."""
+        path = self.run_dir / RUN_FILE
+        try:
+            mtime = path.stat().st_mtime_ns
+        except OSError:
+            return
+        if mtime != self._spec_mtime:
+            self._spec_mtime = mtime
+            self.swarm.set_spec(load_run(self.run_dir).spec, now)
+
     async def _ticker(self) -> None:
         ticks = 0
         while True:
@@ -348,6 +361,7 @@ class CoordinatorServer:
                 ticks += 1
                 if ticks % 2 == 0:
                     self.swarm.poll_control(now)
+                    self._poll_spec(now)
                 if ticks % METRICS_EVERY_TICKS == 0:
                     self.metrics.refresh(self.swarm)
             except Exception as e:  # keep serving; a locked database clears on the next tick

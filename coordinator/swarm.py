@@ -414,6 +414,16 @@ class Swarm:
                 self._write_events()
         return bool(self._dirty_nodes)
 
+    def set_spec(self, spec: Any, now: float) -> None:
+        """The maintainer changed the spec (`gpt5os-coordinator spec --set`): hand out the new
+        one; nodes see the new revision in their next HeartbeatResponse and re-Join."""
+        if spec.revision == self.spec.revision:
+            return
+        self.spec = self.config.spec = spec
+        self.spec_pb = spec.to_pb()
+        self._event(now, "spec_changed", "", f"run spec revision {spec.revision}")
+        self.flush(now)
+
     def poll_control(self, now: float) -> None:
         """Pick up `gpt5os-coordinator pause/resume/ban`, which write to the store directly."""
         paused = self.store.get_meta("paused") == "1"

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from gpt5os.coordinator.runs import load_run, update_spec
 from gpt5os.coordinator.server import CoordinatorServer
 from gpt5os.coordinator.store import DB_NAME, Store
 from gpt5os.coordinator.testkit import make_run
@@ -501,3 +502,25 @@ async def test_health_reflection_and_metrics(server, stub) -> None:
     text = await until(has_active_node)
     assert 'gpt5os_rpc_total{code="OK",method="Join"} 1.0' in text
     assert 'gpt5os_shards{state="pending"} 6.0' in text
+
+
+async def test_spec_change_reaches_nodes_with_a_new_revision(server, stub, tmp_path) -> None:
+    auth, reply = await join(stub)
+    assert reply.spec.revision == 1
+    spec = update_spec(tmp_path / "run", {"inner_lr": "0.0005", "outer.nesterov": "false"})
+    assert spec.revision == 2
+
+    async def new_revision():
+        hb = await stub.Heartbeat(pb.HeartbeatRequest(auth=auth))
+        return hb.spec_revision == 2
+
+    await until(new_revision)
+    _, again = await join(stub)
+    assert (
+        again.spec.revision == 2 and again.spec.inner.lr == 0.0005 and not again.spec.outer.nesterov
+    )
+    with pytest.raises(ValueError, match="unknown"):
+        update_spec(tmp_path / "run", {"warp": "9"})
+    with pytest.raises(ValueError, match="expected a int"):
+        update_spec(tmp_path / "run", {"seq_len": "long"})
+    assert load_run(tmp_path / "run").spec.revision == 2  # refused changes wrote nothing
