@@ -422,10 +422,12 @@ async def test_pause_resume_and_ban_from_the_store(server, stub, tmp_path) -> No
     try:
         with store.tx():
             store.set_meta("paused", 1)
-        await until(lambda: _lease_reason(stub, auth, "paused"))
+        await until(lambda: _paused(stub, auth, True))  # heartbeats: no side effects
+        assert await _lease_reason(stub, auth, "paused")
         with store.tx():
             store.set_meta("paused", 0)
-        await until(lambda: _granted(stub, auth))
+        await until(lambda: _paused(stub, auth, False))
+        assert await _granted(stub, auth)
         with store.tx():
             store.add_ban(auth.node_id, time.time(), "test ban")
 
@@ -447,6 +449,10 @@ async def test_pause_resume_and_ban_from_the_store(server, stub, tmp_path) -> No
         stub.Join(pb.JoinRequest(public_key=b"", info=pb.NodeInfo(software_version="0.1.0")))
     )
     assert code is Code.INVALID_ARGUMENT
+
+
+async def _paused(stub, auth, expected: bool) -> bool:
+    return (await stub.Heartbeat(pb.HeartbeatRequest(auth=auth))).paused is expected
 
 
 async def _lease_reason(stub, auth, word: str) -> bool:
