@@ -5,7 +5,7 @@ CPU: "reference" (per-step loop), "cpu" (chunked), and fla-core's pure-PyTorch
 GPU: "cuda" (ours) beside fla's Triton `chunk_rwkv7` when importable, plus "reference" at small
 sizes only.
 
-    python bench/wkv.py                      # CPU sizes
+    python bench/wkv.py                      # GPU sizes when CUDA is available, else CPU
     python bench/wkv.py --device cuda        # GPU sizes (B=8 T=4096 H=64 N=64 bf16 included)
     python bench/wkv.py --sizes 1,1024,4,64 2,512,8,64 --repeat 5
 """
@@ -100,7 +100,8 @@ def time_fwd_bwd(fn: Callable, xs, s0, repeat: int, device: str) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   choices=["cpu", "cuda"])  # fmt: skip
     p.add_argument("--sizes", nargs="*", help="B,T,H,N tuples")
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--threads", type=int, default=0,
