@@ -29,8 +29,6 @@ and refuse other inputs, pointing at impl="reference".
 
 from __future__ import annotations
 
-import functools
-
 import torch
 from torch import Tensor
 
@@ -48,10 +46,10 @@ def _to_chunks(x: Tensor, n_chunks: int, chunk: int) -> Tensor:
     return x.view(bsz, n_chunks, chunk, h, n).permute(0, 3, 1, 2, 4)
 
 
-@functools.cache
 def _mask(chunk: int, device: torch.device) -> Tensor:
     """[2L, 2L] mask of the stacked interaction matrix: rows a (strictly earlier columns),
-    rows r (earlier or same step)."""
+    rows r (earlier or same step). Built per call: a cached tensor made under inference_mode
+    could not be used with autograd later."""
     t = torch.arange(2 * chunk, device=device) % chunk
     rows_a = (torch.arange(2 * chunk, device=device) < chunk)[:, None]
     return torch.where(rows_a, t[:, None] > t[None, :], t[:, None] >= t[None, :])

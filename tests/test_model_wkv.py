@@ -138,3 +138,14 @@ class TestContract:
             wkv7(*xs, state=torch.zeros(1, 2, 8, 4))
         with pytest.raises(ValueError, match="unknown wkv7 impl"):
             wkv7(*xs, impl="tpu")
+
+
+def test_inference_mode_then_autograd():
+    """Nothing created under inference_mode (generation) may leak into a later training step."""
+    xs, _ = make_inputs(1, 40, 1, 8, with_state=False, seed=12)
+    with torch.inference_mode():
+        wkv7(*xs, impl="cpu")
+    xs = [x.requires_grad_() for x in xs]
+    y, s = wkv7(*xs, impl="cpu")
+    (y.sum() + s.sum()).backward()
+    assert all(x.grad is not None for x in xs)
