@@ -97,6 +97,9 @@ class Trainer:
         self.spec = session.spec
         self.stop = stop
         self.device = resolve_device(config.device)
+        if self.device.type == "cpu":
+            # RWKV states decay towards zero; denormal floats make CPU kernels ~10x slower.
+            torch.set_flush_denormal(True)
 
         torch.manual_seed(self.spec.seed)  # every node starts from the same θ when alone
         self.model = RWKV7(model_config(self.spec.model)).to(self.device)
