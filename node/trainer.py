@@ -97,9 +97,9 @@ class Trainer:
         self.spec = session.spec
         self.stop = stop
         self.device = resolve_device(config.device)
-        if self.device.type == "cpu":
-            # RWKV states decay towards zero; denormal floats make CPU kernels ~10x slower.
-            torch.set_flush_denormal(True)
+        # RWKV states decay towards zero and denormal floats make CPU kernels ~10x slower; set on
+        # every node (GPU ones too) so the CPU-side outer step computes the same bits everywhere.
+        torch.set_flush_denormal(True)
 
         torch.manual_seed(self.spec.seed)  # every node starts from the same θ when alone
         self.model = RWKV7(model_config(self.spec.model)).to(self.device)
