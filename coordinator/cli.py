@@ -152,13 +152,14 @@ async def _serve(
         run_dir, host=host, port=port, metrics_port=metrics_port, start_dht=dht
     )
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     try:
         bound = await server.start()
     except ServeError as e:
         raise click.ClickException(str(e)) from None
+    # After start: the DHT child process must not inherit these handlers (see dht.py).
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     try:
         if port_file is not None:
             _write_port_file(port_file, bound)

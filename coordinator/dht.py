@@ -1,5 +1,9 @@
 """The coordinator's hivemind DHT bootstrap peer: the first address every node dials.
 
+hivemind.DHT forks a child process: start it from the main thread before any gRPC server or
+channel exists in this process and before signal handlers are installed, so the child neither
+inherits gRPC's threads nor a SIGTERM handler that would make it ignore terminate().
+
 hivemind (and torch with it) is imported only here and only when the server starts a DHT, so
 the scheduler, the store and `gpt5os-coordinator status` stay light.
 """
@@ -26,6 +30,11 @@ class BootstrapPeer:
         return self.maddrs
 
     def stop(self) -> None:
+        """Shut the DHT process down; kill it if it does not go within hivemind's grace period
+        (its terminate() is a SIGTERM the child may have inherited a handler for)."""
         if self.dht is not None:
             self.dht.shutdown()
+            if self.dht.is_alive():
+                self.dht.kill()
+                self.dht.join(5)
             self.dht = None

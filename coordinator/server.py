@@ -268,10 +268,18 @@ class CoordinatorServer:
         try:
             config = load_run(self.run_dir)
             self.swarm = open_swarm(self.run_dir, config, now=self.clock())
-            self.swarm.store.start_checkpointer()
             self._spec_mtime = (self.run_dir / RUN_FILE).stat().st_mtime_ns
         except (OSError, ValueError, RuntimeError) as e:
             raise ServeError(f"cannot open run directory {self.run_dir}: {e}") from e
+        if self.start_dht:  # first: the DHT forks, and must not inherit gRPC threads (dht.py)
+            self._dht = BootstrapPeer(self.host)
+            try:
+                self.dht_maddrs = self._dht.start()
+            except Exception as e:
+                self.swarm.store.close()
+                await self._cleanup_dht()
+                raise ServeError(f"cannot start the hivemind DHT bootstrap peer: {e}") from e
+        self.swarm.store.start_checkpointer()  # a thread: after the DHT's fork
         server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", MAX_RECEIVE),
@@ -291,13 +299,11 @@ class CoordinatorServer:
             port = 0
         if not port:
             self.swarm.store.close()
+            await self._cleanup_dht()
             raise ServeError(
                 f"port {self.port} on {self.host} is in use: choose another with --port"
             )
         self.port = port
-        if self.start_dht:
-            self._dht = BootstrapPeer(self.host)
-            self.dht_maddrs = await asyncio.to_thread(self._dht.start)
         if self.metrics_port is not None:
             try:
                 self.metrics_port = self.metrics.serve(self.metrics_port, self.host)

@@ -104,11 +104,39 @@ def test_serve_empty_dir_makes_default_run_with_dht_bootstrap(tmp_path: Path) ->
         assert [n["node_id"] for n in status["nodes"]] == [reply.node_id]
         human = cli("status", "--coordinator", f"127.0.0.1:{port}")
         assert human.returncode == 0 and status["run_id"] in human.stdout
+        children = descendants(proc.pid)
+        assert children  # the DHT process (and its p2p daemon)
     finally:
         for d in dhts:
             d.shutdown()
         code, err = stop(proc)
     assert code == 0 and "Traceback" not in err
+    assert not [pid for pid in children if Path(f"/proc/{pid}").exists() and not zombie(pid)]
+
+
+def descendants(pid: int) -> list[int]:
+    """Process ids below `pid`, from /proc (Linux)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found, frontier = [], [pid]
+    while frontier:
+        kids = [p for p, parent in parents.items() if parent in frontier]
+        found += kids
+        frontier = kids
+    return found
+
+
+def zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
 
 
 def test_serve_sigint_and_restart_keeps_the_run(tmp_path: Path) -> None:
