@@ -9,7 +9,8 @@ After the ramp and one interval of warm-up, it measures for --duration seconds a
 sustained request rate and p50/p99/max latency per method, as seen by the clients.
 
     python bench/coordinator_load.py                        # 1,000 nodes, 30 s
-    python bench/coordinator_load.py --nodes 10000 --procs 2 --server-cpus 0,1
+    python bench/coordinator_load.py --nodes 10000          # 4 client processes
+    python bench/coordinator_load.py --nodes 10000 --server-cpus 0,1
 
 Latencies are client-side (they include the clients' own event-loop delay): run the clients on
 other cores than the server (--server-cpus pins the server with taskset) for a fair figure.
@@ -194,12 +195,19 @@ def main() -> None:
     p.add_argument("--ramp", type=float, default=10.0, help="seconds over which nodes join")
     p.add_argument("--lease-prob", type=float, default=0.5)
     p.add_argument("--work", type=float, default=20.0, help="seconds a node holds a shard")
-    p.add_argument("--procs", type=int, default=1, help="client processes")
-    p.add_argument("--channels", type=int, default=32, help="gRPC channels per client process")
+    p.add_argument(
+        "--procs",
+        type=int,
+        help="client processes (default: one per 2,500 nodes; more nodes per process and the "
+        "clients' own event loops inflate the measured latency)",
+    )
+    p.add_argument("--channels", type=int, default=16, help="gRPC channels per client process")
     p.add_argument("--coordinator", help="use a running coordinator instead of starting one")
     p.add_argument("--server-cpus", help="taskset CPU list for the started server, e.g. 0,1")
     args = p.parse_args()
     args.metrics_port = _free_port()
+    if args.procs is None:
+        args.procs = max(1, -(-args.nodes // 2500))
 
     tmp = Path(tempfile.mkdtemp(prefix="gpt5os-load-"))
     proc = None
