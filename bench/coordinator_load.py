@@ -111,6 +111,8 @@ async def _client(indices: list[int], address: str, args, start: float, window, 
 
 
 def _client_proc(indices, address, args, start, window, out) -> None:
+    if args.client_nice:
+        os.nice(args.client_nice)  # on a shared box, let the server have the CPU it asks for
     asyncio.run(_client(indices, address, args, start, window, out))
 
 
@@ -202,6 +204,13 @@ def main() -> None:
         "clients' own event loops inflate the measured latency)",
     )
     p.add_argument("--channels", type=int, default=16, help="gRPC channels per client process")
+    p.add_argument(
+        "--client-nice",
+        type=int,
+        default=10,
+        help="nice the client processes (the clients share this machine with the server; "
+        "0 lets them compete with it for CPU)",
+    )
     p.add_argument("--coordinator", help="use a running coordinator instead of starting one")
     p.add_argument("--server-cpus", help="taskset CPU list for the started server, e.g. 0,1")
     args = p.parse_args()
