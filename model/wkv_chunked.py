@@ -1,8 +1,11 @@
-"""WKV-7 in chunked matrix form: the fast CPU path, in plain torch ops (autograd does backward).
+"""WKV-7 in chunked matrix form with a hand-written backward: the fast CPU path.
 
 Why it is fast: the per-step loop does T tiny state updates; here the sequence is cut into
 chunks of L steps and everything except an (T/L)-step scan of N x N matmuls runs as batched
-matmuls over all chunks at once.
+matmuls over all chunks at once. The backward is written by hand (`_ChunkedWKV`): autograd
+through the chunked ops spent two thirds of its time in small elementwise ops, slicing and
+concatenation; by hand, the backward is the same handful of batched matmuls, one reverse scan
+and one elementwise pass.
 
 The math, per head and chunk (rows are time steps, S0 the state entering the chunk,
 gamma_t = w_1 * ... * w_t the cumulative decay inside the chunk)::
@@ -17,7 +20,7 @@ so, with strictly-lower M[t,s] = a_t . (gamma_{t-1}/gamma_s) . b_s (and Mk with 
     S_L = S0 G + Hc,  G = diag(gamma_L) + X^T (b*gamma_L/gamma),  Hc = Uv^T (b*..) + V^T (k*..)
 
 G and Hc need no state, so they are computed for all chunks in parallel; only S_{c+1} = S_c G_c
-+ Hc_c is sequential.
++ Hc_c is sequential (and, in the backward, dS_c = dS_loc_c + dS_{c+1} G_c^T).
 
 Numerical range: gamma_{t}/gamma_s is formed as exp(cs_t - c) * exp(c - cs_s) with c the
 cumulative log-decay at the chunk's middle, so each factor stays within (1/w_min)^(L/2). The
@@ -31,8 +34,9 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
-CHUNK = 32  # 16: 42 ms, 32: 28 ms, 64: 28 ms fwd+bwd at B=1 T=1024 H=4 N=64 on 2 cores
+CHUNK = 32  # chunk length L; see bench/RESULTS.md for the measured choice
 
 
 def w_min(chunk: int) -> float:
@@ -40,19 +44,145 @@ def w_min(chunk: int) -> float:
     return 10.0 ** (-30.0 / (chunk + 2))
 
 
-def _to_chunks(x: Tensor, n_chunks: int, chunk: int) -> Tensor:
-    """[B, T, H, N] -> [B, H, n_chunks, L, N] (T already padded to n_chunks * L)."""
-    bsz, _, h, n = x.shape
-    return x.view(bsz, n_chunks, chunk, h, n).permute(0, 3, 1, 2, 4)
-
-
-def _mask(chunk: int, device: torch.device) -> Tensor:
-    """[2L, 2L] mask of the stacked interaction matrix: rows a (strictly earlier columns),
-    rows r (earlier or same step). Built per call: a cached tensor made under inference_mode
-    could not be used with autograd later."""
+def _masks(chunk: int, device: torch.device) -> Tensor:
+    """[2L, 2L] bool mask of the stacked interaction matrix [[Mb, Mk], [Qb, Qk]]: rows of a
+    (strictly earlier columns), rows of r (earlier or same step). Built per call: a cached tensor
+    made under inference_mode could not be used with autograd later."""
     t = torch.arange(2 * chunk, device=device) % chunk
     rows_a = (torch.arange(2 * chunk, device=device) < chunk)[:, None]
     return torch.where(rows_a, t[:, None] > t[None, :], t[:, None] >= t[None, :])
+
+
+# Inputs travel stacked in this order, [BH, n_chunks, 6, L, N]: a and r get the same kind of
+# decay factor (they read the state), b and k the inverse one (they write it).
+A, R, B, K, V, W = range(6)
+
+
+def _forward(xs: Tensor, s0: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, tuple]:
+    """xs [BH, nc, 6, L, N], s0 [BH, N, N] -> y [BH, nc, L, N], final state, saved tensors."""
+    bh, nc, _, chunk, n = xs.shape
+    a, r, b, k, v, w = xs.unbind(2)
+    logw = torch.log(w)
+    cs = torch.cumsum(logw, dim=-2)  # log gamma_t (inclusive)
+    mid = cs[..., chunk // 2 : chunk // 2 + 1, :]
+    last = cs[..., -1:, :]
+    # [a; r] are scaled by gamma_{t-1}, gamma_t; [b; k] by 1 / gamma_s (both relative to mid)
+    e_q = torch.exp(torch.stack([cs - logw, cs], dim=2) - mid[:, :, None])  # [BH, nc, 2, L, N]
+    e_k = torch.exp(mid - cs)
+    queries, keys = xs.new_empty(2, bh, nc, 2 * chunk, n).unbind(0)
+    torch.mul(xs[:, :, A : R + 1], e_q, out=queries.view(bh, nc, 2, chunk, n))
+    torch.mul(xs[:, :, B : K + 1], e_k[:, :, None], out=keys.view(bh, nc, 2, chunk, n))
+    q_all = (queries @ keys.mT).masked_fill_(~mask, 0.0)
+    m_b, m_k = q_all[..., :chunk, :chunk], q_all[..., :chunk, chunk:]  # strictly lower
+    q_rbk = q_all[..., chunk:, :]  # [Qb, Qk]: lower incl. diagonal
+
+    e_mid = torch.exp(mid)
+    p_in = queries * e_mid  # [a_s; r_s] = [a * gamma_{t-1}; r * gamma_t]
+    to_end = torch.exp(last - mid)
+    bk_e = keys * to_end  # [b; k] * gamma_L / gamma_s
+
+    tri = torch.eye(chunk, dtype=xs.dtype, device=xs.device) - m_b
+    rhs = torch.cat([p_in[..., :chunk, :], m_k @ v], dim=-1)
+    z = torch.linalg.solve_triangular(tri, rhs, upper=False, unitriangular=True)  # [X, Uv]
+    x_s, u_v = z[..., :n], z[..., n:]
+
+    g = x_s.mT @ bk_e[..., :chunk, :]
+    g.diagonal(dim1=-2, dim2=-1).add_(torch.exp(last.squeeze(-2)))
+    uvv = torch.cat([u_v, v], dim=-2)  # [Uv; V]
+    hc = uvv.mT @ bk_e
+
+    states = xs.new_empty(bh, nc + 1, n, n)  # states[:, c]: entering chunk c
+    states[:, 0] = s0
+    for c in range(nc):
+        torch.baddbmm(hc[:, c], states[:, c], g[:, c], out=states[:, c + 1])
+    s_in = states[:, :nc]
+
+    p = torch.cat([x_s, p_in[..., chunk:, :]], dim=-2)  # [X; r_s]
+    from_state = p @ s_in.mT
+    uv = torch.cat([from_state[..., :chunk, :] + u_v, v], dim=-2)  # [U; V]
+    y = torch.baddbmm(
+        from_state[..., chunk:, :].flatten(0, 1), q_rbk.flatten(0, 1), uv.flatten(0, 1)
+    ).view(bh, nc, chunk, n)
+    saved = (xs, cs, e_q, e_k, to_end, last, queries, keys, q_all, tri, z, uvv, bk_e, g, p, uv)
+    return y, states[:, nc].clone(), (*saved, states)
+
+
+def _backward(dy: Tensor, ds_end: Tensor, mask: Tensor, saved: tuple) -> tuple[Tensor, Tensor]:
+    """Gradients of the stacked inputs [BH, nc, 6, L, N] and of the initial state."""
+    xs, cs, e_q, e_k, to_end, last, queries, keys, q_all, tri, z, uvv, bk_e, g, p, uv, states = (
+        saved
+    )
+    bh, nc, _, chunk, n = xs.shape
+    s_in = states[:, :nc]
+    m_k, q_rbk = q_all[..., :chunk, chunk:], q_all[..., chunk:, :]
+    x_s = z[..., :n]
+
+    # y = r_s S^T + [Qb Qk] [U; V],  U = X S^T + Uv
+    du_dv = q_rbk.mT @ dy  # [dU; dV from y]
+    d1 = torch.cat([du_dv[..., :chunk, :], dy], dim=-2)  # [dU; dY], the gradient of p S^T
+    ds_loc = d1.mT @ p
+
+    # reverse scan: S_{c+1} = S_c G_c + Hc_c
+    ds_next = xs.new_empty(bh, nc, n, n)  # gradient of the state leaving chunk c
+    ds = ds_end
+    for c in range(nc - 1, -1, -1):
+        ds_next[:, c] = ds
+        ds = torch.baddbmm(ds_loc[:, c], ds, g[:, c].mT)
+    dg = s_in.mT @ ds_next
+
+    dp = d1 @ s_in  # [dX; dr_s]
+    dx_s = dp[..., :chunk, :] + bk_e[..., :chunk, :] @ dg.mT
+    duvv = bk_e @ ds_next.mT  # from Hc = [Uv; V]^T bk_e
+    dbk_e = uvv @ ds_next
+    dbk_e[..., :chunk, :] += x_s @ dg
+
+    # Z = tri^{-1} [a_s, Mk V]
+    dz = torch.cat([dx_s, du_dv[..., :chunk, :] + duvv[..., :chunk, :]], dim=-1)
+    dr = torch.linalg.solve_triangular(tri.mT, dz, upper=True, unitriangular=True)
+    dq_all = torch.empty_like(q_all)
+    dq_all[..., :chunk, :chunk] = dr @ z.mT  # dMb = dR Z^T (tri = I - Mb)
+    dq_all[..., :chunk, chunk:] = dr[..., n:] @ uv[..., chunk:, :].mT  # dMk = dRv V^T
+    dq_all[..., chunk:, :] = dy @ uv.mT  # d[Qb Qk]
+    dq_all.masked_fill_(~mask, 0.0)
+    dv = du_dv[..., chunk:, :] + duvv[..., chunk:, :] + m_k.mT @ dr[..., n:]
+
+    dqueries = (dq_all @ keys).view(bh, nc, 2, chunk, n)
+    dkeys = (dq_all.mT @ queries).view(bh, nc, 2, chunk, n)
+    dp_in = torch.stack([dr[..., :n], dp[..., chunk:, :]], dim=2)  # [da_s; dr_s]
+    e_mid = torch.exp(cs[..., chunk // 2 : chunk // 2 + 1, :])[:, :, None]
+    dxs = torch.empty_like(xs)
+    # a_s = a gamma_{t-1} = (a e_q) e_mid: both terms carry e_q; the mid factors cancel exactly
+    torch.mul(dqueries + dp_in * e_mid, e_q, out=dxs[:, :, A : R + 1])
+    dbk_e = dbk_e.view(bh, nc, 2, chunk, n)
+    torch.mul(dkeys + dbk_e * to_end[:, :, None], e_k[:, :, None], out=dxs[:, :, B : K + 1])
+    dxs[:, :, V] = dv
+
+    # log-decay: d(cs) from every factor exp(+-cs), d(cs - logw) from a's factor
+    dcp = dxs[:, :, A] * xs[:, :, A]
+    d_bk = (dxs[:, :, B : K + 1] * xs[:, :, B : K + 1]).sum(2)
+    dcs = dxs[:, :, R] * xs[:, :, R] - d_bk
+    dlast = (dbk_e * bk_e.view(bh, nc, 2, chunk, n)).sum((2, 3))
+    dlast += dg.diagonal(dim1=-2, dim2=-1) * torch.exp(last.squeeze(-2))
+    dcs[..., -1, :] += dlast
+    tot = dcs + dcp
+    dlogw = tot.flip(-2).cumsum(-2).flip(-2) - dcp
+    torch.div(dlogw, xs[:, :, W], out=dxs[:, :, W])
+    return dxs, ds
+
+
+class _ChunkedWKV(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, xs: Tensor, s0: Tensor) -> tuple[Tensor, Tensor]:
+        mask = _masks(xs.shape[3], xs.device)
+        y, s_end, saved = _forward(xs, s0, mask)
+        ctx.save_for_backward(mask, *saved)
+        return y, s_end
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy: Tensor, ds_end: Tensor) -> tuple[Tensor, Tensor]:
+        mask, *saved = ctx.saved_tensors
+        return _backward(dy.contiguous(), ds_end.contiguous(), mask, tuple(saved))
 
 
 def wkv7_chunked(
@@ -86,57 +216,13 @@ def wkv7_chunked(
 
     n_chunks = -(-t_len // chunk)
     pad = n_chunks * chunk - t_len
-    if pad:
-        # identity steps: w = 1 and nothing written or read, so the state passes through
-        def padded(x: Tensor, value: float) -> Tensor:
-            return torch.cat([x, x.new_full((bsz, pad, h, n), value)], dim=1)
-
-        r, k, v, a, b = (padded(x, 0.0) for x in (r, k, v, a, b))
-        w = padded(w, 1.0)
-    r, w, k, v, a, b = (_to_chunks(x, n_chunks, chunk) for x in (r, w, k, v, a, b))
-
-    logw = torch.log(w)
-    cs = torch.cumsum(logw, dim=-2)  # log gamma_t (inclusive)
-    mid = cs[..., chunk // 2 : chunk // 2 + 1, :]
-    last = cs[..., -1:, :]
-
-    e_mid = torch.exp(cs - mid)
-    inv = 1.0 / e_mid
-    # one matmul gives all four intra-chunk interaction matrices:
-    # rows [a_t gamma_{t-1}; r_t gamma_t] x columns [b_s / gamma_s; k_s / gamma_s]
-    queries = torch.cat([a * (e_mid / w), r * e_mid], dim=-2)  # [.., 2L, N]
-    keys = torch.cat([b * inv, k * inv], dim=-2)
-    q_all = torch.where(_mask(chunk, r.device), queries @ keys.transpose(-1, -2), 0.0)
-    m_b, m_k = q_all[..., :chunk, :chunk], q_all[..., :chunk, chunk:]  # strictly lower
-    q_rbk = q_all[..., chunk:, :]  # [Qb, Qk]: lower incl. diagonal
-
-    e_abs = torch.exp(cs)
-    a_s = a * (e_abs / w)  # a_t * gamma_{t-1}: reads the entering state
-    r_s = r * e_abs
-    to_end = torch.exp(last - cs)
-    b_e = b * to_end
-    k_e = k * to_end
-
-    eye = torch.eye(chunk, device=r.device, dtype=r.dtype)
-    rhs = torch.cat([a_s, m_k @ v], dim=-1)
-    sol = torch.linalg.solve_triangular(eye - m_b, rhs, upper=False, unitriangular=True)
-    x_s, u_v = sol[..., :n], sol[..., n:]  # U = X S0^T + Uv
-
-    gx = sol.transpose(-1, -2) @ b_e  # [X; Uv]^T b_e: [2N, N]
-    g = torch.diag_embed(torch.exp(last.squeeze(-2))) + gx[..., :n, :]
-    hc = gx[..., n:, :] + v.transpose(-1, -2) @ k_e
-
-    states = []
-    s = s0
-    # unbind once: indexing g[:, :, c] in the loop would make backward allocate a full-size
-    # zero gradient per chunk
-    for g_c, h_c in zip(g.unbind(2), hc.unbind(2), strict=True):
-        states.append(s)
-        s = torch.baddbmm(h_c.flatten(0, 1), s.flatten(0, 1), g_c.flatten(0, 1)).view_as(s)
-    s_in = torch.stack(states, dim=2)  # [B, H, nc, N, N] state entering each chunk
-
-    from_state = torch.cat([x_s, r_s], dim=-2) @ s_in.transpose(-1, -2)  # [X; R gamma] S^T
-    u = from_state[..., :chunk, :] + u_v
-    y = from_state[..., chunk:, :] + q_rbk @ torch.cat([u, v], dim=-2)  # [B, H, nc, L, N]
-    y = y.permute(0, 2, 3, 1, 4).reshape(bsz, n_chunks * chunk, h, n)[:, :t_len]
-    return y.to(out_dtype), s
+    xs = torch.stack([a, r, b, k, v, w])  # [6, B, T, H, N]
+    if pad:  # identity steps: w = 1 and nothing written or read, so the state passes through
+        fill = xs.new_zeros(6, bsz, pad, h, n)
+        fill[W] = 1.0
+        xs = torch.cat([xs, fill], dim=2)
+    xs = xs.view(6, bsz, n_chunks, chunk, h, n).permute(1, 4, 2, 0, 3, 5)
+    xs = xs.reshape(bsz * h, n_chunks, 6, chunk, n)
+    y, s = _ChunkedWKV.apply(xs, s0.reshape(bsz * h, n, n))
+    y = y.view(bsz, h, n_chunks * chunk, n).transpose(1, 2)[:, :t_len]
+    return y.to(out_dtype), s.view(bsz, h, n, n)
