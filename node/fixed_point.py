@@ -29,8 +29,21 @@ def encode(delta: torch.Tensor, weight: float, out: torch.Tensor) -> None:
     out.mul_(weight).clamp_(-MAX_ABS, MAX_ABS).div_(QUANTUM).round_().mul_(QUANTUM)
 
 
+MAX_RESIDUAL = 0.01  # in quanta; a complete all-reduce stays below ~1e-3
+
+
+class InexactAverage(RuntimeError):
+    """The result is not the mean of `group_size` encoded tensors: part of the group's data is
+    missing (a peer dropped out mid all-reduce), so peers may hold different results."""
+
+
 def decode_sum(averaged: torch.Tensor, group_size: int) -> torch.Tensor:
     """Recover the exact sum of the group's encoded tensors from hivemind's (inexact) mean."""
     if not 1 <= group_size <= MAX_GROUP_SIZE:
         raise ValueError(f"group size {group_size} outside 1..{MAX_GROUP_SIZE}")
-    return (averaged * group_size).div_(QUANTUM).round_().mul_(QUANTUM)
+    scaled = (averaged * group_size).div_(QUANTUM)
+    rounded = scaled.round()
+    residual = float((scaled - rounded).abs().max()) if scaled.numel() else 0.0
+    if residual > MAX_RESIDUAL:
+        raise InexactAverage(f"averaged values are {residual:.3f} quanta off the grid")
+    return rounded.mul_(QUANTUM)

@@ -69,6 +69,9 @@ class PseudoGradientAverager(hivemind.DecentralizedAverager):
             compression=compression,
             state_compression=NoCompression(),
             declare_state_period=10.0,
+            # Shared only once this node has tried to load the swarm's state itself: two nodes that
+            # start together must not download each other's state and end up swapped.
+            allow_state_sharing=False,
         )
 
     def get_current_state(self):

@@ -73,6 +73,18 @@ def build_inner_optimizer(
     return torch.optim.AdamW(model.parameters(), **kwargs)
 
 
+def initial_model(spec: pb.RunSpec) -> RWKV7:
+    """The run's initial θ, bitwise the same on every node: built on the CPU from the spec's seed
+    with one thread (multi-threaded LAPACK in the orthogonal init gives thread-dependent bits)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(spec.seed)
+        return RWKV7(model_config(spec.model))
+    finally:
+        torch.set_num_threads(threads)
+
+
 @dataclass
 class RoundOutcome:
     round: int
@@ -101,8 +113,7 @@ class Trainer:
         # every node (GPU ones too) so the CPU-side outer step computes the same bits everywhere.
         torch.set_flush_denormal(True)
 
-        torch.manual_seed(self.spec.seed)  # every node starts from the same θ when alone
-        self.model = RWKV7(model_config(self.spec.model)).to(self.device)
+        self.model = initial_model(self.spec).to(self.device)
         self.outer = OuterState(self.model, self.spec.outer)
         self.inner_opt = build_inner_optimizer(self.model, self.spec.inner)
 
@@ -142,6 +153,7 @@ class Trainer:
         self.heartbeat.beat()
         self.heartbeat.start()
         self._load_state_from_peers()
+        self.averager.allow_state_sharing = True
         if self.config.min_peers > 1:
             log.info("waiting for %d peers before training", self.config.min_peers)
             if not self.membership.wait_for(self.config.min_peers, self.stop.is_set):
@@ -275,7 +287,15 @@ class Trainer:
         with self.averager.get_tensors() as buffers:
             if exact:
                 total_weight = group_tokens / max(1, self.spec.tokens_per_round)
-                averaged = [fixed_point.decode_sum(b, len(group)) / total_weight for b in buffers]
+                try:
+                    averaged = [
+                        fixed_point.decode_sum(b, len(group)) / total_weight for b in buffers
+                    ]
+                except fixed_point.InexactAverage as e:
+                    log.error(
+                        "all-reduce incomplete (%s): applying this node's own pseudo-gradient", e
+                    )
+                    return None, [self.session.node_id], tokens
             else:
                 averaged = [b.clone() for b in buffers]
         return averaged, [str(g["node_id"]) for g in group], group_tokens
