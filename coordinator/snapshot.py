@@ -178,14 +178,15 @@ def delta(sw: Swarm, cur: Cursor, now: float) -> pb.SwarmDelta:
 
 def node_detail(sw: Swarm, node: NodeRecord) -> pb.NodeDetail:
     rounds = [a for a in _recent_rounds(sw) if node.node_id in a.reports]
+    # x axis: the node's own tokens trained so far (a running total over its round reports)
+    loss_history, tokens = [], 0
+    for a in rounds:
+        report = a.reports[node.node_id]
+        tokens += int(report["tokens"])
+        loss_history.append(pb.LossPoint(tokens=tokens, loss=report["mean_loss"]))
     return pb.NodeDetail(
         node=node_status(node),
-        loss_history=[
-            pb.LossPoint(
-                tokens=a.reports[node.node_id]["tokens"], loss=a.reports[node.node_id]["mean_loss"]
-            )
-            for a in rounds
-        ],
+        loss_history=loss_history,
         throughput_history=[
             pb.ThroughputPoint(unix=u, tokens_per_second=v) for u, v in node.throughput
         ],
