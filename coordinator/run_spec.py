@@ -78,7 +78,8 @@ class RunSpec:
     outer: OuterOptimizerSpec = field(default_factory=OuterOptimizerSpec)
     tokens_per_round: int
     # "none": exact fixed-point averaging, every peer keeps bitwise-identical global parameters
-    # (float64 on the wire); "float16": half the bytes, peers drift apart by ~1e-3 of an update.
+    # (float64 on the wire); "float16": a quarter of those bytes, peers drift apart by ~1e-3 of an
+    # update per round.
     compression: str = "none"
     seed: int = 0
     min_node_version: str = field(default_factory=running_version)
