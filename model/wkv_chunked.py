@@ -53,25 +53,28 @@ def _masks(chunk: int, device: torch.device) -> Tensor:
     return torch.where(rows_a, t[:, None] > t[None, :], t[:, None] >= t[None, :])
 
 
-# Inputs travel stacked in this order, [BH, n_chunks, 6, L, N]: a and r get the same kind of
-# decay factor (they read the state), b and k the inverse one (they write it).
+# Inputs travel stacked in this order, [n_chunks, BH, 6, L, N] (chunks outermost, so one
+# chunk's slice is contiguous for the sequential loops): a and r get the same kind of decay
+# factor (they read the state), b and k the inverse one (they write it).
 A, R, B, K, V, W = range(6)
 
 
 def _forward(xs: Tensor, s0: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, tuple]:
-    """xs [BH, nc, 6, L, N], s0 [BH, N, N] -> y [BH, nc, L, N], final state, saved tensors."""
-    bh, nc, _, chunk, n = xs.shape
+    """xs [nc, BH, 6, L, N], s0 [BH, N, N] -> y [nc, BH, L, N], final state, saved tensors."""
+    nc, bh, _, chunk, n = xs.shape
     a, r, b, k, v, w = xs.unbind(2)
     logw = torch.log(w)
     cs = torch.cumsum(logw, dim=-2)  # log gamma_t (inclusive)
     mid = cs[..., chunk // 2 : chunk // 2 + 1, :]
     last = cs[..., -1:, :]
-    # [a; r] are scaled by gamma_{t-1}, gamma_t; [b; k] by 1 / gamma_s (both relative to mid)
-    e_q = torch.exp(torch.stack([cs - logw, cs], dim=2) - mid[:, :, None])  # [BH, nc, 2, L, N]
-    e_k = torch.exp(mid - cs)
-    queries, keys = xs.new_empty(2, bh, nc, 2 * chunk, n).unbind(0)
-    torch.mul(xs[:, :, A : R + 1], e_q, out=queries.view(bh, nc, 2, chunk, n))
-    torch.mul(xs[:, :, B : K + 1], e_k[:, :, None], out=keys.view(bh, nc, 2, chunk, n))
+    # [a; r] are scaled by gamma_{t-1}, gamma_t; [b; k] by 1 / gamma_s (all relative to mid)
+    e_q = xs.new_empty(nc, bh, 2, chunk, n)
+    torch.exp(cs - mid, out=e_q[:, :, 1])
+    torch.div(e_q[:, :, 1], w, out=e_q[:, :, 0])
+    e_k = torch.reciprocal(e_q[:, :, 1])
+    queries, keys = xs.new_empty(2, nc, bh, 2 * chunk, n).unbind(0)
+    torch.mul(xs[:, :, A : R + 1], e_q, out=queries.view(nc, bh, 2, chunk, n))
+    torch.mul(xs[:, :, B : K + 1], e_k[:, :, None], out=keys.view(nc, bh, 2, chunk, n))
     q_all = (queries @ keys.mT).masked_fill_(~mask, 0.0)
     m_b, m_k = q_all[..., :chunk, :chunk], q_all[..., :chunk, chunk:]  # strictly lower
     q_b, q_k = q_all[..., chunk:, :chunk], q_all[..., chunk:, chunk:]  # lower incl. diagonal
@@ -80,7 +83,7 @@ def _forward(xs: Tensor, s0: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, tupl
     bk_e = keys * torch.exp(last - mid)  # [b; k] * gamma_L / gamma_s
     a_s, r_s = p_in[..., :chunk, :], p_in[..., chunk:, :]
     b_e, k_e = bk_e[..., :chunk, :], bk_e[..., chunk:, :]
-    gamma_l = torch.exp(last)  # [BH, nc, 1, N]
+    gamma_l = torch.exp(last)  # [nc, BH, 1, N]
 
     # (I - Mb)^-1 by a triangular solve against I: L x L right-hand sides are ~7x cheaper than
     # solving for the L x 2N right-hand sides directly, and the backward reuses the inverse
@@ -93,31 +96,34 @@ def _forward(xs: Tensor, s0: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, tupl
     hv = v.mT @ k_e  # the state's write that does not depend on the state
 
     # sequential over chunks, per chunk: U = X S^T + Uv;  S <- S diag(gamma_L) + U^T b_e + V^T k_e
-    s_in = xs.new_empty(bh, nc, n, n)  # state entering each chunk
-    uv = xs.new_empty(bh, nc, 2 * chunk, n)  # [U; V]
+    s_in = xs.new_empty(nc, bh, n, n)  # state entering each chunk
+    uv = xs.new_empty(nc, bh, 2 * chunk, n)  # [U; V]
     uv[:, :, chunk:] = v
-    s = s0
+    s_in[0] = s0
     for c in range(nc):
-        s_in[:, c] = s
-        u = torch.baddbmm(u_v[:, c], x_s[:, c], s.mT)
-        uv[:, c, :chunk] = u
-        s = torch.baddbmm(torch.addcmul(hv[:, c], s, gamma_l[:, c]), u.mT, b_e[:, c])
+        s = s_in[c]
+        u = torch.baddbmm(u_v[c], x_s[c], s.mT, out=uv[c, :, :chunk])
+        s_next = torch.addcmul(hv[c], s, gamma_l[c])
+        s = torch.baddbmm(s_next, u.mT, b_e[c], out=s_in[c + 1] if c + 1 < nc else s_next)
 
-    y = r_s @ s_in.mT + q_b @ uv[..., :chunk, :] + q_k @ v
+    y = torch.baddbmm(
+        (q_b @ uv[..., :chunk, :]).flatten(0, 1), r_s.flatten(0, 1), s_in.flatten(0, 1).mT
+    ).view(nc, bh, chunk, n)
+    y.view(nc * bh, chunk, n).baddbmm_(q_k.flatten(0, 1), v.flatten(0, 1))
     saved = (xs, cs, e_q, e_k, last, queries, keys, q_all, p_in, bk_e, tinv, x_s, mv, u_v)
     return y, s, (*saved, s_in, uv)
 
 
 def _backward(dy: Tensor, ds_end: Tensor, mask: Tensor, saved: tuple) -> tuple[Tensor, Tensor]:
-    """Gradients of the stacked inputs [BH, nc, 6, L, N] and of the initial state."""
+    """Gradients of the stacked inputs [nc, BH, 6, L, N] and of the initial state."""
     xs, cs, e_q, e_k, last, queries, keys, q_all, p_in, bk_e, tinv, x_s, mv, u_v, s_in, uv = saved
-    bh, nc, _, chunk, n = xs.shape
+    nc, bh, _, chunk, n = xs.shape
     m_k, q_rbk = q_all[..., :chunk, chunk:], q_all[..., chunk:, :]
     r_s, b_e, k_e = p_in[..., chunk:, :], bk_e[..., :chunk, :], bk_e[..., chunk:, :]
     gamma_l = torch.exp(last)
 
     # y = r_s S^T + Qb U + Qk V: d[U; V] = [Qb Qk]^T dY
-    d1 = xs.new_empty(bh, nc, 2 * chunk, n)  # [dU; dY], the gradient of [X; r_s] S^T
+    d1 = xs.new_empty(nc, bh, 2 * chunk, n)  # [dU; dY], the gradient of [X; r_s] S^T
     d1[..., chunk:, :] = dy
     du_dv = q_rbk.mT @ dy
     d1[..., :chunk, :] = du_dv[..., :chunk, :]
@@ -125,13 +131,13 @@ def _backward(dy: Tensor, ds_end: Tensor, mask: Tensor, saved: tuple) -> tuple[T
 
     # reverse scan: dU += b_e dS_next^T (U is written into the next state),
     # dS = dS_next diag(gamma_L) + dU^T X + dY^T r_s
-    ds_next = xs.new_empty(bh, nc, n, n)  # gradient of the state leaving each chunk
-    ds = ds_end
+    ds_next = xs.new_empty(nc, bh, n, n)  # gradient of the state leaving each chunk
+    ds_next[nc - 1] = ds_end
     for c in range(nc - 1, -1, -1):
-        ds_next[:, c] = ds
-        du = torch.baddbmm(d1[:, c, :chunk], b_e[:, c], ds.mT)
-        d1[:, c, :chunk] = du
-        ds = torch.baddbmm(torch.addcmul(ds_y[:, c], ds, gamma_l[:, c]), du.mT, x_s[:, c])
+        ds = ds_next[c]
+        du = d1[c, :, :chunk].baddbmm_(b_e[c], ds.mT)
+        ds_prev = torch.addcmul(ds_y[c], ds, gamma_l[c])
+        ds = torch.baddbmm(ds_prev, du.mT, x_s[c], out=ds_next[c - 1] if c else ds_prev)
 
     dp = d1 @ s_in  # [dX; dr_s]
     dbk_e = uv @ ds_next  # [db_e; dk_e]: S_next += U^T b_e + V^T k_e
@@ -148,27 +154,29 @@ def _backward(dy: Tensor, ds_end: Tensor, mask: Tensor, saved: tuple) -> tuple[T
     dq_all.masked_fill_(~mask, 0.0)
     dv = du_dv[..., chunk:, :] + k_e @ ds_next.mT + m_k.mT @ dmv
 
-    dqueries = (dq_all @ keys).view(bh, nc, 2, chunk, n)
-    dkeys = (dq_all.mT @ queries).view(bh, nc, 2, chunk, n)
-    dp_in = torch.stack([da_s, dp[..., chunk:, :]], dim=2)  # [da_s; dr_s]
-    e_mid = torch.exp(cs[..., chunk // 2 : chunk // 2 + 1, :])[:, :, None]
-    to_end = torch.exp(last - cs[..., chunk // 2 : chunk // 2 + 1, :])[:, :, None]
-    dxs = torch.empty_like(xs)
+    mid = cs[..., chunk // 2 : chunk // 2 + 1, :]
+    dqueries = (dq_all @ keys).view(nc, bh, 2, chunk, n)
+    e_mid = torch.exp(mid)
     # a_s = a gamma_{t-1} = (a e_q) e_mid: both terms carry e_q; the mid factors cancel exactly
-    torch.mul(dqueries + dp_in * e_mid, e_q, out=dxs[:, :, A : R + 1])
-    dbk_e = dbk_e.view(bh, nc, 2, chunk, n)
-    torch.mul(dkeys + dbk_e * to_end, e_k[:, :, None], out=dxs[:, :, B : K + 1])
+    dqueries[:, :, 0].addcmul_(da_s, e_mid)
+    dqueries[:, :, 1].addcmul_(dp[..., chunk:, :], e_mid)
+    dxs = torch.empty_like(xs)
+    torch.mul(dqueries, e_q, out=dxs[:, :, A : R + 1])
+    dkeys = (dq_all.mT @ queries).view(nc, bh, 2, chunk, n)
+    dbk_e = dbk_e.view(nc, bh, 2, chunk, n)
+    dkeys.addcmul_(dbk_e, torch.exp(last - mid)[:, :, None])
+    torch.mul(dkeys, e_k[:, :, None], out=dxs[:, :, B : K + 1])
     dxs[:, :, V] = dv
 
     # log-decay: d(cs) from every factor exp(+-cs), d(cs - logw) from a's factor
     dcp = dxs[:, :, A] * xs[:, :, A]
-    d_bk = (dxs[:, :, B : K + 1] * xs[:, :, B : K + 1]).sum(2)
-    dcs = dxs[:, :, R] * xs[:, :, R] - d_bk
-    dlast = (dbk_e * bk_e.view(bh, nc, 2, chunk, n)).sum((2, 3))
-    dlast += dgamma_l * gamma_l.squeeze(-2)
+    dcs = dxs[:, :, R] * xs[:, :, R]
+    dcs.sub_((dxs[:, :, B : K + 1] * xs[:, :, B : K + 1]).sum(2))
+    dlast = (dbk_e * bk_e.view(nc, bh, 2, chunk, n)).sum((2, 3))
+    dlast.addcmul_(dgamma_l, gamma_l.squeeze(-2))
     dcs[..., -1, :] += dlast
-    tot = dcs + dcp
-    dlogw = tot.flip(-2).cumsum(-2).flip(-2) - dcp
+    tot = dcs.add_(dcp)
+    dlogw = tot.sum(-2, keepdim=True) - tot.cumsum(-2) + tot - dcp  # reverse cumsum - dcp
     torch.div(dlogw, xs[:, :, W], out=dxs[:, :, W])
     return dxs, ds
 
@@ -224,8 +232,9 @@ def wkv7_chunked(
         fill = xs.new_zeros(6, bsz, pad, h, n)
         fill[W] = 1.0
         xs = torch.cat([xs, fill], dim=2)
-    xs = xs.view(6, bsz, n_chunks, chunk, h, n).permute(1, 4, 2, 0, 3, 5)
-    xs = xs.reshape(bsz * h, n_chunks, 6, chunk, n)
+    xs = xs.view(6, bsz, n_chunks, chunk, h, n).permute(2, 1, 4, 0, 3, 5)
+    xs = xs.reshape(n_chunks, bsz * h, 6, chunk, n)
     y, s = _ChunkedWKV.apply(xs, s0.reshape(bsz * h, n, n))
-    y = y.view(bsz, h, n_chunks * chunk, n).transpose(1, 2)[:, :t_len]
+    y = y.view(n_chunks, bsz, h, chunk, n).permute(1, 0, 3, 2, 4)
+    y = y.reshape(bsz, n_chunks * chunk, h, n)[:, :t_len]
     return y.to(out_dtype), s.view(bsz, h, n, n)
