@@ -97,18 +97,18 @@ def _forward(xs: Tensor, s0: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, tupl
 
     # sequential over chunks, per chunk: U = X S^T + Uv;  S <- S diag(gamma_L) + U^T b_e + V^T k_e
     s_in = xs.new_empty(nc, bh, n, n)  # state entering each chunk
-    uv = xs.new_empty(nc, bh, 2 * chunk, n)  # [U; V]
-    uv[:, :, chunk:] = v
+    u_all = xs.new_empty(nc, bh, chunk, n)  # (contiguous slices: out= on a strided view is slow)
     s_in[0] = s0
     for c in range(nc):
         s = s_in[c]
-        u = torch.baddbmm(u_v[c], x_s[c], s.mT, out=uv[c, :, :chunk])
+        u = torch.baddbmm(u_v[c], x_s[c], s.mT, out=u_all[c])
         s_next = torch.addcmul(hv[c], s, gamma_l[c])
         s = torch.baddbmm(s_next, u.mT, b_e[c], out=s_in[c + 1] if c + 1 < nc else s_next)
+    uv = torch.cat([u_all, v], dim=-2)  # [U; V]
 
-    y = torch.baddbmm(
-        (q_b @ uv[..., :chunk, :]).flatten(0, 1), r_s.flatten(0, 1), s_in.flatten(0, 1).mT
-    ).view(nc, bh, chunk, n)
+    y = torch.baddbmm((q_b @ u_all).flatten(0, 1), r_s.flatten(0, 1), s_in.flatten(0, 1).mT).view(
+        nc, bh, chunk, n
+    )
     y.view(nc * bh, chunk, n).baddbmm_(q_k.flatten(0, 1), v.flatten(0, 1))
     saved = (xs, cs, e_q, e_k, last, queries, keys, q_all, p_in, bk_e, tinv, x_s, mv, u_v)
     return y, s, (*saved, s_in, uv)
@@ -123,21 +123,20 @@ def _backward(dy: Tensor, ds_end: Tensor, mask: Tensor, saved: tuple) -> tuple[T
     gamma_l = torch.exp(last)
 
     # y = r_s S^T + Qb U + Qk V: d[U; V] = [Qb Qk]^T dY
-    d1 = xs.new_empty(nc, bh, 2 * chunk, n)  # [dU; dY], the gradient of [X; r_s] S^T
-    d1[..., chunk:, :] = dy
     du_dv = q_rbk.mT @ dy
-    d1[..., :chunk, :] = du_dv[..., :chunk, :]
     ds_y = dy.mT @ r_s
 
     # reverse scan: dU += b_e dS_next^T (U is written into the next state),
     # dS = dS_next diag(gamma_L) + dU^T X + dY^T r_s
+    du_all = du_dv[..., :chunk, :].contiguous()
     ds_next = xs.new_empty(nc, bh, n, n)  # gradient of the state leaving each chunk
     ds_next[nc - 1] = ds_end
     for c in range(nc - 1, -1, -1):
         ds = ds_next[c]
-        du = d1[c, :, :chunk].baddbmm_(b_e[c], ds.mT)
+        du = du_all[c].baddbmm_(b_e[c], ds.mT)
         ds_prev = torch.addcmul(ds_y[c], ds, gamma_l[c])
         ds = torch.baddbmm(ds_prev, du.mT, x_s[c], out=ds_next[c - 1] if c else ds_prev)
+    d1 = torch.cat([du_all, dy], dim=-2)  # [dU; dY], the gradient of [X; r_s] S^T
 
     dp = d1 @ s_in  # [dX; dr_s]
     dbk_e = uv @ ds_next  # [db_e; dk_e]: S_next += U^T b_e + V^T k_e
@@ -148,11 +147,15 @@ def _backward(dy: Tensor, ds_end: Tensor, mask: Tensor, saved: tuple) -> tuple[T
     da_s = tinv.mT @ dx_s
     dmv = tinv.mT @ du_v
     dq_all = torch.empty_like(q_all)
-    dq_all[..., :chunk, :chunk] = da_s @ x_s.mT + dmv @ u_v.mT  # dMb
+    dmb = (da_s @ x_s.mT).view(nc * bh, chunk, chunk)
+    dq_all[..., :chunk, :chunk] = dmb.baddbmm_(dmv.flatten(0, 1), u_v.flatten(0, 1).mT).view(
+        nc, bh, chunk, chunk
+    )  # dMb
     dq_all[..., :chunk, chunk:] = dmv @ uv[..., chunk:, :].mT  # dMk = dmv V^T
     dq_all[..., chunk:, :] = dy @ uv.mT  # d[Qb Qk]
     dq_all.masked_fill_(~mask, 0.0)
-    dv = du_dv[..., chunk:, :] + k_e @ ds_next.mT + m_k.mT @ dmv
+    dv = du_dv[..., chunk:, :] + k_e @ ds_next.mT
+    dv.view(nc * bh, chunk, n).baddbmm_(m_k.flatten(0, 1).mT, dmv.flatten(0, 1))
 
     mid = cs[..., chunk // 2 : chunk // 2 + 1, :]
     dqueries = (dq_all @ keys).view(nc, bh, 2, chunk, n)
@@ -171,29 +174,67 @@ def _backward(dy: Tensor, ds_end: Tensor, mask: Tensor, saved: tuple) -> tuple[T
     # log-decay: d(cs) from every factor exp(+-cs), d(cs - logw) from a's factor
     dcp = dxs[:, :, A] * xs[:, :, A]
     dcs = dxs[:, :, R] * xs[:, :, R]
-    dcs.sub_((dxs[:, :, B : K + 1] * xs[:, :, B : K + 1]).sum(2))
+    dcs.addcmul_(dxs[:, :, B], xs[:, :, B], value=-1.0).addcmul_(
+        dxs[:, :, K], xs[:, :, K], value=-1.0
+    )
     dlast = (dbk_e * bk_e.view(nc, bh, 2, chunk, n)).sum((2, 3))
     dlast.addcmul_(dgamma_l, gamma_l.squeeze(-2))
     dcs[..., -1, :] += dlast
-    tot = dcs.add_(dcp)
-    dlogw = tot.sum(-2, keepdim=True) - tot.cumsum(-2) + tot - dcp  # reverse cumsum - dcp
+    tot = dcs + dcp
+    dlogw = (tot.sum(-2, keepdim=True) - tot.cumsum(-2)).add_(dcs)  # reverse cumsum - dcp
     torch.div(dlogw, xs[:, :, W], out=dxs[:, :, W])
     return dxs, ds
 
 
+def _pack(inputs: tuple[Tensor, ...], n_chunks: int, chunk: int) -> Tensor:
+    """[B, T, H, N] x 6 in the order a, r, b, k, v, w -> [nc, BH, 6, L, N], one copy each.
+    T is padded to nc * L with identity steps (w = 1, nothing written or read)."""
+    bsz, t_len, h, n = inputs[0].shape
+    xs = inputs[0].new_empty(n_chunks, bsz, h, 6, chunk, n)
+    dst = xs.permute(3, 1, 0, 4, 2, 5)  # [6, B, nc, L, H, N]
+    full = t_len // chunk
+    for i, x in enumerate(inputs):
+        if full:
+            dst[i, :, :full].copy_(x[:, : full * chunk].view(bsz, full, chunk, h, n))
+        if full < n_chunks:  # the padded last chunk
+            rest = t_len - full * chunk
+            dst[i, :, full, :rest].copy_(x[:, full * chunk :])
+            dst[i, :, full, rest:].fill_(1.0 if i == W else 0.0)
+    return xs.view(n_chunks, bsz * h, 6, chunk, n)
+
+
+def _unpack(x: Tensor, bsz: int, h: int, t_len: int) -> Tensor:
+    """[nc, BH, L, N] -> [B, T, H, N] (contiguous, padding dropped)."""
+    n_chunks, _, chunk, n = x.shape
+    x = x.view(n_chunks, bsz, h, chunk, n).permute(1, 0, 3, 2, 4)
+    return x.reshape(bsz, n_chunks * chunk, h, n)[:, :t_len].contiguous()
+
+
 class _ChunkedWKV(torch.autograd.Function):
+    """Inputs and gradients cross this boundary in the caller's [B, T, H, N] layout, so that
+    autograd sees six plain contiguous gradients (no stack/unbind or clones around us)."""
+
     @staticmethod
-    def forward(ctx, xs: Tensor, s0: Tensor) -> tuple[Tensor, Tensor]:
-        mask = _masks(xs.shape[3], xs.device)
-        y, s_end, saved = _forward(xs, s0, mask)
+    def forward(ctx, r, w, k, v, a, b, s0, chunk: int):  # type: ignore[override]
+        bsz, t_len, h, n = r.shape
+        n_chunks = -(-t_len // chunk)
+        xs = _pack((a, r, b, k, v, w), n_chunks, chunk)
+        mask = _masks(chunk, r.device)
+        y, s_end, saved = _forward(xs, s0.reshape(bsz * h, n, n), mask)
         ctx.save_for_backward(mask, *saved)
-        return y, s_end
+        ctx.dims = (bsz, h, t_len)
+        return _unpack(y, bsz, h, t_len), s_end.view(bsz, h, n, n)
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, dy: Tensor, ds_end: Tensor) -> tuple[Tensor, Tensor]:
+    def backward(ctx, dy: Tensor, ds_end: Tensor):  # type: ignore[override]
         mask, *saved = ctx.saved_tensors
-        return _backward(dy.contiguous(), ds_end.contiguous(), mask, tuple(saved))
+        bsz, h, t_len = ctx.dims
+        n_chunks, _, _, chunk, n = saved[0].shape
+        dy = _pack((dy,), n_chunks, chunk)[:, :, 0]  # padded steps get zero output gradient
+        dxs, ds0 = _backward(dy, ds_end.reshape(bsz * h, n, n), mask, tuple(saved))
+        da, dr, db, dk, dv, dw = (_unpack(dxs[:, :, i], bsz, h, t_len) for i in range(6))
+        return dr, dw, dk, dv, da, db, ds0.view(bsz, h, n, n), None
 
 
 def wkv7_chunked(
@@ -218,23 +259,12 @@ def wkv7_chunked(
         s = s + v[:, 0, :, :, None] * k[:, 0, :, None, :]
         return (s @ r[:, 0, :, :, None]).view(bsz, 1, h, n).to(out_dtype), s
     chunk = min(chunk, t_len)
-    lo, wmin, wmax = w_min(chunk), float(w.detach().min()), float(w.detach().max())
+    lo = w_min(chunk)
+    wmin, wmax = (float(x) for x in torch.aminmax(w.detach()))
     if not (wmin >= lo and wmax <= 1.0):
         raise ValueError(
             f"wkv7 impl='cpu' needs decay factors w in [{lo:.3g}, 1] (the model clamps them to "
             f">= 0.545), got [{wmin:.3g}, {wmax:.3g}]; use impl='reference' for other inputs"
         )
-
-    n_chunks = -(-t_len // chunk)
-    pad = n_chunks * chunk - t_len
-    xs = torch.stack([a, r, b, k, v, w])  # [6, B, T, H, N]
-    if pad:  # identity steps: w = 1 and nothing written or read, so the state passes through
-        fill = xs.new_zeros(6, bsz, pad, h, n)
-        fill[W] = 1.0
-        xs = torch.cat([xs, fill], dim=2)
-    xs = xs.view(6, bsz, n_chunks, chunk, h, n).permute(2, 1, 4, 0, 3, 5)
-    xs = xs.reshape(n_chunks, bsz * h, 6, chunk, n)
-    y, s = _ChunkedWKV.apply(xs, s0.reshape(bsz * h, n, n))
-    y = y.view(n_chunks, bsz, h, chunk, n).permute(1, 0, 3, 2, 4)
-    y = y.reshape(bsz, n_chunks * chunk, h, n)[:, :t_len]
-    return y.to(out_dtype), s.view(bsz, h, n, n)
+    y, s = _ChunkedWKV.apply(r, w, k, v, a, b, s0, chunk)
+    return y.to(out_dtype), s
