@@ -195,7 +195,7 @@ def _pack(inputs: tuple[Tensor, ...], n_chunks: int, chunk: int) -> Tensor:
     full = t_len // chunk
     for i, x in enumerate(inputs):
         if full:
-            dst[i, :, :full].copy_(x[:, : full * chunk].view(bsz, full, chunk, h, n))
+            dst[i, :, :full].copy_(x[:, : full * chunk].reshape(bsz, full, chunk, h, n))
         if full < n_chunks:  # the padded last chunk
             rest = t_len - full * chunk
             dst[i, :, full, :rest].copy_(x[:, full * chunk :])

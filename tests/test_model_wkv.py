@@ -149,3 +149,52 @@ def test_inference_mode_then_autograd():
     y, s = wkv7(*xs, impl="cpu")
     (y.sum() + s.sum()).backward()
     assert all(x.grad is not None for x in xs)
+
+
+class TestHandWrittenBackward:
+    """The cpu path's backward is written by hand: check what autograd used to give for free."""
+
+    def test_non_contiguous_inputs_and_output_gradients(self):
+        xs, state = make_inputs(2, 37, 3, 16, with_state=True, seed=13)
+        # [B, H, T, N] tensors seen as [B, T, H, N]: every input and the state is a strided view
+        strided = [x.transpose(1, 2).contiguous().transpose(1, 2) for x in xs]
+        assert not any(x.is_contiguous() for x in strided)
+        state_t = state.mT.contiguous().mT
+        assert_close_to_reference(
+            lambda *a, state: wkv7_chunked(*a, state=state, chunk=8), strided, state_t, seed=13
+        )
+
+    def test_only_some_inputs_require_grad(self):
+        xs, _ = make_inputs(1, 40, 2, 8, with_state=False, seed=14)
+        r = xs[0].clone().requires_grad_()
+        y, s = wkv7(r, *xs[1:], impl="cpu")
+        (y.sum() + s.sum()).backward()
+        r_ref = xs[0].clone().requires_grad_()
+        y, s = wkv7_reference(r_ref, *xs[1:])
+        (y.sum() + s.sum()).backward()
+        assert rel_err(r.grad, r_ref.grad) < REL_TOL
+
+    def test_bf16_gradients(self):
+        xs, state = make_inputs(1, 40, 2, 8, with_state=True, seed=15, dtype=torch.bfloat16)
+        got = run_with_grads(lambda *a, state: wkv7(*a, state=state, impl="cpu"), xs, state, 15)
+        ref = run_with_grads(wkv7_reference, [x.float() for x in xs], state, 15)
+        for g_got, g_ref in zip(got[2], ref[2], strict=True):
+            assert rel_err(g_got, g_ref) < 2e-2
+        xs = [x.detach().requires_grad_() for x in xs]
+        y, _ = wkv7(*xs, impl="cpu")
+        y.float().sum().backward()
+        assert all(x.grad.dtype == torch.bfloat16 for x in xs)
+
+    @pytest.mark.parametrize("t_len", [31, 32, 33, 200])
+    def test_default_chunk_around_its_boundaries(self, t_len):
+        xs, state = make_inputs(2, t_len, 1, 32, with_state=True, seed=16 + t_len)
+        assert_close_to_reference(
+            lambda *a, state: wkv7(*a, state=state, impl="cpu"), xs, state, seed=t_len
+        )
+
+    def test_no_graph_under_no_grad(self):
+        xs, _ = make_inputs(1, 40, 1, 8, with_state=False, seed=17)
+        xs = [x.requires_grad_() for x in xs]
+        with torch.no_grad():
+            y, s = wkv7(*xs, impl="cpu")
+        assert not y.requires_grad and not s.requires_grad
