@@ -44,6 +44,13 @@ def w_min(chunk: int) -> float:
     return 10.0 ** (-30.0 / (chunk + 2))
 
 
+def balanced_chunk(t_len: int, chunk: int = CHUNK) -> int:
+    """The chunk length actually used: as many chunks as `chunk` needs, evened out so that the
+    last one is nearly full (T = 33 runs as 2 x 17, not 2 x 32 with 31 padding steps)."""
+    n_chunks = -(-t_len // chunk)
+    return -(-t_len // n_chunks)
+
+
 def _masks(chunk: int, device: torch.device) -> Tensor:
     """[2L, 2L] bool mask of the stacked interaction matrix [[Mb, Mk], [Qb, Qk]]: rows of a
     (strictly earlier columns), rows of r (earlier or same step). Built per call: a cached tensor
@@ -258,7 +265,7 @@ def wkv7_chunked(
         s = s0 * w[:, 0, :, None, :] + (s0 @ a[:, 0, :, :, None]) * b[:, 0, :, None, :]
         s = s + v[:, 0, :, :, None] * k[:, 0, :, None, :]
         return (s @ r[:, 0, :, :, None]).view(bsz, 1, h, n).to(out_dtype), s
-    chunk = min(chunk, t_len)
+    chunk = balanced_chunk(t_len, chunk)
     lo = w_min(chunk)
     wmin, wmax = (float(x) for x in torch.aminmax(w.detach()))
     if not (wmin >= lo and wmax <= 1.0):

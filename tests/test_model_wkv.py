@@ -198,3 +198,15 @@ class TestHandWrittenBackward:
         with torch.no_grad():
             y, s = wkv7(*xs, impl="cpu")
         assert not y.requires_grad and not s.requires_grad
+
+
+@pytest.mark.parametrize(
+    ("t_len", "expected"), [(1, 1), (15, 15), (32, 32), (33, 17), (100, 25), (1024, 32)]
+)
+def test_balanced_chunk_keeps_padding_small(t_len, expected):
+    from gpt5os.model.wkv_chunked import balanced_chunk
+
+    chunk = balanced_chunk(t_len, 32)
+    assert (
+        chunk == expected and chunk <= 32 and -(-t_len // chunk) * chunk - t_len < -(-t_len // 32)
+    )
