@@ -179,7 +179,6 @@ def _backward(dy: Tensor, ds_end: Tensor, mask: Tensor, saved: tuple) -> tuple[T
     dxs[:, :, V] = dv
 
     # log-decay: d(cs) from every factor exp(+-cs), d(cs - logw) from a's factor
-    dcp = dxs[:, :, A] * xs[:, :, A]
     dcs = dxs[:, :, R] * xs[:, :, R]
     dcs.addcmul_(dxs[:, :, B], xs[:, :, B], value=-1.0).addcmul_(
         dxs[:, :, K], xs[:, :, K], value=-1.0
@@ -187,8 +186,8 @@ def _backward(dy: Tensor, ds_end: Tensor, mask: Tensor, saved: tuple) -> tuple[T
     dlast = (dbk_e * bk_e.view(nc, bh, 2, chunk, n)).sum((2, 3))
     dlast.addcmul_(dgamma_l, gamma_l.squeeze(-2))
     dcs[..., -1, :] += dlast
-    tot = dcs + dcp
-    dlogw = (tot.sum(-2, keepdim=True) - tot.cumsum(-2)).add_(dcs)  # reverse cumsum - dcp
+    tot = torch.addcmul(dcs, dxs[:, :, A], xs[:, :, A])  # + d(cs - logw), from a's factor
+    dlogw = (tot.sum(-2, keepdim=True) - tot.cumsum(-2)).add_(dcs)  # revcumsum(tot) - dcp
     torch.div(dlogw, xs[:, :, W], out=dxs[:, :, W])
     return dxs, ds
 
