@@ -38,6 +38,7 @@ class OuterState:
         self.lock = threading.Lock()
         self.round = 0  # outer rounds applied to θ_global
         self.swarm_tokens = 0  # tokens the swarm trained into θ_global (drives the LR schedule)
+        self.group_size = 0  # peers whose work the last round averaged (0: the initial state)
 
     @property
     def numel(self) -> int:
@@ -51,11 +52,14 @@ class OuterState:
                 for g, p in zip(self.global_params, self.local_params, strict=False)
             ]
 
-    def apply_outer_step(self, averaged: Sequence[torch.Tensor], *, tokens: int) -> None:
+    def apply_outer_step(
+        self, averaged: Sequence[torch.Tensor], *, tokens: int, group_size: int
+    ) -> None:
         """θ_global ← OuterSGD(θ_global, Δ_avg); θ_local ← θ_global; one more round, `tokens` more."""
         with self.lock, torch.no_grad():
             self.round += 1
             self.swarm_tokens += tokens
+            self.group_size = group_size
             for g, d in zip(self.global_params, averaged, strict=False):
                 g.grad = d.to(torch.float32).reshape(g.shape)
             self.optimizer.step()
@@ -81,7 +85,11 @@ class OuterState:
         """(round, swarm tokens) and copies of θ_global and momentum, taken atomically, for a peer
         that downloads our state."""
         with self.lock:
-            meta = {"round": self.round, "swarm_tokens": self.swarm_tokens}
+            meta = {
+                "round": self.round,
+                "swarm_tokens": self.swarm_tokens,
+                "group_size": self.group_size,
+            }
             return meta, [t.clone() for t in self.global_params + self.momentum_buffers()]
 
     def import_state(self, meta: dict, tensors: Sequence[torch.Tensor]) -> None:
@@ -95,6 +103,7 @@ class OuterState:
         with self.lock, torch.no_grad():
             self.round = int(meta["round"])
             self.swarm_tokens = int(meta["swarm_tokens"])
+            self.group_size = int(meta.get("group_size", 0))
             for g, t in zip(self.global_params, tensors[:n], strict=False):
                 g.copy_(t.reshape(g.shape))
             for buf, t in zip(self.momentum_buffers(), tensors[n:], strict=False):

@@ -22,6 +22,7 @@ from .coordinator_client import CoordinatorClient, CoordinatorError, Session
 from .diloco import OuterState
 from .heartbeat import Heartbeat
 from .progress import NodeProgress
+from .reconcile import ClaimBoard, RoundClaim, better_claim
 from .schedule import inner_lr
 from .shard_feed import Batch, ShardFeed
 from .swarm import Membership, PseudoGradientAverager, make_tracker, start_dht, visible_maddrs
@@ -29,6 +30,7 @@ from .swarm import Membership, PseudoGradientAverager, make_tracker, start_dht, 
 log = logging.getLogger("gpt5os.node")
 
 STATE_DOWNLOAD_TIMEOUT_S = 60.0
+RECONCILE_EVERY_S = 3.0
 
 
 def resolve_device(choice: str) -> torch.device:
@@ -124,6 +126,8 @@ class Trainer:
         )
         self.tracker = make_tracker(self.dht, f"{prefix}_diloco", self.spec.tokens_per_round)
         self.membership = Membership(self.dht, f"{prefix}_members", session.node_id)
+        self.claims = ClaimBoard(self.dht, f"{prefix}_claims")
+        self._claim: RoundClaim | None = None
 
         self.progress = NodeProgress()
         self.feed = ShardFeed(
@@ -145,6 +149,7 @@ class Trainer:
         self._round_loss_sum = 0.0
         self._round_started = time.monotonic()
         self._next_catch_up = 0.0
+        self._next_reconcile = 0.0
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -152,7 +157,8 @@ class Trainer:
         """Train until --max-rounds outer rounds are done or the node is asked to stop."""
         self.heartbeat.beat()
         self.heartbeat.start()
-        self._load_state_from_peers()
+        if not self._load_state_from_peers():
+            self._publish_claim(self.outer.digest())
         self.averager.allow_state_sharing = True
         if self.config.min_peers > 1:
             log.info("waiting for %d peers before training", self.config.min_peers)
@@ -169,6 +175,8 @@ class Trainer:
             elif self.tracker.ready_to_update_epoch:
                 self.rounds.append(self.outer_round())
                 self._start_round()
+            else:
+                self._reconcile_if_due()
             if self._done():
                 break
         return self.rounds
@@ -242,6 +250,7 @@ class Trainer:
             params_sha256=self.outer.digest(),
         )
         self.progress.outer_round = outcome.round
+        self._publish_claim(outcome.params_sha256)
         self._report(outcome)
         log.info(
             "round %d: %d peer%s, %d tokens here (%d in group), loss %.4f, %.0f tok/s, averaging %.1f s",
@@ -335,8 +344,50 @@ class Trainer:
             return False
         self.progress.outer_round = self.outer.round
         self.tracker.report_local_progress(self.outer.round, 0)
+        self._publish_claim(self.outer.digest())
         log.info("loaded the swarm's state from a peer: round %d", self.outer.round)
         return True
+
+    # -- one θ_global for the whole swarm -------------------------------------------------------
+
+    def _publish_claim(self, digest: str) -> None:
+        self._claim = RoundClaim(
+            round=self.outer.round,
+            digest=digest,
+            group_size=self.outer.group_size,
+            node_id=self.session.node_id,
+        )
+        self.claims.publish(self._claim)
+        # peers that download state prefer later rounds, then states more peers averaged into
+        self.averager.state_sharing_priority = float(
+            self.outer.round * 10_000 + self.outer.group_size
+        )
+
+    def _reconcile_if_due(self) -> None:
+        """Adopt a peer's θ_global when it has a better claim to this round than ours."""
+        if self._claim is None or time.monotonic() < self._next_reconcile:
+            return
+        self._next_reconcile = time.monotonic() + RECONCILE_EVERY_S
+        better = better_claim(self._claim, self.claims.fetch())
+        if better is None:
+            return
+        log.warning(
+            "round %d: node %s holds a different global model averaged by %d peer(s) (ours: %d); "
+            "adopting it",
+            better.round,
+            better.node_id,
+            better.group_size,
+            self._claim.group_size,
+        )
+        self.averager.allow_state_sharing = False  # nobody should download the losing state
+        try:
+            adopted = self._load_state_from_peers()
+        finally:
+            self.averager.allow_state_sharing = True
+        if adopted:
+            self._start_round()
+        else:
+            self._next_reconcile = time.monotonic() + 5 * RECONCILE_EVERY_S
 
     def _catch_up(self) -> None:
         """The swarm finished a round without us: our local progress is stale, take its state."""
