@@ -14,8 +14,9 @@ CPU, all timed in the same run:
 GPU: "cuda" (ours) beside fla's Triton `chunk_rwkv7` when importable, plus "reference" at small
 sizes only.
 
-The machine may be shared: each figure is the median of --repeat runs, and the load average
-is printed before and after.
+The machine may be shared: each figure is the median of --repeat runs, interleaved across the
+implementations so that they share the same load, and the load average is printed before and
+after.
 
     python bench/wkv.py                      # GPU sizes when CUDA is available, else CPU
     python bench/wkv.py --device cuda        # GPU sizes (B=8 T=4096 H=64 N=64 bf16 included)
@@ -126,28 +127,30 @@ def fla_chunk_rwkv7() -> Callable | None:
     return run
 
 
-def time_fwd_bwd(fn: Callable, xs, s0, repeat: int, device: str) -> float:
-    """Median seconds of forward + backward (after one warm-up)."""
+def time_fwd_bwd(fns: dict[str, Callable], xs, s0, repeat: int, device: str) -> dict[str, float]:
+    """Median seconds of forward + backward per implementation (after one warm-up each).
 
-    def once():
+    The repeats are interleaved (one run of each implementation per round), so that on a shared
+    machine every implementation sees the same spells of load and the ratios stay meaningful.
+    """
+
+    def once(fn):
         y, s = fn(*xs, s0)
         (y.float().sum() + s.float().sum()).backward()
         for x in (*xs, s0):
             x.grad = None
-
-    def sync():
         if device == "cuda":
             torch.cuda.synchronize()
 
-    once()
-    sync()
-    times = []
+    for fn in fns.values():
+        once(fn)
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeat):
-        t0 = time.perf_counter()
-        once()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            once(fn)
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def main() -> None:
@@ -191,14 +194,15 @@ def main() -> None:
     for size in sizes:
         bsz, t_len, h, n = size
         xs, s0 = make_inputs(bsz, t_len, h, n, args.device, dtype)
-        results: dict[str, float] = {}
+        todo: dict[str, Callable] = {}
         for name, fn in impls.items():
             per_step = name in ("plain loop", "reference") or "recurrence" in name
             if per_step and bsz * t_len * h > REFERENCE_MAX_WORK:
                 continue
             if name.startswith("fla dplr") and t_len % FLA_CHUNK:
                 continue
-            results[name] = time_fwd_bwd(fn, xs, s0, args.repeat, args.device)
+            todo[name] = fn
+        results = time_fwd_bwd(todo, xs, s0, args.repeat, args.device)
         for name, sec in results.items():
             ratios = "".join(
                 f"{(f'{results[b] / sec:.1f}x faster' if b in results else '-'):>30}"
