@@ -99,6 +99,7 @@ class Servicer(pb_grpc.CoordinatorServicer):
             lease_duration_s=self.sw.config.lease_seconds,
             outer_round=self.sw.outer_round,
             dht_prefix=f"gpt5os/{self.sw.run_id}",
+            validation_shards=self.sw.validation_shards(),
         )
 
     @_rpc

@@ -24,6 +24,7 @@ from gpt5os.coordinator.records import ApiError, NodeRecord, RoundAgg
 from gpt5os.coordinator.runs import RunConfig, shard_ref
 from gpt5os.coordinator.scheduler import Completion, LeaseInfo, ShardRef, ShardScheduler
 from gpt5os.coordinator.store import Store
+from gpt5os.proto import pb
 from packaging.version import InvalidVersion, Version
 
 EVENTS_KEPT = 500
@@ -245,6 +246,19 @@ class Swarm:
             self._write_shards()
         self.version += 1
         return lease, "", 0.0
+
+    def validation_shards(self) -> list[pb.Lease]:
+        """The held-out shards, in a stable order, for nodes to measure validation loss on."""
+        return [
+            pb.Lease(
+                shard_id=d["shard_id"],
+                tokens=d["tokens"],
+                size_bytes=d["size_bytes"],
+                sha256=d["sha256"],
+            )
+            for d in sorted(self.shard_defs.values(), key=lambda d: d["shard_id"])
+            if d["split"] == "val"
+        ]
 
     def shard_for_fetch(self, node: NodeRecord, shard_id: str) -> dict[str, Any]:
         """The shard's definition if `node` may download it (train: holds the lease; val: any)."""

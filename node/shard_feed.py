@@ -59,7 +59,7 @@ def cut_batches(
         yield window[:, :-1], window[:, 1:]
 
 
-def _is_intact(path: Path, sha256: str) -> bool:
+def is_intact(path: Path, sha256: str) -> bool:
     """A cached shard is reused only when its bytes still hash to what the lease says."""
     if not path.exists():
         return False
@@ -162,7 +162,7 @@ class ShardFeed:
         self.waiting_reason = ""
         lease = response.lease
         path = self.cache_dir / f"{lease.sha256}.bin"
-        if not _is_intact(path, lease.sha256):
+        if not is_intact(path, lease.sha256):
             for attempt in range(1, MAX_FETCH_ATTEMPTS + 1):
                 try:
                     self.client.fetch_shard(lease, path)

@@ -26,6 +26,7 @@ from .reconcile import ClaimBoard, RoundClaim, better_claim
 from .schedule import inner_lr
 from .shard_feed import Batch, ShardFeed
 from .swarm import Membership, PseudoGradientAverager, make_tracker, start_dht, visible_maddrs
+from .validation import Validator
 
 log = logging.getLogger("gpt5os.node")
 
@@ -97,6 +98,7 @@ class RoundOutcome:
     duration_s: float
     averaging_s: float
     params_sha256: str
+    val_loss: float | None = None
 
 
 class Trainer:
@@ -136,6 +138,13 @@ class Trainer:
             seq_len=self.spec.seq_len,
             batch_size=self.spec.batch_size,
             stop=stop,
+        )
+        self.validator = Validator(
+            client,
+            list(session.join.validation_shards),
+            config.cache_dir,
+            seq_len=self.spec.seq_len,
+            batch_size=self.spec.batch_size,
         )
         self.heartbeat = Heartbeat(
             client,
@@ -235,10 +244,13 @@ class Trainer:
             elif self.tracker.global_progress.num_peers > 1:
                 averaged, peers, group_tokens = self._average(deltas, tokens)
             self.outer.apply_outer_step(
-                averaged if averaged is not None else deltas, tokens=group_tokens
+                averaged if averaged is not None else deltas,
+                tokens=group_tokens,
+                group_size=len(peers),
             )
             self.tracker.update_epoch(self.outer.round)
         averaging_s = time.monotonic() - started
+        val_loss = self.validator.loss(self.model, self.device)
         outcome = RoundOutcome(
             round=self.outer.round,
             peer_node_ids=sorted(peers),
@@ -248,18 +260,21 @@ class Trainer:
             duration_s=time.monotonic() - self._round_started,
             averaging_s=averaging_s,
             params_sha256=self.outer.digest(),
+            val_loss=val_loss,
         )
         self.progress.outer_round = outcome.round
         self._publish_claim(outcome.params_sha256)
         self._report(outcome)
         log.info(
-            "round %d: %d peer%s, %d tokens here (%d in group), loss %.4f, %.0f tok/s, averaging %.1f s",
+            "round %d: %d peer%s, %d tokens here (%d in group), loss %.4f, val %s, %.0f tok/s, "
+            "averaging %.1f s",
             outcome.round,
             len(outcome.peer_node_ids),
             "" if len(outcome.peer_node_ids) == 1 else "s",
             outcome.tokens,
             outcome.group_tokens,
             outcome.mean_loss,
+            "-" if outcome.val_loss is None else f"{outcome.val_loss:.4f}",
             self.progress.tokens_per_second,
             outcome.averaging_s,
         )
@@ -320,6 +335,8 @@ class Trainer:
             params_sha256=outcome.params_sha256,
             group_tokens=outcome.group_tokens,
         )
+        if outcome.val_loss is not None:
+            request.val_loss = outcome.val_loss
         try:
             self.client.report_round(request)
         except CoordinatorError as e:

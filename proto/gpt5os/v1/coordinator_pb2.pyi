@@ -109,7 +109,7 @@ class JoinRequest(_message.Message):
     def __init__(self, public_key: _Optional[bytes] = ..., info: _Optional[_Union[NodeInfo, _Mapping]] = ...) -> None: ...
 
 class JoinResponse(_message.Message):
-    __slots__ = ("node_id", "session_token", "spec", "initial_peers", "heartbeat_interval_s", "lease_duration_s", "outer_round", "dht_prefix")
+    __slots__ = ("node_id", "session_token", "spec", "initial_peers", "heartbeat_interval_s", "lease_duration_s", "outer_round", "dht_prefix", "validation_shards")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     SESSION_TOKEN_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
@@ -118,6 +118,7 @@ class JoinResponse(_message.Message):
     LEASE_DURATION_S_FIELD_NUMBER: _ClassVar[int]
     OUTER_ROUND_FIELD_NUMBER: _ClassVar[int]
     DHT_PREFIX_FIELD_NUMBER: _ClassVar[int]
+    VALIDATION_SHARDS_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     session_token: str
     spec: RunSpec
@@ -126,7 +127,8 @@ class JoinResponse(_message.Message):
     lease_duration_s: float
     outer_round: int
     dht_prefix: str
-    def __init__(self, node_id: _Optional[str] = ..., session_token: _Optional[str] = ..., spec: _Optional[_Union[RunSpec, _Mapping]] = ..., initial_peers: _Optional[_Iterable[str]] = ..., heartbeat_interval_s: _Optional[float] = ..., lease_duration_s: _Optional[float] = ..., outer_round: _Optional[int] = ..., dht_prefix: _Optional[str] = ...) -> None: ...
+    validation_shards: _containers.RepeatedCompositeFieldContainer[Lease]
+    def __init__(self, node_id: _Optional[str] = ..., session_token: _Optional[str] = ..., spec: _Optional[_Union[RunSpec, _Mapping]] = ..., initial_peers: _Optional[_Iterable[str]] = ..., heartbeat_interval_s: _Optional[float] = ..., lease_duration_s: _Optional[float] = ..., outer_round: _Optional[int] = ..., dht_prefix: _Optional[str] = ..., validation_shards: _Optional[_Iterable[_Union[Lease, _Mapping]]] = ...) -> None: ...
 
 class NodeAuth(_message.Message):
     __slots__ = ("node_id", "session_token")
