@@ -1,11 +1,11 @@
 """WKV-7 in chunked matrix form with a hand-written backward: the fast CPU path.
 
 Why it is fast: the per-step loop does T tiny state updates; here the sequence is cut into
-chunks of L steps and everything except an (T/L)-step scan of N x N matmuls runs as batched
-matmuls over all chunks at once. The backward is written by hand (`_ChunkedWKV`): autograd
-through the chunked ops spent two thirds of its time in small elementwise ops, slicing and
-concatenation; by hand, the backward is the same handful of batched matmuls, one reverse scan
-and one elementwise pass.
+chunks of L steps and everything runs as batched matmuls over all chunks at once, except a
+(T/L)-step loop of three small matmul-sized ops per chunk that carries the state. The backward
+is written by hand (`_ChunkedWKV`): autograd through the chunked ops spent most of its time in
+small elementwise ops, slicing, concatenation and a triangular solve's backward; by hand it is
+a handful of batched matmuls, one reverse loop and one elementwise pass (2-3x faster overall).
 
 The math, per head and chunk (rows are time steps, S0 the state entering the chunk,
 gamma_t = w_1 * ... * w_t the cumulative decay inside the chunk)::
@@ -17,10 +17,13 @@ so, with strictly-lower M[t,s] = a_t . (gamma_{t-1}/gamma_s) . b_s (and Mk with 
 
     U = (I - M)^{-1} [ (a*gamma_prev) S0^T + Mk V ] =: X S0^T + Uv
     Y = (r*gamma) S0^T + Qb U + Qk V        (Q: lower incl. diagonal, gamma_t/gamma_s, r_t)
-    S_L = S0 G + Hc,  G = diag(gamma_L) + X^T (b*gamma_L/gamma),  Hc = Uv^T (b*..) + V^T (k*..)
+    S_L = S0 diag(gamma_L) + U^T (b*gamma_L/gamma) + V^T (k*gamma_L/gamma)
 
-G and Hc need no state, so they are computed for all chunks in parallel; only S_{c+1} = S_c G_c
-+ Hc_c is sequential (and, in the backward, dS_c = dS_loc_c + dS_{c+1} G_c^T).
+(I - M)^{-1}, X, Uv and V^T(k..) need no state and are computed for all chunks at once; the
+loop does U = X S^T + Uv and the S_L update (as fla's chunked DPLR kernels do: this costs
+O(L N^2) per chunk, where forming S_L = S0 G + H with an N x N G would cost O(N^3)). The
+backward runs the same loop in reverse: dU += b_e dS_L^T, dS0 = dS_L diag(gamma_L) + dU^T X
++ dY^T (r*gamma); everything else is batched again.
 
 Numerical range: gamma_{t}/gamma_s is formed as exp(cs_t - c) * exp(c - cs_s) with c the
 cumulative log-decay at the chunk's middle, so each factor stays within (1/w_min)^(L/2). The
