@@ -5,7 +5,7 @@ chunks of L steps and everything runs as batched matmuls over all chunks at once
 (T/L)-step loop of three small matmul-sized ops per chunk that carries the state. The backward
 is written by hand (`_ChunkedWKV`): autograd through the chunked ops spent most of its time in
 small elementwise ops, slicing, concatenation and a triangular solve's backward; by hand it is
-a handful of batched matmuls, one reverse loop and one elementwise pass (2-3x faster overall).
+a handful of batched matmuls, one reverse loop and one elementwise pass (~2x faster overall).
 
 The math, per head and chunk (rows are time steps, S0 the state entering the chunk,
 gamma_t = w_1 * ... * w_t the cumulative decay inside the chunk)::
