@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from gpt5os.model import RWKV7, ModelConfig
 from gpt5os.proto import pb
+from hivemind.averaging.control import AveragingStage
 
 from . import fixed_point
 from .config import NodeConfig
@@ -32,6 +33,7 @@ log = logging.getLogger("gpt5os.node")
 
 STATE_DOWNLOAD_TIMEOUT_S = 60.0
 RECONCILE_EVERY_S = 3.0
+CANCELLABLE_STAGES = (AveragingStage.IDLE, AveragingStage.LOOKING_FOR_GROUP)
 
 
 def resolve_device(choice: str) -> torch.device:
@@ -74,6 +76,11 @@ def build_inner_optimizer(
     if spec.name not in ("", "adamw"):
         raise ValueError(f"unknown inner optimizer {spec.name!r} in the run spec")
     return torch.optim.AdamW(model.parameters(), **kwargs)
+
+
+def round_group_bits(round_number: int) -> str:
+    """hivemind group-key bits for an outer round: peers in different rounds never match."""
+    return format(round_number % 2**16, "016b")
 
 
 def initial_model(spec: pb.RunSpec) -> RWKV7:
@@ -182,8 +189,10 @@ class Trainer:
             if self.tracker.global_epoch > self.outer.round:
                 self._catch_up()
             elif self.tracker.ready_to_update_epoch:
-                self.rounds.append(self.outer_round())
-                self._start_round()
+                outcome = self.outer_round()
+                if outcome is not None:
+                    self.rounds.append(outcome)
+                    self._start_round()
             else:
                 self._reconcile_if_due()
             if self._done():
@@ -230,19 +239,28 @@ class Trainer:
 
     # -- outer rounds -------------------------------------------------------------------------
 
-    def outer_round(self) -> RoundOutcome:
-        """Average pseudo-gradients with whoever is in the swarm now, then take the outer step."""
+    def outer_round(self) -> RoundOutcome | None:
+        """Average pseudo-gradients with whoever is in the swarm now, then take the outer step.
+
+        Returns None when the swarm finished this round without us (we then adopt its state).
+        """
         started = time.monotonic()
         tokens = max(1, self._round_tokens)
         deltas = self.outer.pseudo_gradients()
-        finite = all(torch.isfinite(d).all() for d in deltas)
+        averaged, peers, group_tokens = None, [self.session.node_id], tokens
+        if not all(torch.isfinite(d).all() for d in deltas):
+            log.error("pseudo-gradient has NaN/Inf: this round's local work is discarded")
+            deltas = [torch.zeros_like(d) for d in deltas]
+        elif self.tracker.global_progress.num_peers > 1:
+            result = self._average(deltas, tokens)
+            if result is None:
+                self._catch_up(force=True)
+                return None
+            averaged, peers, group_tokens = result
+        if averaged is None and self.tracker.global_epoch > self.outer.round:
+            self._catch_up(force=True)  # a peer already defined this round: take its result
+            return None
         with self.tracker.pause_updates():
-            averaged, peers, group_tokens = None, [self.session.node_id], tokens
-            if not finite:
-                log.error("pseudo-gradient has NaN/Inf: this round's local work is discarded")
-                deltas = [torch.zeros_like(d) for d in deltas]
-            elif self.tracker.global_progress.num_peers > 1:
-                averaged, peers, group_tokens = self._average(deltas, tokens)
             self.outer.apply_outer_step(
                 averaged if averaged is not None else deltas,
                 tokens=group_tokens,
@@ -282,9 +300,11 @@ class Trainer:
 
     def _average(
         self, deltas: list[torch.Tensor], tokens: int
-    ) -> tuple[list[torch.Tensor] | None, list[str], int]:
-        """One all-reduce; returns (averaged Δ or None when no group formed, node ids, group tokens)."""
+    ) -> tuple[list[torch.Tensor] | None, list[str], int] | None:
+        """One all-reduce: (averaged Δ or None when no group formed, node ids, group tokens), or
+        None when the swarm finished this round while we were still looking for a group."""
         exact = self.averager.exact
+        no_group = (None, [self.session.node_id], tokens)
         weight = tokens / max(1, self.spec.tokens_per_round)
         with self.averager.get_tensors() as buffers:
             for buf, delta in zip(buffers, deltas, strict=False):
@@ -294,20 +314,35 @@ class Trainer:
                     buf.copy_(delta.reshape(-1))
         gather = {"node_id": self.session.node_id, "tokens": tokens, "round": self.outer.round}
         timeout = (self.spec.matchmaking_time_s or 3.0) + 15.0
+        # Peers match only within the same round: the round number is the averager's group key.
+        self.averager.set_group_bits(round_group_bits(self.outer.round))
         try:
-            gathered = self.averager.step(
-                gather=gather, weight=1.0 if exact else float(tokens), timeout=timeout
+            control = self.averager.step(
+                gather=gather, weight=1.0 if exact else float(tokens), timeout=timeout, wait=False
             )
+            while True:
+                try:
+                    gathered = control.result(timeout=0.25)
+                    break
+                except TimeoutError:
+                    superseded = self.tracker.global_epoch > self.outer.round
+                    if (superseded or self.stop.is_set()) and control.stage in CANCELLABLE_STAGES:
+                        control.cancel()
+                        log.info("round %d finished without this node", self.outer.round + 1)
+                        return None
         except Exception as e:  # hivemind raises many kinds when no group forms in time
             log.warning("averaging failed (%s): applying this node's own pseudo-gradient", e)
-            return None, [self.session.node_id], tokens
+            return no_group
         if not gathered:
-            return None, [self.session.node_id], tokens
+            return no_group
         group = list(gathered.values())
         group_tokens = sum(int(g["tokens"]) for g in group)
         rounds = {int(g["round"]) for g in group}
-        if len(rounds) > 1:
-            log.warning("averaged with peers in different rounds %s", sorted(rounds))
+        if len(rounds) > 1:  # cannot happen with round group keys; never apply a mixed average
+            log.error(
+                "averaged with peers in different rounds %s: result discarded", sorted(rounds)
+            )
+            return no_group
         with self.averager.get_tensors() as buffers:
             if exact:
                 total_weight = group_tokens / max(1, self.spec.tokens_per_round)
@@ -406,9 +441,9 @@ class Trainer:
         else:
             self._next_reconcile = time.monotonic() + 5 * RECONCILE_EVERY_S
 
-    def _catch_up(self) -> None:
+    def _catch_up(self, force: bool = False) -> None:
         """The swarm finished a round without us: our local progress is stale, take its state."""
-        if time.monotonic() < self._next_catch_up:
+        if not force and time.monotonic() < self._next_catch_up:
             return
         self._next_catch_up = time.monotonic() + 10.0
         log.info(
