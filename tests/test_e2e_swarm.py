@@ -80,7 +80,9 @@ def test_two_nodes_average_every_round_and_learn(tmp_path: Path, small_corpus: P
             assert len(digests) == 1, f"round {number}: global parameters differ: {digests}"
             assert record["peers"] == 2
         assert rounds[ROUNDS]["mean_loss"] < rounds[1]["mean_loss"]
-        assert all(r["val_loss"] is not None for r in rounds.values()), "no validation loss reported"
+        assert all(r["val_loss"] is not None for r in rounds.values()), (
+            "no validation loss reported"
+        )
         assert len(status["val_loss_history"]) == ROUNDS
 
         shards = status["shards"]

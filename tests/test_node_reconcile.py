@@ -25,7 +25,10 @@ def test_equal_groups_are_settled_by_the_smaller_digest_on_every_node() -> None:
 
 def test_agreeing_peers_and_other_rounds_change_nothing() -> None:
     mine = claim(4, "same", 2)
-    assert better_claim(mine, [claim(4, "same", 2, "x"), claim(5, "zzz", 9), claim(3, "000", 9)]) is None
+    assert (
+        better_claim(mine, [claim(4, "same", 2, "x"), claim(5, "zzz", 9), claim(3, "000", 9)])
+        is None
+    )
 
 
 def test_the_best_of_several_rivals_is_chosen() -> None:
