@@ -12,6 +12,12 @@ operation on the same numbers everywhere.
 
 Bounds: values are clipped to +-MAX_ABS (pseudo-gradients are orders of magnitude smaller) and
 MAX_ABS * group_size / QUANTUM stays below 2**50, so group sizes up to 1024 are exact.
+
+hivemind's reducer sums each part in a float32 accumulator (TensorPartReducer), so sums above
+2**24 quanta (|value| > ~0.004) are rounded to float32 precision (~6e-8 relative) by the peer
+that reduces that part. Every peer still receives that same rounded value (the returned delta is
+exact in float64), so the peers' results stay bitwise identical; only their exactness with
+respect to the true mean is limited to float32 precision there.
 """
 
 from __future__ import annotations
