@@ -171,6 +171,8 @@ class Trainer:
 
     def train(self) -> list[RoundOutcome]:
         """Train until --max-rounds outer rounds are done or the node is asked to stop."""
+        if self.stop.is_set():  # stopped while starting up (e.g. SIGTERM during model build)
+            return self.rounds
         self.heartbeat.beat()
         self.heartbeat.start()
         if not self._load_state_from_peers():

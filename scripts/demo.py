@@ -36,11 +36,12 @@ class Child:
         self.popen = subprocess.Popen(
             args, stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
+        log.with_suffix(".pid").write_text(str(self.popen.pid))  # lets a test check it is gone
 
     def alive(self) -> bool:
         return self.popen.poll() is None
 
-    def stop(self, timeout: float = 30.0) -> None:
+    def stop(self, timeout: float = 60.0) -> None:
         if self.alive():
             self.popen.send_signal(signal.SIGTERM)  # the process stops its own children
             try:
