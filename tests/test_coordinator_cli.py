@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import grpc
@@ -111,7 +112,14 @@ def test_serve_empty_dir_makes_default_run_with_dht_bootstrap(tmp_path: Path) ->
             d.shutdown()
         code, err = stop(proc)
     assert code == 0 and "Traceback" not in err
-    assert not [pid for pid in children if Path(f"/proc/{pid}").exists() and not zombie(pid)]
+
+    def survivors() -> list[int]:
+        return [pid for pid in children if Path(f"/proc/{pid}").exists() and not zombie(pid)]
+
+    deadline = time.monotonic() + 30  # hivemind's p2p daemon takes a moment to exit after us
+    while survivors() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not survivors()
 
 
 def descendants(pid: int) -> list[int]:
