@@ -66,14 +66,25 @@ def stop(proc: subprocess.Popen) -> tuple[int, str]:
     return proc.returncode, err
 
 
+DHT_PROBE = """
+import sys
+import hivemind
+from hivemind.utils import get_dht_time
+peers = sys.argv[1:]
+writer = hivemind.DHT(initial_peers=peers, start=True)
+assert writer.store("probe", "hello", get_dht_time() + 60)
+reader = hivemind.DHT(initial_peers=peers, start=True)
+found = reader.get("probe", latest=True)
+print(found.value if found is not None else "nothing")
+writer.shutdown()
+reader.shutdown()
+"""
+
+
 def test_serve_empty_dir_makes_default_run_with_dht_bootstrap(tmp_path: Path) -> None:
     """An empty RUN_DIR gets the stdlib/tiny run; nodes get the DHT's addresses from Join."""
-    import hivemind
-    from hivemind.utils import get_dht_time
-
     run_dir = tmp_path / "run"
     proc, port_file = start_serve(run_dir, "--metrics-port", "0")
-    dhts = []
     try:
         line = wait_line(proc, 120)
         assert line.startswith("gpt5os-coordinator: serving run tiny-") and "127.0.0.1:" in line
@@ -89,14 +100,14 @@ def test_serve_empty_dir_makes_default_run_with_dht_bootstrap(tmp_path: Path) ->
         assert reply.initial_peers and all(
             p.startswith("/ip4/127.0.0.1/tcp/") for p in reply.initial_peers
         )
-        # two DHT peers that only know the coordinator's bootstrap peer find each other's data
-        writer = hivemind.DHT(initial_peers=list(reply.initial_peers), start=True)
-        dhts.append(writer)
-        assert writer.store("probe", "hello", get_dht_time() + 60)
-        reader = hivemind.DHT(initial_peers=list(reply.initial_peers), start=True)
-        dhts.append(reader)
-        found = reader.get("probe", latest=True)
-        assert found is not None and found.value == "hello"
+        # two DHT peers that only know the coordinator's bootstrap peer find each other's data;
+        # in a child process: forking hivemind's DHT from a process that has used gRPC threads
+        # (earlier tests) can deadlock the fork
+        probe = subprocess.run(
+            [sys.executable, "-c", DHT_PROBE, *reply.initial_peers],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert probe.returncode == 0 and probe.stdout.strip() == "hello", probe.stderr[-2000:]
         status = json.loads(cli("status", "--dir", str(run_dir), "--json").stdout)
         assert (
             status["shards"]["total"] > 10
@@ -108,8 +119,6 @@ def test_serve_empty_dir_makes_default_run_with_dht_bootstrap(tmp_path: Path) ->
         children = descendants(proc.pid)
         assert children  # the DHT process (and its p2p daemon)
     finally:
-        for d in dhts:
-            d.shutdown()
         code, err = stop(proc)
     assert code == 0 and "Traceback" not in err
 
