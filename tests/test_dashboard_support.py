@@ -9,45 +9,18 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-from gpt5os.coordinator.manifest import Manifest, ShardInfo, save_manifest
 from gpt5os.proto import pb, pb_grpc
 
 # -- a run with prepared data --------------------------------------------------------------------
 
 
-def write_data_dir(path: Path, *, n_train: int = 6, n_val: int = 1, tokens: int = 4096) -> Path:
-    """Prepared data in the manifest format: uint16 tokens, one file per shard."""
-    (path / "shards").mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    shards = []
-    for i in range(n_train + n_val):
-        split = "train" if i < n_train else "val"
-        sid = f"{split}-{i:05d}"
-        data = rng.integers(1, 1000, size=tokens, dtype=np.uint16).astype("<u2").tobytes()
-        rel = f"shards/{sid}.bin"
-        (path / rel).write_bytes(data)
-        shards.append(
-            ShardInfo(
-                shard_id=sid,
-                split=split,
-                tokens=tokens,
-                size_bytes=len(data),
-                sha256=hashlib.sha256(data).hexdigest(),
-                path=rel,
-            )
-        )
-    save_manifest(
-        path, Manifest(tokenizer="rwkv-world-v20230424", shard_tokens=tokens, shards=shards)
-    )
-    return path
-
-
 def make_run(tmp_path: Path) -> Path:
     """A fresh run directory over a tiny prepared data set."""
     from gpt5os.coordinator.runs import create_run
+    from gpt5os.coordinator.testkit import make_data_dir
 
-    data = write_data_dir(tmp_path / "data")
+    data = tmp_path / "data"
+    make_data_dir(data, n_train=6, n_val=1, shard_tokens=4096)
     run = tmp_path / "run"
     # long heartbeats: a slow CI machine must not see our idle test nodes turn "lost"
     create_run(run, data, run_id="dash-test", heartbeat_seconds=60.0, lease_seconds=300.0)
