@@ -9,7 +9,9 @@ In the model a = -kk and b = kk * iclr (a "delta rule" that removes part of the 
 under key kk before writing the new one), and w is the decay factor in (exp(-e^-0.5), 1).
 
 - ``"reference"``: the loop above in fp32, the ground truth for tests (slow: ~700 tokens/s).
-- ``"cpu"``: the chunked matrix form in `wkv_chunked`, exact to fp32 rounding.
+- ``"cpu"``: a fused C++ kernel of the loop above (`wkv_cpu`, built on first use with the
+  system's g++), or where none can be built the chunked matrix form in `wkv_chunked`; both exact
+  to fp32 rounding.
 - ``"cuda"``: our CUDA kernel (`wkv_cuda`), bf16 in/out, fp32 state.
 - ``"auto"``: cuda for CUDA tensors, else cpu.
 """
@@ -81,9 +83,9 @@ def wkv7(
     if impl == "reference":
         return wkv7_reference(r, w, k, v, a, b, state)
     if impl == "cpu":
-        from .wkv_chunked import wkv7_chunked
+        from .wkv_cpu import wkv7_cpu
 
-        return wkv7_chunked(r, w, k, v, a, b, state)
+        return wkv7_cpu(r, w, k, v, a, b, state)
     if impl == "cuda":
         from .wkv_cuda import wkv7_cuda
 

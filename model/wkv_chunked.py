@@ -54,6 +54,17 @@ def balanced_chunk(t_len: int, chunk: int = CHUNK) -> int:
     return -(-t_len // n_chunks)
 
 
+def check_decay(w: Tensor, chunk: int) -> None:
+    """Refuse decays outside [w_min(chunk), 1], pointing at the implementation that takes them."""
+    lo = w_min(chunk)
+    wmin, wmax = (float(x) for x in torch.aminmax(w.detach()))
+    if not (wmin >= lo and wmax <= 1.0):
+        raise ValueError(
+            f"wkv7 impl='cpu' needs decay factors w in [{lo:.3g}, 1] (the model clamps them to "
+            f">= 0.545), got [{wmin:.3g}, {wmax:.3g}]; use impl='reference' for other inputs"
+        )
+
+
 def _masks(chunk: int, device: torch.device) -> Tensor:
     """[2L, 2L] bool mask of the stacked interaction matrix [[Mb, Mk], [Qb, Qk]]: rows of a
     (strictly earlier columns), rows of r (earlier or same step). Built per call: a cached tensor
@@ -268,12 +279,6 @@ def wkv7_chunked(
         s = s + v[:, 0, :, :, None] * k[:, 0, :, None, :]
         return (s @ r[:, 0, :, :, None]).view(bsz, 1, h, n).to(out_dtype), s
     chunk = balanced_chunk(t_len, chunk)
-    lo = w_min(chunk)
-    wmin, wmax = (float(x) for x in torch.aminmax(w.detach()))
-    if not (wmin >= lo and wmax <= 1.0):
-        raise ValueError(
-            f"wkv7 impl='cpu' needs decay factors w in [{lo:.3g}, 1] (the model clamps them to "
-            f">= 0.545), got [{wmin:.3g}, {wmax:.3g}]; use impl='reference' for other inputs"
-        )
+    check_decay(w, chunk)
     y, s = _ChunkedWKV.apply(r, w, k, v, a, b, s0, chunk)
     return y.to(out_dtype), s
