@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 import torch.nn.functional as F
-from gpt5os.model import wkv7
+from gpt5os.model import wkv7, wkv_cpu
 from gpt5os.model.wkv import wkv7_reference
 from gpt5os.model.wkv_chunked import wkv7_chunked
 
@@ -108,6 +110,79 @@ class TestCpuAgainstReference:
         assert rel_err(y, y_ref) < 1e-2 and rel_err(s, s_ref) < 1e-4
 
 
+HAS_CXX = bool(shutil.which("g++") or shutil.which("c++"))
+
+
+@pytest.mark.skipif(not HAS_CXX, reason="no C++ compiler: impl='cpu' runs the chunked form")
+class TestFusedKernel:
+    """impl="cpu" runs the fused C++ kernel wherever a compiler exists; the tests above already
+    compare it with the reference at N = 16, 32, 64. Here: its build, head sizes, threads."""
+
+    def test_builds_and_is_what_cpu_runs(self):
+        assert all(wkv_cpu.available(n) for n in wkv_cpu.HEAD_SIZES)
+        assert not wkv_cpu.available(8)  # N = 8 (tests above) takes the chunked form
+
+    @pytest.mark.parametrize(("bsz", "h", "n"), [(3, 1, 128), (1, 3, 32), (5, 1, 16)])
+    def test_head_sizes_and_uneven_thread_split(self, bsz, h, n):
+        xs, state = make_inputs(bsz, 45, h, n, with_state=True, seed=20 + n)
+        assert_close_to_reference(
+            lambda *a, state: wkv7(*a, state=state, impl="cpu"), xs, state, seed=n
+        )
+
+    def test_non_contiguous_inputs(self):
+        xs, state = make_inputs(2, 37, 3, 16, with_state=True, seed=21)
+        strided = [x.transpose(1, 2).contiguous().transpose(1, 2) for x in xs]
+        assert_close_to_reference(
+            lambda *a, state: wkv7(*a, state=state, impl="cpu"), strided, state.mT.contiguous().mT,
+            seed=21,
+        )  # fmt: skip
+
+    def test_same_as_chunked_fallback_forward(self):
+        xs, state = make_inputs(2, 300, 2, 64, with_state=True, seed=22)
+        y, s = wkv7(*xs, state=state, impl="cpu")
+        y_c, s_c = wkv7_chunked(*xs, state=state)
+        assert rel_err(y, y_c) < 1e-5 and rel_err(s, s_c) < 1e-5
+
+    def test_fresh_build_into_an_empty_cache(self, tmp_path, monkeypatch):
+        monkeypatch.setenv("GPT5OS_CACHE", str(tmp_path))
+        wkv_cpu._library.cache_clear()
+        try:
+            assert wkv_cpu.available(64)
+            assert len(list(tmp_path.rglob("wkv7_cpu_*.so"))) == 1
+        finally:
+            wkv_cpu._library.cache_clear()
+
+    def test_without_a_compiler_cpu_falls_back_to_the_chunked_form(self, tmp_path, monkeypatch):
+        monkeypatch.setenv("GPT5OS_CACHE", str(tmp_path))
+        monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+        wkv_cpu._library.cache_clear()
+        try:
+            assert not wkv_cpu.available(64)
+            xs, state = make_inputs(2, 33, 2, 64, with_state=True, seed=23)
+            assert_close_to_reference(
+                lambda *a, state: wkv7(*a, state=state, impl="cpu"), xs, state, seed=23
+            )
+        finally:
+            wkv_cpu._library.cache_clear()
+
+
+class TestChunkedFallback:
+    """The pure-PyTorch chunked form at the head sizes the kernel usually takes."""
+
+    @pytest.mark.parametrize("t_len", [1, 15, 17, 100])
+    def test_against_reference(self, t_len):
+        xs, state = make_inputs(2, t_len, 2, 16, with_state=True, seed=30 + t_len)
+        assert_close_to_reference(
+            lambda *a, state: wkv7_chunked(*a, state=state), xs, state, seed=t_len
+        )
+
+    def test_head_size_64(self):
+        xs, state = make_inputs(1, 70, 2, 64, with_state=False, seed=31)
+        assert_close_to_reference(
+            lambda *a, state: wkv7_chunked(*a, state=state), xs, state, seed=31
+        )
+
+
 class TestContract:
     def test_state_continues_the_sequence(self):
         xs, _ = make_inputs(2, 40, 2, 8, with_state=False, seed=6)
@@ -192,8 +267,9 @@ class TestHandWrittenBackward:
             lambda *a, state: wkv7(*a, state=state, impl="cpu"), xs, state, seed=t_len
         )
 
-    def test_no_graph_under_no_grad(self):
-        xs, _ = make_inputs(1, 40, 1, 8, with_state=False, seed=17)
+    @pytest.mark.parametrize("n", [8, 16])  # chunked form, fused kernel
+    def test_no_graph_under_no_grad(self, n):
+        xs, _ = make_inputs(1, 40, 1, n, with_state=False, seed=17)
         xs = [x.requires_grad_() for x in xs]
         with torch.no_grad():
             y, s = wkv7(*xs, impl="cpu")
