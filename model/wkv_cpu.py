@@ -32,8 +32,8 @@ from .wkv_chunked import balanced_chunk, check_decay, wkv7_chunked
 
 SOURCE = Path(__file__).resolve().parent / "kernels" / "wkv7_cpu.cpp"
 HEAD_SIZES = (16, 32, 64, 128)
-SEGMENT = 16  # state checkpoint interval of the backward (it recomputes each segment)
-ABI = 1
+SEGMENT = 32  # state checkpoint interval of the backward (it recomputes each segment)
+ABI = 2
 # -march=native: the library is cached per CPU (its flags are part of the cache key)
 FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-shared", "-fPIC"]
 
@@ -90,9 +90,8 @@ def _library() -> ctypes.CDLL | None:
     if lib.wkv7_cpu_abi() != ABI:
         return None
     i64, i32, ptr = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p
-    lib.wkv7_cpu_forward.argtypes = [i64, i64, i64, i64, i64, i32, ptr, ptr, ptr, ptr, ptr, ptr]
-    lib.wkv7_cpu_backward.argtypes = [i64, i64, i64, i64, i64, i32, ptr, ptr, ptr, ptr, ptr,
-                                      ptr, ptr]  # fmt: skip
+    lib.wkv7_cpu_forward.argtypes = [i64, i64, i64, i64, i64, i32, ptr, ptr, ptr, ptr, ptr]
+    lib.wkv7_cpu_backward.argtypes = [i64, i64, i64, i64, i64, i32, ptr, ptr, ptr, ptr, ptr, ptr]
     lib.wkv7_cpu_forward.restype = lib.wkv7_cpu_backward.restype = ctypes.c_int
     return lib
 
@@ -132,24 +131,22 @@ class _KernelWKV(torch.autograd.Function):
         s_end = torch.empty_like(s0)
         n_seg = -(-t_len // SEGMENT)
         ckpt = r.new_empty(bsz, h, n_seg, n, n) if grad else None
-        sa = torch.empty_like(xs[0]) if grad else None
         x_ptrs = _ptrs(*xs)
-        ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
 
         def run(h0: int, h1: int) -> int:
             return lib.wkv7_cpu_forward(h0, h1, t_len, h, n, SEGMENT, x_ptrs, s0.data_ptr(),
-                                        y.data_ptr(), s_end.data_ptr(), ptr(ckpt), ptr(sa))  # fmt: skip
+                                        y.data_ptr(), s_end.data_ptr(), None if ckpt is None else ckpt.data_ptr())  # fmt: skip
 
         _split(run, bsz * h)
         if grad:
-            ctx.save_for_backward(*xs, ckpt, sa)
+            ctx.save_for_backward(*xs, ckpt)
         return y, s_end
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dy: Tensor, ds_end: Tensor):  # type: ignore[override]
         lib = _library()
-        *xs, ckpt, sa = ctx.saved_tensors
+        *xs, ckpt = ctx.saved_tensors
         bsz, t_len, h, n = xs[0].shape
         dy = dy.contiguous()
         ds_end = ds_end.contiguous()
@@ -159,8 +156,8 @@ class _KernelWKV(torch.autograd.Function):
 
         def run(h0: int, h1: int) -> int:
             return lib.wkv7_cpu_backward(h0, h1, t_len, h, n, SEGMENT, x_ptrs, ckpt.data_ptr(),
-                                         sa.data_ptr(), dy.data_ptr(), ds_end.data_ptr(),
-                                         ds0.data_ptr(), dx_ptrs)  # fmt: skip
+                                         dy.data_ptr(), ds_end.data_ptr(), ds0.data_ptr(),
+                                         dx_ptrs)  # fmt: skip
 
         _split(run, bsz * h)
         return (*dxs, ds0, None)

@@ -12,7 +12,8 @@
 //
 // Layouts (all fp32, contiguous): inputs and their gradients [B, T, H, N]; states
 // [B, H, N, N] as value x key (row i = value index, column j = key index); checkpoints
-// [B, H, n_seg, N, N], the state entering steps 0, C, 2C, ...; sa [B, T, H, N] = S_{t-1} a_t.
+// [B, H, n_seg, N, N], the state entering steps 0, C, 2C, ... The backward replays each segment
+// of C steps from its checkpoint (into a buffer that stays in L2), recomputing S_t and sa_t.
 //
 // Per step:  sa = S a;  S = S diag(w) + sa b^T + v k^T;  y = S r.
 // Backward, with G = dS_t + dy r^T (the gradient of S_t, its own output included):
@@ -98,7 +99,7 @@ void load_step(const Head& h, int64_t t, vf* rv, vf* wv, vf* kv, vf* av, vf* bv)
 
 template <int N>
 void forward_head(const Head& h, int64_t T, int C, const float* s0, float* y, float* s_end,
-                  float* ckpt, float* sa) {
+                  float* ckpt) {
   constexpr int NV = N / W;
   alignas(64) vf S[N][NV];
   std::memcpy(S, s0, sizeof(S));
@@ -107,13 +108,13 @@ void forward_head(const Head& h, int64_t T, int C, const float* s0, float* y, fl
     if (ckpt && t % C == 0) std::memcpy(ckpt + (t / C) * N * N, S, sizeof(S));
     load_step<N>(h, t, rv, wv, kv, av, bv);
     const int64_t o = t * h.stride;
-    step_forward<N>(S, rv, wv, kv, av, bv, h.v + o, y + o, sa ? sa + o : nullptr);
+    step_forward<N>(S, rv, wv, kv, av, bv, h.v + o, y + o, nullptr);
   }
   std::memcpy(s_end, S, sizeof(S));
 }
 
 template <int N>
-void backward_head(const Head& h, int64_t T, int C, const float* ckpt, const float* sa,
+void backward_head(const Head& h, int64_t T, int C, const float* ckpt, float* sa,
                    const float* dy, const float* ds_end, float* ds0, float* dr, float* dw,
                    float* dk, float* dv, float* da, float* db, vf (*buf)[N][N / W]) {
   constexpr int NV = N / W;
@@ -129,14 +130,15 @@ void backward_head(const Head& h, int64_t T, int C, const float* ckpt, const flo
     for (int64_t t = t0; t < t1; ++t) {
       std::memcpy(buf[t - t0 + 1], buf[t - t0], sizeof(dS));
       load_step<N>(h, t, rv, wv, kv, av, bv);
-      step_forward<N>(buf[t - t0 + 1], rv, wv, kv, av, bv, h.v + t * h.stride, nullptr, nullptr);
+      step_forward<N>(buf[t - t0 + 1], rv, wv, kv, av, bv, h.v + t * h.stride, nullptr,
+                      sa + (t - t0) * N);
     }
     for (int64_t t = t1 - 1; t >= t0; --t) {
       const vf(*St)[NV] = buf[t - t0 + 1];
       const vf(*Sp)[NV] = buf[t - t0];
       load_step<N>(h, t, rv, wv, kv, av, bv);
       const int64_t o = t * h.stride;
-      const float *dyt = dy + o, *vt = h.v + o, *sat = sa + o;
+      const float *dyt = dy + o, *vt = h.v + o, *sat = sa + (t - t0) * N;
       float rb = 0.0f, rk = 0.0f;
       {
         vf x = {}, z = {};
@@ -184,30 +186,30 @@ Head head_at(const float* const* x, int64_t bi, int64_t hi, int64_t T, int64_t H
 
 template <int N>
 void forward_range(int64_t h0, int64_t h1, int64_t T, int64_t H, int C, const float* const* x,
-                   const float* s0, float* y, float* s_end, float* ckpt, float* sa) {
+                   const float* s0, float* y, float* s_end, float* ckpt) {
   const int64_t n_seg = (T + C - 1) / C;
   for (int64_t bh = h0; bh < h1; ++bh) {
     const int64_t bi = bh / H, hi = bh % H, off = bi * T * H * N + hi * N;
     forward_head<N>(head_at(x, bi, hi, T, H, N), T, C, s0 + bh * N * N, y + off,
-                    s_end + bh * N * N, ckpt ? ckpt + bh * n_seg * N * N : nullptr,
-                    sa ? sa + off : nullptr);
+                    s_end + bh * N * N, ckpt ? ckpt + bh * n_seg * N * N : nullptr);
   }
 }
 
 template <int N>
 int backward_range(int64_t h0, int64_t h1, int64_t T, int64_t H, int C, const float* const* x,
-                   const float* ckpt, const float* sa, const float* dy, const float* ds_end,
-                   float* ds0, float* const* dx) {
+                   const float* ckpt, const float* dy, const float* ds_end, float* ds0,
+                   float* const* dx) {
   constexpr int NV = N / W;
   const int64_t n_seg = (T + C - 1) / C;
-  void* mem = std::aligned_alloc(64, sizeof(vf) * NV * N * (C + 1));
+  // the replayed states of one segment, then its sa_t
+  void* mem = std::aligned_alloc(64, sizeof(vf) * NV * N * (C + 1) + sizeof(float) * N * C);
   if (!mem) return 1;
   auto buf = static_cast<vf(*)[N][NV]>(mem);
+  float* sa = reinterpret_cast<float*>(buf + C + 1);
   for (int64_t bh = h0; bh < h1; ++bh) {
     const int64_t bi = bh / H, hi = bh % H, off = bi * T * H * N + hi * N;
     // dx in the order r, w, k, v, a, b
-    backward_head<N>(head_at(x, bi, hi, T, H, N), T, C, ckpt + bh * n_seg * N * N, sa + off,
-                     dy + off, ds_end + bh * N * N, ds0 + bh * N * N, dx[0] + off, dx[1] + off,
+    backward_head<N>(head_at(x, bi, hi, T, H, N), T, C, ckpt + bh * n_seg * N * N, sa, dy + off, ds_end + bh * N * N, ds0 + bh * N * N, dx[0] + off, dx[1] + off,
                      dx[2] + off, dx[3] + off, dx[4] + off, dx[5] + off, buf);
   }
   std::free(mem);
@@ -219,31 +221,31 @@ int backward_range(int64_t h0, int64_t h1, int64_t T, int64_t H, int C, const fl
 extern "C" {
 
 // Version of this ABI; the loader refuses a library that reports another one.
-int wkv7_cpu_abi() { return 1; }
+int wkv7_cpu_abi() { return 2; }
 
-// x: the six inputs r, w, k, v, a, b. Processes heads [h0, h1) of the B*H. ckpt and sa may be
-// null (no backward to follow). Returns 0, or 2 for an unsupported head size.
+// x: the six inputs r, w, k, v, a, b. Processes heads [h0, h1) of the B*H. ckpt may be null
+// (no backward to follow). Returns 0, or 2 for an unsupported head size.
 int wkv7_cpu_forward(int64_t h0, int64_t h1, int64_t T, int64_t H, int64_t N, int C,
-                     const float* const* x, const float* s0, float* y, float* s_end, float* ckpt,
-                     float* sa) {
+                     const float* const* x, const float* s0, float* y, float* s_end,
+                     float* ckpt) {
   switch (N) {
-    case 16: forward_range<16>(h0, h1, T, H, C, x, s0, y, s_end, ckpt, sa); return 0;
-    case 32: forward_range<32>(h0, h1, T, H, C, x, s0, y, s_end, ckpt, sa); return 0;
-    case 64: forward_range<64>(h0, h1, T, H, C, x, s0, y, s_end, ckpt, sa); return 0;
-    case 128: forward_range<128>(h0, h1, T, H, C, x, s0, y, s_end, ckpt, sa); return 0;
+    case 16: forward_range<16>(h0, h1, T, H, C, x, s0, y, s_end, ckpt); return 0;
+    case 32: forward_range<32>(h0, h1, T, H, C, x, s0, y, s_end, ckpt); return 0;
+    case 64: forward_range<64>(h0, h1, T, H, C, x, s0, y, s_end, ckpt); return 0;
+    case 128: forward_range<128>(h0, h1, T, H, C, x, s0, y, s_end, ckpt); return 0;
     default: return 2;
   }
 }
 
 // dx: the six gradients dr, dw, dk, dv, da, db (written, not accumulated).
 int wkv7_cpu_backward(int64_t h0, int64_t h1, int64_t T, int64_t H, int64_t N, int C,
-                      const float* const* x, const float* ckpt, const float* sa, const float* dy,
+                      const float* const* x, const float* ckpt, const float* dy,
                       const float* ds_end, float* ds0, float* const* dx) {
   switch (N) {
-    case 16: return backward_range<16>(h0, h1, T, H, C, x, ckpt, sa, dy, ds_end, ds0, dx);
-    case 32: return backward_range<32>(h0, h1, T, H, C, x, ckpt, sa, dy, ds_end, ds0, dx);
-    case 64: return backward_range<64>(h0, h1, T, H, C, x, ckpt, sa, dy, ds_end, ds0, dx);
-    case 128: return backward_range<128>(h0, h1, T, H, C, x, ckpt, sa, dy, ds_end, ds0, dx);
+    case 16: return backward_range<16>(h0, h1, T, H, C, x, ckpt, dy, ds_end, ds0, dx);
+    case 32: return backward_range<32>(h0, h1, T, H, C, x, ckpt, dy, ds_end, ds0, dx);
+    case 64: return backward_range<64>(h0, h1, T, H, C, x, ckpt, dy, ds_end, ds0, dx);
+    case 128: return backward_range<128>(h0, h1, T, H, C, x, ckpt, dy, ds_end, ds0, dx);
     default: return 2;
   }
 }
