@@ -74,6 +74,13 @@ class PseudoGradientAverager(hivemind.DecentralizedAverager):
             allow_state_sharing=False,
         )
 
+    def run(self) -> None:
+        """The averager's own process. hivemind's reducer sums every part in `torch.zeros(shape)`,
+        the default dtype: float64 keeps the sum of our fixed-point values exact (fixed_point.py)."""
+        if self.exact:
+            torch.set_default_dtype(torch.float64)
+        super().run()
+
     def get_current_state(self):
         """Called in this process when a peer downloads our state (hivemind's state sharing)."""
         meta, tensors = self.outer.export()

@@ -15,12 +15,11 @@ from dataclasses import dataclass
 import torch
 from gpt5os.model import RWKV7, ModelConfig
 from gpt5os.proto import pb
-from hivemind.averaging.control import AveragingStage
 
-from . import fixed_point
 from .config import NodeConfig
 from .coordinator_client import CoordinatorClient, CoordinatorError, Session
 from .diloco import OuterState
+from .group_average import GroupAverage, GroupAverageConfig
 from .heartbeat import Heartbeat
 from .progress import NodeProgress
 from .reconcile import ClaimBoard, RoundClaim, better_claim
@@ -33,7 +32,6 @@ log = logging.getLogger("gpt5os.node")
 
 STATE_DOWNLOAD_TIMEOUT_S = 60.0
 RECONCILE_EVERY_S = 3.0
-CANCELLABLE_STAGES = (AveragingStage.IDLE, AveragingStage.LOOKING_FOR_GROUP)
 
 
 def resolve_device(choice: str) -> torch.device:
@@ -78,11 +76,6 @@ def build_inner_optimizer(
     return torch.optim.AdamW(model.parameters(), **kwargs)
 
 
-def round_group_bits(round_number: int) -> str:
-    """hivemind group-key bits for an outer round: peers in different rounds never match."""
-    return format(round_number % 2**16, "016b")
-
-
 def initial_model(spec: pb.RunSpec) -> RWKV7:
     """The run's initial θ, bitwise the same on every node: built on the CPU from the spec's seed
     with one thread (multi-threaded LAPACK in the orthogonal init gives thread-dependent bits)."""
@@ -106,6 +99,7 @@ class RoundOutcome:
     averaging_s: float
     params_sha256: str
     val_loss: float | None = None
+    averaging_attempts: int = 1
 
 
 class Trainer:
@@ -136,6 +130,17 @@ class Trainer:
         self.tracker = make_tracker(self.dht, f"{prefix}_diloco", self.spec.tokens_per_round)
         self.membership = Membership(self.dht, f"{prefix}_members", session.node_id)
         self.claims = ClaimBoard(self.dht, f"{prefix}_claims")
+        self.group_average = GroupAverage(
+            self.averager,
+            self.dht,
+            prefix=f"{prefix}_diloco",
+            config=GroupAverageConfig(
+                node_id=session.node_id,
+                tokens_per_round=self.spec.tokens_per_round,
+                matchmaking_time_s=self.spec.matchmaking_time_s or 3.0,
+            ),
+            exact=self.averager.exact,
+        )
         self._claim: RoundClaim | None = None
 
         self.progress = NodeProgress()
@@ -250,15 +255,35 @@ class Trainer:
         tokens = max(1, self._round_tokens)
         deltas = self.outer.pseudo_gradients()
         averaged, peers, group_tokens = None, [self.session.node_id], tokens
+        attempts = 1
         if not all(torch.isfinite(d).all() for d in deltas):
             log.error("pseudo-gradient has NaN/Inf: this round's local work is discarded")
             deltas = [torch.zeros_like(d) for d in deltas]
         elif self.tracker.global_progress.num_peers > 1:
-            result = self._average(deltas, tokens)
+            result = self.group_average.run(
+                self.outer.round,
+                deltas,
+                tokens,
+                cancel=lambda: self.stop.is_set() or self.tracker.global_epoch > self.outer.round,
+            )
             if result is None:
+                log.info("round %d finished without this node", self.outer.round + 1)
                 self._catch_up(force=True)
                 return None
-            averaged, peers, group_tokens = result
+            if result.complete:
+                averaged, peers, group_tokens = (
+                    result.averaged,
+                    result.node_ids,
+                    result.group_tokens,
+                )
+                attempts = result.attempts
+            else:
+                log.error(
+                    "round %d: no checked average after %d attempt(s): applying this node's own "
+                    "pseudo-gradient (a peer's group result will replace it)",
+                    self.outer.round + 1,
+                    result.attempts,
+                )
         if averaged is None and self.tracker.global_epoch > self.outer.round:
             self._catch_up(force=True)  # a peer already defined this round: take its result
             return None
@@ -281,13 +306,14 @@ class Trainer:
             averaging_s=averaging_s,
             params_sha256=self.outer.digest(),
             val_loss=val_loss,
+            averaging_attempts=attempts,
         )
         self.progress.outer_round = outcome.round
         self._publish_claim(outcome.params_sha256)
         self._report(outcome)
         log.info(
             "round %d: %d peer%s, %d tokens here (%d in group), loss %.4f, val %s, %.0f tok/s, "
-            "averaging %.1f s",
+            "averaging %.1f s%s",
             outcome.round,
             len(outcome.peer_node_ids),
             "" if len(outcome.peer_node_ids) == 1 else "s",
@@ -297,69 +323,9 @@ class Trainer:
             "-" if outcome.val_loss is None else f"{outcome.val_loss:.4f}",
             self.progress.tokens_per_second,
             outcome.averaging_s,
+            "" if attempts == 1 else f" ({attempts} attempts)",
         )
         return outcome
-
-    def _average(
-        self, deltas: list[torch.Tensor], tokens: int
-    ) -> tuple[list[torch.Tensor] | None, list[str], int] | None:
-        """One all-reduce: (averaged Δ or None when no group formed, node ids, group tokens), or
-        None when the swarm finished this round while we were still looking for a group."""
-        exact = self.averager.exact
-        no_group = (None, [self.session.node_id], tokens)
-        weight = tokens / max(1, self.spec.tokens_per_round)
-        with self.averager.get_tensors() as buffers:
-            for buf, delta in zip(buffers, deltas, strict=False):
-                if exact:
-                    fixed_point.encode(delta, weight, buf)
-                else:
-                    buf.copy_(delta.reshape(-1))
-        gather = {"node_id": self.session.node_id, "tokens": tokens, "round": self.outer.round}
-        timeout = (self.spec.matchmaking_time_s or 3.0) + 15.0
-        # Peers match only within the same round: the round number is the averager's group key.
-        self.averager.set_group_bits(round_group_bits(self.outer.round))
-        try:
-            control = self.averager.step(
-                gather=gather, weight=1.0 if exact else float(tokens), timeout=timeout, wait=False
-            )
-            while True:
-                try:
-                    gathered = control.result(timeout=0.25)
-                    break
-                except TimeoutError:
-                    superseded = self.tracker.global_epoch > self.outer.round
-                    if (superseded or self.stop.is_set()) and control.stage in CANCELLABLE_STAGES:
-                        control.cancel()
-                        log.info("round %d finished without this node", self.outer.round + 1)
-                        return None
-        except Exception as e:  # hivemind raises many kinds when no group forms in time
-            log.warning("averaging failed (%s): applying this node's own pseudo-gradient", e)
-            return no_group
-        if not gathered:
-            return no_group
-        group = list(gathered.values())
-        group_tokens = sum(int(g["tokens"]) for g in group)
-        rounds = {int(g["round"]) for g in group}
-        if len(rounds) > 1:  # cannot happen with round group keys; never apply a mixed average
-            log.error(
-                "averaged with peers in different rounds %s: result discarded", sorted(rounds)
-            )
-            return no_group
-        with self.averager.get_tensors() as buffers:
-            if exact:
-                total_weight = group_tokens / max(1, self.spec.tokens_per_round)
-                try:
-                    averaged = [
-                        fixed_point.decode_sum(b, len(group)) / total_weight for b in buffers
-                    ]
-                except fixed_point.InexactAverage as e:
-                    log.error(
-                        "all-reduce incomplete (%s): applying this node's own pseudo-gradient", e
-                    )
-                    return None, [self.session.node_id], tokens
-            else:
-                averaged = [b.clone() for b in buffers]
-        return averaged, [str(g["node_id"]) for g in group], group_tokens
 
     def _report(self, outcome: RoundOutcome) -> None:
         request = pb.ReportRoundRequest(

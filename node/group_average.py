@@ -1,0 +1,294 @@
+"""One outer round's all-reduce, checked by every peer and redone by the whole group until each
+member holds the same complete average.
+
+hivemind's all-reduce can finish "successfully" with part of the data missing (see checksum.py):
+under load a stream breaks and one peer keeps its own values for a slice of the tensors. A
+swarm that applied such a round would hold two different θ_global. So in exact mode a round is
+an agreement, not a single call:
+
+1. every peer encodes its pseudo-gradient (fixed_point.py) and puts the checksum of what it sends
+   into hivemind's gather data, so the group learns every member's checksum with the group;
+2. after the all-reduce each peer checks its result against the group's checksums and publishes
+   a verdict (attempt, ok, digest of the result) in the DHT;
+3. it waits for every member's verdict of that attempt: when all are ok with one digest, the
+   round's average is settled; when any member failed, every member sees it and the group
+   averages again under a fresh group key (round, attempt + 1), from the same pseudo-gradients.
+
+A member that vanishes (its verdict never comes) does not block the others: a peer whose own
+check passed holds the correct average of the group and keeps it; a peer whose check failed and
+cannot redo it reports that it has no average, and the trainer then takes the swarm's state.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import hivemind
+import torch
+from hivemind.averaging.control import AveragingStage
+from hivemind.utils import get_dht_time
+
+from . import checksum, fixed_point
+
+log = logging.getLogger(__name__)
+
+CANCELLABLE_STAGES = (AveragingStage.IDLE, AveragingStage.LOOKING_FOR_GROUP)
+ROUND_BITS = 16
+ATTEMPT_BITS = 3
+
+
+def group_bits(round_number: int, attempt: int = 0) -> str:
+    """hivemind group-key bits: peers match only within the same round and attempt."""
+    return format(round_number % 2**ROUND_BITS, f"0{ROUND_BITS}b") + format(
+        attempt % 2**ATTEMPT_BITS, f"0{ATTEMPT_BITS}b"
+    )
+
+
+def result_digest(tensors: Sequence[torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(t.detach().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class GroupAverageConfig:
+    node_id: str
+    tokens_per_round: int
+    matchmaking_time_s: float = 3.0
+    max_attempts: int = 3
+    verdict_timeout_s: float = 60.0
+    poll_s: float = 0.2
+
+
+@dataclass
+class GroupResult:
+    """How a round's averaging ended for this peer."""
+
+    averaged: list[torch.Tensor] | None  # the group's token-weighted mean Δ; None: none settled
+    node_ids: list[str]  # the group's members (just us when no group formed)
+    group_tokens: int
+    attempts: int = 1
+    complete: bool = True  # False: a group formed but this peer never got a checked average
+
+
+@dataclass(frozen=True)
+class Verdict:
+    node_id: str
+    attempt: int
+    ok: bool
+    digest: str
+
+
+class VerdictBoard:
+    """Per-round DHT record of each member's verdict on its latest attempt."""
+
+    TTL_S = 300.0
+
+    def __init__(self, dht: hivemind.DHT, prefix: str) -> None:
+        self.dht = dht
+        self.prefix = prefix
+
+    def key(self, round_number: int) -> str:
+        return f"{self.prefix}_verdicts_{round_number}"
+
+    def publish(self, round_number: int, verdict: Verdict) -> None:
+        self.dht.store(
+            self.key(round_number),
+            subkey=verdict.node_id,
+            value={"attempt": verdict.attempt, "ok": verdict.ok, "digest": verdict.digest},
+            expiration_time=get_dht_time() + self.TTL_S,
+        )
+
+    def fetch(self, round_number: int, attempt: int) -> dict[str, Verdict]:
+        found = self.dht.get(self.key(round_number), latest=True)
+        if found is None or not isinstance(found.value, dict):
+            return {}
+        verdicts = {}
+        for subkey, entry in found.value.items():
+            value = getattr(entry, "value", None)
+            try:
+                verdict = Verdict(
+                    node_id=str(subkey),
+                    attempt=int(value["attempt"]),
+                    ok=bool(value["ok"]),
+                    digest=str(value["digest"]),
+                )
+            except (TypeError, KeyError, ValueError):
+                continue  # malformed: a buggy or hostile peer; its absence reads as a timeout
+            if verdict.attempt == attempt:
+                verdicts[verdict.node_id] = verdict
+        return verdicts
+
+
+class GroupAverage:
+    """Runs the all-reduce of one outer round for a PseudoGradientAverager (see module doc)."""
+
+    def __init__(
+        self,
+        averager: hivemind.DecentralizedAverager,
+        dht: hivemind.DHT,
+        *,
+        prefix: str,
+        config: GroupAverageConfig,
+        exact: bool,
+    ) -> None:
+        self.averager = averager
+        self.config = config
+        self.exact = exact
+        self.verdicts = VerdictBoard(dht, prefix)
+
+    def run(
+        self,
+        round_number: int,
+        deltas: Sequence[torch.Tensor],
+        tokens: int,
+        *,
+        cancel: Callable[[], bool],
+    ) -> GroupResult | None:
+        """Average `deltas` (this peer's Δ over `tokens` tokens) with the round's group.
+
+        Returns None when `cancel()` turned true while we were still looking for a group (the
+        swarm finished the round without us, or the node is stopping)."""
+        alone = GroupResult(None, [self.config.node_id], tokens)
+        attempts = self.config.max_attempts if self.exact else 1
+        for attempt in range(attempts):
+            outcome = self._attempt(round_number, attempt, deltas, tokens, cancel)
+            if outcome is None:
+                return None
+            if isinstance(outcome, GroupResult):
+                return outcome
+            if not outcome:  # no group formed: nobody to redo it with
+                if attempt == 0:
+                    return alone
+                return GroupResult(None, [self.config.node_id], tokens, attempt + 1, False)
+            log.warning(
+                "round %d: the group's all-reduce was incomplete (attempt %d); averaging again",
+                round_number + 1,
+                attempt + 1,
+            )
+        return GroupResult(None, [self.config.node_id], tokens, attempts, complete=False)
+
+    # -- one attempt --------------------------------------------------------------------------
+
+    def _attempt(
+        self,
+        round_number: int,
+        attempt: int,
+        deltas: Sequence[torch.Tensor],
+        tokens: int,
+        cancel: Callable[[], bool],
+    ) -> GroupResult | bool | None:
+        """A settled GroupResult; True: the group must redo it; False: no group; None: cancelled."""
+        seed = round_number * 2**ATTEMPT_BITS + attempt
+        weight = tokens / max(1, self.config.tokens_per_round)
+        with self.averager.get_tensors() as buffers:
+            for buf, delta in zip(buffers, deltas, strict=True):
+                if self.exact:
+                    fixed_point.encode(delta, weight, buf)
+                else:
+                    buf.copy_(delta.reshape(-1))
+            mine = checksum.project(buffers, seed) if self.exact else None
+        gather = {
+            "node_id": self.config.node_id,
+            "tokens": tokens,
+            "round": round_number,
+            "attempt": attempt,
+        }
+        if mine is not None:
+            gather.update(probe=mine.probe, norm2=mine.norm2)
+
+        gathered = self._step(round_number, attempt, gather, tokens, cancel)
+        if gathered is None:
+            return None
+        if not gathered:
+            return False
+        group = list(gathered.values())
+        node_ids = [str(g["node_id"]) for g in group]
+        group_tokens = sum(int(g["tokens"]) for g in group)
+        keys = {(int(g["round"]), int(g.get("attempt", 0))) for g in group}
+        if len(keys) > 1:  # cannot happen with (round, attempt) group keys; never apply a mix
+            log.error("averaged with peers at different (round, attempt) %s: discarded", keys)
+            return False
+        with self.averager.get_tensors() as buffers:
+            if not self.exact:
+                return GroupResult([b.clone() for b in buffers], node_ids, group_tokens, 1)
+            total, ok = self._check(buffers, group, seed)
+
+        digest = result_digest(total) if ok else ""
+        self.verdicts.publish(round_number, Verdict(self.config.node_id, attempt, ok, digest))
+        verdicts = self._collect_verdicts(round_number, attempt, node_ids)
+        others_ok = all(v.ok and v.digest == digest for v in verdicts.values())
+        everyone_spoke = len(verdicts) == len(node_ids)
+        if ok and (others_ok or not everyone_spoke):
+            if not everyone_spoke:
+                missing = sorted(set(node_ids) - set(verdicts))
+                log.warning(
+                    "round %d: no verdict from %s; keeping our checked average",
+                    round_number + 1,
+                    ", ".join(missing),
+                )
+            total_weight = group_tokens / max(1, self.config.tokens_per_round)
+            averaged = [t.div_(total_weight) for t in total]
+            return GroupResult(averaged, node_ids, group_tokens, attempt + 1)
+        if not everyone_spoke:  # our result is wrong and some peer is gone: cannot redo it
+            return GroupResult(None, [self.config.node_id], tokens, attempt + 1, complete=False)
+        return True
+
+    def _step(self, round_number, attempt, gather, tokens, cancel) -> dict | None:
+        """hivemind's all-reduce; {} when no group formed, None when cancelled while matching."""
+        self.averager.set_group_bits(group_bits(round_number, attempt))
+        timeout = self.config.matchmaking_time_s + 15.0
+        try:
+            control = self.averager.step(
+                gather=gather,
+                weight=1.0 if self.exact else float(tokens),
+                timeout=timeout,
+                wait=False,
+            )
+            while True:
+                try:
+                    return control.result(timeout=0.25) or {}
+                except TimeoutError:
+                    if cancel() and control.stage in CANCELLABLE_STAGES:
+                        control.cancel()
+                        return None
+        except Exception as e:  # hivemind raises many kinds when no group forms in time
+            log.warning("averaging failed (%s)", e)
+            return {}
+
+    def _check(
+        self, buffers: Sequence[torch.Tensor], group: list[dict], seed: int
+    ) -> tuple[list[torch.Tensor], bool]:
+        """The group's exact sum decoded from hivemind's mean, and whether it passes the checksum."""
+        total = [fixed_point.decode_sum(b, len(group)) for b in buffers]
+        try:
+            contributions = [
+                checksum.Contribution(float(g["probe"]), float(g["norm2"])) for g in group
+            ]
+        except (KeyError, TypeError, ValueError):
+            log.warning("a group member sent no checksum: result taken unchecked")
+            return total, True
+        ok, ratio = checksum.matches(total, contributions, seed)
+        if not ok:
+            log.warning("all-reduce result fails the group's checksum (%.3g x tolerance)", ratio)
+        return total, ok
+
+    def _collect_verdicts(
+        self, round_number: int, attempt: int, node_ids: list[str]
+    ) -> dict[str, Verdict]:
+        """Every member's verdict on this attempt, or those that came before the timeout."""
+        deadline = time.monotonic() + self.config.verdict_timeout_s
+        verdicts: dict[str, Verdict] = {}
+        wanted = set(node_ids)
+        while True:
+            verdicts = {
+                n: v for n, v in self.verdicts.fetch(round_number, attempt).items() if n in wanted
+            }
+            if len(verdicts) == len(wanted) or time.monotonic() >= deadline:
+                return verdicts
+            time.sleep(self.config.poll_s)

@@ -1,0 +1,139 @@
+"""One peer of tests/test_node_group_average.py: a real DHT, our real PseudoGradientAverager and
+GroupAverage, averaging a deterministic pseudo-gradient with the other worker processes.
+
+`--lose-part` injects the failure hivemind produces under load: in this peer's first all-reduce,
+one part of the averaged result never arrives, and hivemind keeps the local values for it (what
+TensorPartContainer.register_failed_reducer does when a reducer's stream breaks).
+
+Writes its outcome as JSON to --out and then waits (bounded) until every worker wrote its own,
+so no peer leaves the DHT while another still needs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+from gpt5os.node import fixed_point
+from gpt5os.node.diloco import OuterState
+from gpt5os.node.group_average import GroupAverage, GroupAverageConfig, result_digest
+from gpt5os.node.swarm import PseudoGradientAverager, start_dht, visible_maddrs
+from gpt5os.proto import pb
+from hivemind.averaging import partition
+
+TOKENS_PER_ROUND = 1000
+
+
+def model() -> torch.nn.Module:
+    """~200k parameters: several of hivemind's 64k-value parts, so a lost part is a slice."""
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(256, 256), torch.nn.Linear(256, 256),
+                               torch.nn.Linear(256, 256))  # fmt: skip
+
+
+def deltas(seed: int) -> list[torch.Tensor]:
+    """Large enough (sums above 2**24 quanta) that a float32 accumulator would not be exact."""
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(p.shape, generator=g) * 2e-2 for p in model().parameters()]
+
+
+def expected_mean(group: list[tuple[int, int]]) -> list[torch.Tensor]:
+    """The exact token-weighted mean the group must agree on, computed like fixed_point does."""
+    total = None
+    for seed, tokens in group:
+        encoded = []
+        for d in deltas(seed):
+            buf = torch.empty(d.numel(), dtype=torch.float64)
+            fixed_point.encode(d, tokens / TOKENS_PER_ROUND, buf)
+            encoded.append(buf)
+        total = encoded if total is None else [a + b for a, b in zip(total, encoded, strict=True)]
+    weight = sum(t for _, t in group) / TOKENS_PER_ROUND
+    return [t / weight for t in total]
+
+
+def lose_first_results_part() -> None:
+    """In this process's (and so its averager's) first all-reduce, drop one received part."""
+    original = partition.TensorPartContainer.register_processed_part
+    state = {"containers": 0, "dropped": False}
+    original_init = partition.TensorPartContainer.__init__
+
+    def init(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        state["containers"] += 1
+        self._gpt5os_sabotage = state["containers"] == 1
+
+    def register(self, peer_index, part_index, part):
+        if self._gpt5os_sabotage and part_index == 1 and not state["dropped"]:
+            state["dropped"] = True
+            self.failed_size += part.numel()
+            part = torch.zeros_like(part)  # a zero delta: the peer keeps its local values
+        return original(self, peer_index, part_index, part)
+
+    partition.TensorPartContainer.__init__ = init
+    partition.TensorPartContainer.register_processed_part = register
+
+
+def _wait_for_files(paths: list[Path], timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not all(p.exists() for p in paths):
+        time.sleep(0.05)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--me", type=int, required=True)
+    parser.add_argument("--group", required=True, help="seed:tokens,seed:tokens,...")
+    parser.add_argument("--peers", default="")
+    parser.add_argument("--maddrs-file", type=Path)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--lose-part", action="store_true")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO)
+    group = [tuple(int(x) for x in item.split(":")) for item in args.group.split(",")]
+    seed, tokens = group[args.me]
+    if args.lose_part:
+        lose_first_results_part()
+
+    spec = pb.RunSpec(compression="none", matchmaking_time_s=2.0, tokens_per_round=TOKENS_PER_ROUND)
+    outer = OuterState(model(), pb.OuterOptimizerSpec(lr=0.7, momentum=0.9, nesterov=True))
+    dht = start_dht([p for p in args.peers.split(",") if p], "/ip4/127.0.0.1/tcp/0")
+    if args.maddrs_file:
+        args.maddrs_file.write_text(",".join(visible_maddrs(dht)))
+    averager = PseudoGradientAverager(outer, dht, prefix="test_diloco", spec=spec)
+    averaging = GroupAverage(
+        averager,
+        dht,
+        prefix="test_diloco",
+        config=GroupAverageConfig(
+            node_id=f"node-{args.me}", tokens_per_round=TOKENS_PER_ROUND, matchmaking_time_s=2.0
+        ),
+        exact=True,
+    )
+    try:
+        # a barrier: matchmaking must not form a smaller group before the last worker started
+        args.out.with_name(f"ready-{args.me}").touch()
+        _wait_for_files([args.out.with_name(f"ready-{i}") for i in range(len(group))])
+        result = averaging.run(0, deltas(seed), tokens, cancel=lambda: False)
+        assert result is not None
+        exact = expected_mean(group)
+        report = {
+            "attempts": result.attempts,
+            "complete": result.complete,
+            "node_ids": sorted(result.node_ids),
+            "digest": result_digest(result.averaged) if result.averaged else None,
+            "exact": result.averaged is not None
+            and all(torch.equal(a, b) for a, b in zip(result.averaged, exact, strict=True)),
+        }
+        args.out.write_text(json.dumps(report))
+        _wait_for_files([args.out.with_name(f"result-{i}.json") for i in range(len(group))])
+    finally:
+        averager.shutdown()
+        dht.shutdown()
+
+
+if __name__ == "__main__":
+    main()
