@@ -58,29 +58,72 @@ inline float hsum(vf x) {  // halving tree: log2(W) shuffles and adds, not W sca
   return x2[0] + x2[1];
 }
 
+// Row sums of W vectors at once: lane r of the result is the sum of x[r]'s lanes. A transposing
+// tree (W - 1 shuffle pairs in all) instead of W separate horizontal sums (W log2(W)).
+inline vf sum_rows(vf* x) {
+#if WKV7_VEC == 16
+  for (int r = 0; r < 8; ++r)
+    x[r] = __builtin_shufflevector(x[r], x[r + 8], 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21,
+                                   22, 23) +
+           __builtin_shufflevector(x[r], x[r + 8], 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27,
+                                   28, 29, 30, 31);
+  for (int r = 0; r < 4; ++r)
+    x[r] = __builtin_shufflevector(x[r], x[r + 4], 0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24,
+                                   25, 26, 27) +
+           __builtin_shufflevector(x[r], x[r + 4], 4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28,
+                                   29, 30, 31);
+  for (int r = 0; r < 2; ++r)
+    x[r] = __builtin_shufflevector(x[r], x[r + 2], 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12,
+                                   13, 28, 29) +
+           __builtin_shufflevector(x[r], x[r + 2], 2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14,
+                                   15, 30, 31);
+  return __builtin_shufflevector(x[0], x[1], 0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28,
+                                 14, 30) +
+         __builtin_shufflevector(x[0], x[1], 1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29,
+                                 15, 31);
+#else
+  for (int r = 0; r < 4; ++r)
+    x[r] = __builtin_shufflevector(x[r], x[r + 4], 0, 1, 2, 3, 8, 9, 10, 11) +
+           __builtin_shufflevector(x[r], x[r + 4], 4, 5, 6, 7, 12, 13, 14, 15);
+  for (int r = 0; r < 2; ++r)
+    x[r] = __builtin_shufflevector(x[r], x[r + 2], 0, 1, 8, 9, 4, 5, 12, 13) +
+           __builtin_shufflevector(x[r], x[r + 2], 2, 3, 10, 11, 6, 7, 14, 15);
+  return __builtin_shufflevector(x[0], x[1], 0, 8, 2, 10, 4, 12, 6, 14) +
+         __builtin_shufflevector(x[0], x[1], 1, 9, 3, 11, 5, 13, 7, 15);
+#endif
+}
+
 struct Head {
   // pointers to this head's first element; step t of an input is at base + t * stride
   const float *r, *w, *k, *v, *a, *b;
   int64_t stride;  // H * N
 };
 
-template <int N>
+// One step for W rows at a time: their S a and S r dot products reduce together (sum_rows).
+template <int N, bool Y>
 void step_forward(vf (*S)[N / W], const vf* rv, const vf* wv, const vf* kv, const vf* av,
                   const vf* bv, const float* v, float* y, float* sa_out) {
   constexpr int NV = N / W;
-  for (int i = 0; i < N; ++i) {
-    vf acc = {};
-    for (int q = 0; q < NV; ++q) acc += S[i][q] * av[q];
-    const float sa = hsum(acc);
-    const vf sav = splat(sa), vi = splat(v[i]);
-    vf yacc = {};
-    for (int q = 0; q < NV; ++q) {
-      const vf s = S[i][q] * wv[q] + sav * bv[q] + vi * kv[q];
-      S[i][q] = s;
-      yacc += s * rv[q];
+  for (int i0 = 0; i0 < N; i0 += W) {
+    vf acc[W];
+    for (int r = 0; r < W; ++r) {
+      acc[r] = S[i0 + r][0] * av[0];
+      for (int q = 1; q < NV; ++q) acc[r] += S[i0 + r][q] * av[q];
     }
-    if (y) y[i] = hsum(yacc);
-    if (sa_out) sa_out[i] = sa;
+    const vf sa = sum_rows(acc);
+    const vf vb = load(v + i0);
+    for (int r = 0; r < W; ++r) {
+      const vf sar = splat(sa[r]), vi = splat(vb[r]);
+      vf yacc = {};
+      for (int q = 0; q < NV; ++q) {
+        const vf s = S[i0 + r][q] * wv[q] + sar * bv[q] + vi * kv[q];
+        S[i0 + r][q] = s;
+        if (Y) yacc += s * rv[q];
+      }
+      acc[r] = yacc;
+    }
+    if (Y) store(y + i0, sum_rows(acc));
+    if (sa_out) store(sa_out + i0, sa);
   }
 }
 
@@ -108,7 +151,7 @@ void forward_head(const Head& h, int64_t T, int C, const float* s0, float* y, fl
     if (ckpt && t % C == 0) std::memcpy(ckpt + (t / C) * N * N, S, sizeof(S));
     load_step<N>(h, t, rv, wv, kv, av, bv);
     const int64_t o = t * h.stride;
-    step_forward<N>(S, rv, wv, kv, av, bv, h.v + o, y + o, nullptr);
+    step_forward<N, true>(S, rv, wv, kv, av, bv, h.v + o, y + o, nullptr);
   }
   std::memcpy(s_end, S, sizeof(S));
 }
@@ -130,48 +173,61 @@ void backward_head(const Head& h, int64_t T, int C, const float* ckpt, float* sa
     for (int64_t t = t0; t < t1; ++t) {
       std::memcpy(buf[t - t0 + 1], buf[t - t0], sizeof(dS));
       load_step<N>(h, t, rv, wv, kv, av, bv);
-      step_forward<N>(buf[t - t0 + 1], rv, wv, kv, av, bv, h.v + t * h.stride, nullptr,
-                      sa + (t - t0) * N);
+      step_forward<N, false>(buf[t - t0 + 1], rv, wv, kv, av, bv, h.v + t * h.stride, nullptr,
+                             sa + (t - t0) * N);
     }
     for (int64_t t = t1 - 1; t >= t0; --t) {
-      const vf(*St)[NV] = buf[t - t0 + 1];
       const vf(*Sp)[NV] = buf[t - t0];
       load_step<N>(h, t, rv, wv, kv, av, bv);
       const int64_t o = t * h.stride;
       const float *dyt = dy + o, *vt = h.v + o, *sat = sa + (t - t0) * N;
-      float rb = 0.0f, rk = 0.0f;
+      // the dot products that the dy r^T part of G contributes through
+      float rb, rk, sady, vdy;
       {
-        vf x = {}, z = {};
+        vf x = {}, z = {}, p = {}, u = {};
         for (int q = 0; q < NV; ++q) x += rv[q] * bv[q], z += rv[q] * kv[q];
-        rb = hsum(x);
-        rk = hsum(z);
+        for (int q = 0; q < NV; ++q) {
+          const vf d = load(dyt + q * W);
+          p += load(sat + q * W) * d;
+          u += load(vt + q * W) * d;
+        }
+        rb = hsum(x), rk = hsum(z), sady = hsum(p), vdy = hsum(u);
       }
       // dsa_i = G_i . b and dv_i = G_i . k, with G_i = dS_i + dy_i r
-      for (int i = 0; i < N; ++i) {
-        vf x = {}, z = {};
-        for (int q = 0; q < NV; ++q) x += dS[i][q] * bv[q], z += dS[i][q] * kv[q];
-        dsa[i] = hsum(x) + dyt[i] * rb;
-        dv[o + i] = hsum(z) + dyt[i] * rk;
-      }
-      // column blocks: the five key-side gradients accumulate in registers over the rows
-      for (int q = 0; q < NV; ++q) {
-        vf gr = {}, gw = {}, gb = {}, gk = {}, ga = {};
-        const vf rq = rv[q], wq = wv[q], aq = av[q];
-        for (int i = 0; i < N; ++i) {
-          const vf dyi = splat(dyt[i]), sp = Sp[i][q];
-          const vf g = dS[i][q] + dyi * rq;
-          const vf dsai = splat(dsa[i]);
-          gr += dyi * St[i][q];
-          gw += sp * g;
-          gb += splat(sat[i]) * g;
-          gk += splat(vt[i]) * g;
-          ga += dsai * sp;
-          dS[i][q] = g * wq + dsai * aq;
+      for (int i0 = 0; i0 < N; i0 += W) {
+        vf x[W];
+        const vf dyb = load(dyt + i0);
+        for (int r = 0; r < W; ++r) {
+          x[r] = dS[i0 + r][0] * bv[0];
+          for (int q = 1; q < NV; ++q) x[r] += dS[i0 + r][q] * bv[q];
         }
-        store(dr + o + q * W, gr);
-        store(dw + o + q * W, gw);
-        store(db + o + q * W, gb);
-        store(dk + o + q * W, gk);
+        store(dsa + i0, sum_rows(x) + dyb * rb);
+        for (int r = 0; r < W; ++r) {
+          x[r] = dS[i0 + r][0] * kv[0];
+          for (int q = 1; q < NV; ++q) x[r] += dS[i0 + r][q] * kv[q];
+        }
+        store(dv + o + i0, sum_rows(x) + dyb * rk);
+      }
+      // column blocks: the key-side gradients accumulate in registers over the rows. Written
+      // with dS rather than G, and S_t = S_{t-1} diag(w) + sa b^T + v k^T expanded, so that
+      // only S_{t-1} is read: dr = w * (S_{t-1}^T dy) + b (sa . dy) + k (v . dy)
+      for (int q = 0; q < NV; ++q) {
+        vf gsp = {}, gw = {}, gb = {}, gk = {}, ga = {};
+        const vf rq = rv[q], wq = wv[q], aq = av[q], rwq = rv[q] * wv[q];
+        for (int i = 0; i < N; ++i) {
+          const vf dyi = splat(dyt[i]), sp = Sp[i][q], ds = dS[i][q];
+          const vf dsai = splat(dsa[i]);
+          gsp += dyi * sp;
+          gw += sp * ds;
+          gb += splat(sat[i]) * ds;
+          gk += splat(vt[i]) * ds;
+          ga += dsai * sp;
+          dS[i][q] = ds * wq + dyi * rwq + dsai * aq;  // G diag(w) + dsa a^T
+        }
+        store(dr + o + q * W, wq * gsp + sady * bv[q] + vdy * kv[q]);
+        store(dw + o + q * W, gw + rq * gsp);
+        store(db + o + q * W, gb + sady * rq);
+        store(dk + o + q * W, gk + vdy * rq);
         store(da + o + q * W, ga);
       }
     }
