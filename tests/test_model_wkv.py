@@ -143,12 +143,19 @@ class TestFusedKernel:
         y_c, s_c = wkv7_chunked(*xs, state=state)
         assert rel_err(y, y_c) < 1e-5 and rel_err(s, s_c) < 1e-5
 
-    def test_fresh_build_into_an_empty_cache(self, tmp_path, monkeypatch):
+    @pytest.mark.parametrize("width", [8, 16])  # AVX2-sized and AVX-512-sized vectors
+    def test_fresh_build_into_an_empty_cache(self, width, tmp_path, monkeypatch):
         monkeypatch.setenv("GPT5OS_CACHE", str(tmp_path))
+        monkeypatch.setattr(wkv_cpu, "_vector_width", lambda cpu_id: width)
         wkv_cpu._library.cache_clear()
         try:
             assert wkv_cpu.available(64)
             assert len(list(tmp_path.rglob("wkv7_cpu_*.so"))) == 1
+            for n in (16, 64):
+                xs, state = make_inputs(2, 40, 2, n, with_state=True, seed=24 + n)
+                assert_close_to_reference(
+                    lambda *a, state: wkv7(*a, state=state, impl="cpu"), xs, state, seed=n
+                )
         finally:
             wkv_cpu._library.cache_clear()
 
