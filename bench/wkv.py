@@ -4,7 +4,9 @@ CPU, all timed in the same run:
 - "plain loop": the textbook per-step loop, ``S = S*w + (S@a) b^T + v k^T; y = S r`` with
   autograd through it -- the baseline of issue 4's ">= 30x" goal;
 - "reference": our ground-truth loop (`wkv7_reference`, the same loop with broadcast updates);
-- "cpu": our chunked path;
+- "cpu": our CPU path (the fused C++ kernel of `gpt5os.model.wkv_cpu` where it builds);
+- "cpu chunked (fallback)": the pure-PyTorch chunked form that "cpu" falls back to without a
+  compiler;
 - fla-core's pure-PyTorch `dplr_chunkwise` (and its per-step `dplr_recurrence`) when importable:
   the CPU peer issue 4 asks us to beat by >= 5x. They need `fla-core`, `einops` and `triton`,
   which are benchmark-only, NOT project dependencies:
@@ -33,7 +35,8 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from gpt5os.model import wkv7
+from gpt5os.model import wkv7, wkv_cpu
+from gpt5os.model.wkv_chunked import wkv7_chunked
 
 CPU_SIZES = [(1, 1024, 4, 64), (1, 256, 4, 64), (2, 2048, 4, 64), (4, 512, 12, 64)]
 GPU_SIZES = [(1, 1024, 4, 64), (8, 1024, 32, 64), (8, 4096, 64, 64)]
@@ -174,6 +177,9 @@ def main() -> None:
     impls: dict[str, Callable | None] = {}
     if args.device == "cpu":
         impls |= {"plain loop": plain_loop, "reference": ours("reference"), "cpu": ours("cpu")}
+        impls["cpu chunked (fallback)"] = lambda r, w, k, v, a, b, s0: wkv7_chunked(
+            r, w, k, v, a, b, state=s0
+        )
         impls |= {FLA_NAIVE: fla_naive(), "fla dplr_recurrence (naive)": fla_naive("recurrence")}
         baselines = ["plain loop", FLA_NAIVE]
     else:
@@ -182,6 +188,9 @@ def main() -> None:
         baselines = ["fla chunk_rwkv7" if impls["fla chunk_rwkv7"] else "reference"]
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {args.device}, "
           f"{load()}")  # fmt: skip
+    if args.device == "cpu":
+        kernel = "fused C++ kernel" if wkv_cpu.available(64) else "chunked form (no kernel)"
+        print(f"  impl='cpu' runs the {kernel} at N=64")
     if args.device == "cpu" and impls[FLA_NAIVE] is None:
         print("  fla not installed (pip install fla-core einops triton to compare with it)")
     elif args.device == "cpu":
