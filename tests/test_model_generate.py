@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 from gpt5os.model import RWKV7, ModelConfig, generate
-from gpt5os.model.generation import generate_ids, sample_logits
+from gpt5os.model.generation import (
+    decode_step,
+    generate_ids,
+    relayout_for_decoding,
+    sample_logits,
+)
 
 
 class ByteTokenizer:
@@ -37,6 +42,55 @@ def test_greedy_decoding_matches_full_recomputation(model):
     with torch.no_grad():
         for token in ids:  # each greedy token is the argmax of a full parallel forward
             assert int(model(torch.tensor([seq]))[0, -1].argmax()) == token
+            seq.append(token)
+
+
+def rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((x - ref).norm() / ref.norm()).item()
+
+
+def test_decode_step_matches_the_model_forward_step(model):
+    """decode_step (in-place state, one-token math) == model(token, state) for several steps."""
+    model.eval()
+    g = torch.Generator().manual_seed(3)
+    prompt = torch.randint(1, 257, (2, 7), generator=g)
+    with torch.inference_mode():
+        _, ref_state = model(prompt, return_state=True)
+        state = ref_state.clone()
+        for tokens in torch.randint(1, 257, (5, 2), generator=g):
+            ref_logits, ref_state = model(tokens[:, None], ref_state, return_state=True)
+            logits = decode_step(model, tokens, state)
+            assert rel_err(logits, ref_logits[:, 0]) < 1e-5
+            got_ref = zip(
+                (state.att_shift, state.wkv, state.ffn_shift),
+                (ref_state.att_shift, ref_state.wkv, ref_state.ffn_shift),
+                strict=True,
+            )
+            for got, ref in got_ref:
+                assert rel_err(got, ref) < 1e-5
+
+
+def test_relayout_for_decoding_keeps_values_and_parameters():
+    torch.manual_seed(1)
+    m = RWKV7(ModelConfig(vocab_size=257, n_layer=2, n_embd=64, head_size=32)).eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    idx = torch.randint(0, 257, (1, 9))
+    params = list(m.parameters())
+    with torch.no_grad():
+        before = m(idx)
+        assert relayout_for_decoding(m) is m and relayout_for_decoding(m) is m  # idempotent
+        after = m(idx)
+    assert list(m.parameters()) == params and all(
+        p.t().is_contiguous() for p in (m.head.weight, m.blocks[1].ffn.value.weight)
+    )
+    assert rel_err(after, before) < 1e-5
+    ids = list(generate_ids(m, [3, 4], max_tokens=6, temperature=0, stop_at_eod=False))
+    seq = [3, 4]
+    with torch.no_grad():
+        for token in ids:
+            assert int(m(torch.tensor([seq]))[0, -1].argmax()) == token
             seq.append(token)
 
 
