@@ -15,8 +15,10 @@ an agreement, not a single call:
    averages again under a fresh group key (round, attempt + 1), from the same pseudo-gradients.
 
 A member that vanishes (its verdict never comes) does not block the others: a peer whose own
-check passed holds the correct average of the group and keeps it; a peer whose check failed and
-cannot redo it reports that it has no average, and the trainer then takes the swarm's state.
+check passed holds the correct average of the group and keeps it; a peer whose check failed
+averages again with whoever is still there. When no group forms at all although the swarm has
+other peers (a matchmaking race lost under load), a peer keeps looking for a while before it
+steps alone; it stops looking as soon as the swarm finishes the round without it.
 """
 
 from __future__ import annotations
@@ -61,7 +63,8 @@ class GroupAverageConfig:
     tokens_per_round: int
     matchmaking_time_s: float = 3.0
     max_attempts: int = 3
-    verdict_timeout_s: float = 60.0
+    verdict_timeout_s: float = 30.0
+    group_patience_s: float = 60.0  # how long to keep looking for a group before going alone
     poll_s: float = 0.2
 
 
@@ -156,20 +159,30 @@ class GroupAverage:
         swarm finished the round without us, or the node is stopping)."""
         alone = GroupResult(None, [self.config.node_id], tokens)
         attempts = self.config.max_attempts if self.exact else 1
-        for attempt in range(attempts):
+        patience_ends = time.monotonic() + self.config.group_patience_s
+        attempt = 0
+        while attempt < attempts:
             outcome = self._attempt(round_number, attempt, deltas, tokens, cancel)
             if outcome is None:
                 return None
             if isinstance(outcome, GroupResult):
                 return outcome
-            if not outcome:  # no group formed: nobody to redo it with
+            if outcome is False:  # no group formed
+                if cancel():
+                    return None
+                if time.monotonic() < patience_ends:
+                    # Peers are in the swarm (the trainer checked), so look again rather than
+                    # step alone: a lost matchmaking race must not split the round in two.
+                    log.info("round %d: no group yet; looking again", round_number + 1)
+                    continue
                 if attempt == 0:
                     return alone
                 return GroupResult(None, [self.config.node_id], tokens, attempt + 1, False)
+            attempt += 1
             log.warning(
                 "round %d: the group's all-reduce was incomplete (attempt %d); averaging again",
                 round_number + 1,
-                attempt + 1,
+                attempt,
             )
         return GroupResult(None, [self.config.node_id], tokens, attempts, complete=False)
 
@@ -235,8 +248,9 @@ class GroupAverage:
             total_weight = group_tokens / max(1, self.config.tokens_per_round)
             averaged = [t.div_(total_weight) for t in total]
             return GroupResult(averaged, node_ids, group_tokens, attempt + 1)
-        if not everyone_spoke:  # our result is wrong and some peer is gone: cannot redo it
-            return GroupResult(None, [self.config.node_id], tokens, attempt + 1, complete=False)
+        # Our result is wrong, or a member's is: redo it. A member whose verdict never came either
+        # left (the redo then runs without it) or was never really in the group (a matchmaking
+        # race under load), and is looking for a group under the old key.
         return True
 
     def _step(self, round_number, attempt, gather, tokens, cancel) -> dict | None:

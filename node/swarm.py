@@ -23,6 +23,7 @@ from .diloco import OuterState
 
 log = logging.getLogger(__name__)
 
+CHUNK_TIMEOUT_S = 20.0
 EXACT = "none"  # the spec's compression value for exact (fixed-point) averaging
 
 
@@ -64,8 +65,15 @@ class PseudoGradientAverager(hivemind.DecentralizedAverager):
             prefix=prefix,
             min_group_size=2,
             min_matchmaking_time=spec.matchmaking_time_s or 3.0,
-            request_timeout=max(1.0, (spec.matchmaking_time_s or 3.0) / 2),
+            # A follower that gives up on its leader a moment before the leader starts the
+            # all-reduce leaves the leader in a group with a ghost; under load a short timeout
+            # makes that likely. hivemind wants it below min_matchmaking_time.
+            request_timeout=max(1.0, 0.6 * (spec.matchmaking_time_s or 3.0)),
             allreduce_timeout=spec.averaging_timeout_s or 120.0,
+            # A peer that sends no part for this long is dropped (its data is then missing and
+            # the group redoes the round, group_average.py) instead of stalling the whole
+            # all-reduce until allreduce_timeout; also the per-chunk timeout of state downloads.
+            next_chunk_timeout=CHUNK_TIMEOUT_S,
             compression=compression,
             state_compression=NoCompression(),
             declare_state_period=10.0,

@@ -21,7 +21,11 @@ PAIR = "11:700,22:300"
 TRIO = "11:700,22:300,33:123"
 
 
-def _run_group(tmp_path: Path, group: str, *, sabotage: int | None = None) -> list[dict]:
+def _run_group(
+    tmp_path: Path, group: str, *, sabotage: int | None = None, staggered: bool = False
+) -> list[dict]:
+    """Run one worker per group member; `staggered`: the second starts only once the first
+    has failed to find a group and is looking again."""
     size = len(group.split(","))
     procs: list[Proc] = []
     try:
@@ -37,6 +41,15 @@ def _run_group(tmp_path: Path, group: str, *, sabotage: int | None = None) -> li
                 args += ["--peers", wait_for(lambda: _read(maddrs), 120, "worker 0's DHT")]
             if sabotage == me:
                 args.append("--lose-part")
+            if staggered:
+                args.append("--no-barrier")
+                if me > 0:
+                    wait_for(
+                        lambda: "no group yet; looking again" in procs[0].output(),
+                        240,
+                        "worker 0 to fail its first matchmaking",
+                        interval=0.2,
+                    )
             procs.append(Proc(args, tmp_path / f"worker{me}.log", process_env(home)))
         for me, proc in enumerate(procs):
             code = proc.wait(240)
@@ -75,3 +88,15 @@ def test_a_lost_part_makes_the_whole_group_average_again(tmp_path: Path, sabotag
     assert results[0]["digest"] == results[1]["digest"]
     log = (tmp_path / f"worker{sabotage}.log").read_text()
     assert "received" in log and "% results" in log  # hivemind itself saw the loss
+
+
+def test_a_peer_that_found_no_group_keeps_looking_instead_of_stepping_alone(
+    tmp_path: Path,
+) -> None:
+    """The late-joiner race: one peer's matchmaking fails while the swarm has other peers; it
+    must look again and average with the peer that comes, not take the round alone."""
+    results = _run_group(tmp_path, PAIR, staggered=True)
+    for r in results:
+        assert r["complete"] and r["exact"], r
+        assert r["node_ids"] == ["node-0", "node-1"]
+    assert results[0]["digest"] == results[1]["digest"]
