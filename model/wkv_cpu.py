@@ -102,7 +102,9 @@ def available(n: int) -> bool:
 
 
 @functools.cache
-def _pool(workers: int) -> ThreadPoolExecutor:
+def _pool(workers: int, pid: int) -> ThreadPoolExecutor:
+    """Keyed by process id: a forked child inherits the executor but not its threads, and would
+    wait forever on work submitted to it."""
     return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gpt5os-wkv7-cpu")
 
 
@@ -110,7 +112,9 @@ def _split(fn, n_heads: int) -> None:
     """Run fn(h0, h1) over [0, n_heads) in torch.get_num_threads() parts, this thread included."""
     parts = max(1, min(torch.get_num_threads(), n_heads))
     bounds = [n_heads * i // parts for i in range(parts + 1)]
-    futures = [_pool(parts).submit(fn, bounds[i], bounds[i + 1]) for i in range(1, parts)]
+    futures = [
+        _pool(parts, os.getpid()).submit(fn, bounds[i], bounds[i + 1]) for i in range(1, parts)
+    ]
     codes = [fn(bounds[0], bounds[1])] + [f.result() for f in futures]
     if any(codes):
         raise RuntimeError(f"wkv7 CPU kernel failed (codes {codes})")
