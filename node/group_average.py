@@ -9,10 +9,14 @@ an agreement, not a single call:
 1. every peer encodes its pseudo-gradient (fixed_point.py) and puts the checksum of what it sends
    into hivemind's gather data, so the group learns every member's checksum with the group;
 2. after the all-reduce each peer checks its result against the group's checksums and publishes
-   a verdict (attempt, ok, digest of the result) in the DHT;
-3. it waits for every member's verdict of that attempt: when all are ok with one digest, the
-   round's average is settled; when any member failed, every member sees it and the group
-   averages again under a fresh group key (round, attempt + 1), from the same pseudo-gradients.
+   a verdict (group, ok, digest of the result) in the DHT, where `group` names this particular
+   all-reduce (a hash of the random nonces its members put into the gather data);
+3. it waits for every member's verdict on that group: when all are ok with one digest, the
+   round's average is settled; when any member failed, every member sees it and averages again
+   from the same pseudo-gradients, with whoever is still matching under the round's key.
+
+Attempts are not part of the group key: a peer that never really joined a group (a matchmaking
+race lost under load) and is still at its first try must be able to match the others' retry.
 
 A member that vanishes (its verdict never comes) does not block the others: a peer whose own
 check passed holds the correct average of the group and keeps it; a peer whose check failed
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -40,14 +45,16 @@ log = logging.getLogger(__name__)
 
 CANCELLABLE_STAGES = (AveragingStage.IDLE, AveragingStage.LOOKING_FOR_GROUP)
 ROUND_BITS = 16
-ATTEMPT_BITS = 3
 
 
-def group_bits(round_number: int, attempt: int = 0) -> str:
-    """hivemind group-key bits: peers match only within the same round and attempt."""
-    return format(round_number % 2**ROUND_BITS, f"0{ROUND_BITS}b") + format(
-        attempt % 2**ATTEMPT_BITS, f"0{ATTEMPT_BITS}b"
-    )
+def group_bits(round_number: int) -> str:
+    """hivemind group-key bits: peers match only within the same outer round."""
+    return format(round_number % 2**ROUND_BITS, f"0{ROUND_BITS}b")
+
+
+def group_name(nonces: Sequence[str]) -> str:
+    """The same name on every member of one all-reduce, different for every all-reduce."""
+    return hashlib.sha256("|".join(sorted(nonces)).encode()).hexdigest()[:32]
 
 
 def result_digest(tensors: Sequence[torch.Tensor]) -> str:
@@ -82,13 +89,13 @@ class GroupResult:
 @dataclass(frozen=True)
 class Verdict:
     node_id: str
-    attempt: int
+    group: str
     ok: bool
     digest: str
 
 
 class VerdictBoard:
-    """Per-round DHT record of each member's verdict on its latest attempt."""
+    """Per-round DHT record of each member's verdict on its latest all-reduce."""
 
     TTL_S = 300.0
 
@@ -103,11 +110,11 @@ class VerdictBoard:
         self.dht.store(
             self.key(round_number),
             subkey=verdict.node_id,
-            value={"attempt": verdict.attempt, "ok": verdict.ok, "digest": verdict.digest},
+            value={"group": verdict.group, "ok": verdict.ok, "digest": verdict.digest},
             expiration_time=get_dht_time() + self.TTL_S,
         )
 
-    def fetch(self, round_number: int, attempt: int) -> dict[str, Verdict]:
+    def fetch(self, round_number: int, group: str) -> dict[str, Verdict]:
         found = self.dht.get(self.key(round_number), latest=True)
         if found is None or not isinstance(found.value, dict):
             return {}
@@ -117,13 +124,13 @@ class VerdictBoard:
             try:
                 verdict = Verdict(
                     node_id=str(subkey),
-                    attempt=int(value["attempt"]),
+                    group=str(value["group"]),
                     ok=bool(value["ok"]),
                     digest=str(value["digest"]),
                 )
             except (TypeError, KeyError, ValueError):
                 continue  # malformed: a buggy or hostile peer; its absence reads as a timeout
-            if verdict.attempt == attempt:
+            if verdict.group == group:
                 verdicts[verdict.node_id] = verdict
         return verdicts
 
@@ -197,7 +204,7 @@ class GroupAverage:
         cancel: Callable[[], bool],
     ) -> GroupResult | bool | None:
         """A settled GroupResult; True: the group must redo it; False: no group; None: cancelled."""
-        seed = round_number * 2**ATTEMPT_BITS + attempt
+        seed = round_number  # the same probe for every retry: peers may be at different tries
         weight = tokens / max(1, self.config.tokens_per_round)
         with self.averager.get_tensors() as buffers:
             for buf, delta in zip(buffers, deltas, strict=True):
@@ -210,12 +217,12 @@ class GroupAverage:
             "node_id": self.config.node_id,
             "tokens": tokens,
             "round": round_number,
-            "attempt": attempt,
+            "nonce": secrets.token_hex(8),
         }
         if mine is not None:
             gather.update(probe=mine.probe, norm2=mine.norm2)
 
-        gathered = self._step(round_number, attempt, gather, tokens, cancel)
+        gathered = self._step(round_number, gather, tokens, cancel)
         if gathered is None:
             return None
         if not gathered:
@@ -223,18 +230,19 @@ class GroupAverage:
         group = list(gathered.values())
         node_ids = [str(g["node_id"]) for g in group]
         group_tokens = sum(int(g["tokens"]) for g in group)
-        keys = {(int(g["round"]), int(g.get("attempt", 0))) for g in group}
-        if len(keys) > 1:  # cannot happen with (round, attempt) group keys; never apply a mix
-            log.error("averaged with peers at different (round, attempt) %s: discarded", keys)
+        rounds = {int(g["round"]) for g in group}
+        if len(rounds) > 1:  # cannot happen with round group keys; never apply a mixed average
+            log.error("averaged with peers in different rounds %s: discarded", sorted(rounds))
             return False
+        name = group_name([str(g.get("nonce", "")) for g in group])
         with self.averager.get_tensors() as buffers:
             if not self.exact:
                 return GroupResult([b.clone() for b in buffers], node_ids, group_tokens, 1)
             total, ok = self._check(buffers, group, seed)
 
         digest = result_digest(total) if ok else ""
-        self.verdicts.publish(round_number, Verdict(self.config.node_id, attempt, ok, digest))
-        verdicts = self._collect_verdicts(round_number, attempt, node_ids)
+        self.verdicts.publish(round_number, Verdict(self.config.node_id, name, ok, digest))
+        verdicts = self._collect_verdicts(round_number, name, node_ids)
         others_ok = all(v.ok and v.digest == digest for v in verdicts.values())
         everyone_spoke = len(verdicts) == len(node_ids)
         if ok and (others_ok or not everyone_spoke):
@@ -253,9 +261,9 @@ class GroupAverage:
         # race under load), and is looking for a group under the old key.
         return True
 
-    def _step(self, round_number, attempt, gather, tokens, cancel) -> dict | None:
+    def _step(self, round_number, gather, tokens, cancel) -> dict | None:
         """hivemind's all-reduce; {} when no group formed, None when cancelled while matching."""
-        self.averager.set_group_bits(group_bits(round_number, attempt))
+        self.averager.set_group_bits(group_bits(round_number))
         timeout = self.config.matchmaking_time_s + 15.0
         try:
             control = self.averager.step(
@@ -293,15 +301,15 @@ class GroupAverage:
         return total, ok
 
     def _collect_verdicts(
-        self, round_number: int, attempt: int, node_ids: list[str]
+        self, round_number: int, group: str, node_ids: list[str]
     ) -> dict[str, Verdict]:
-        """Every member's verdict on this attempt, or those that came before the timeout."""
+        """Every member's verdict on this all-reduce, or those that came before the timeout."""
         deadline = time.monotonic() + self.config.verdict_timeout_s
         verdicts: dict[str, Verdict] = {}
         wanted = set(node_ids)
         while True:
             verdicts = {
-                n: v for n, v in self.verdicts.fetch(round_number, attempt).items() if n in wanted
+                n: v for n, v in self.verdicts.fetch(round_number, group).items() if n in wanted
             }
             if len(verdicts) == len(wanted) or time.monotonic() >= deadline:
                 return verdicts
