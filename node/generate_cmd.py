@@ -36,9 +36,10 @@ def run_generate(
 ) -> Iterator[str]:
     """Yield the continuation as text pieces while tokens are decoded (UTF-8 safe)."""
     from gpt5os.model import load_tokenizer
-    from gpt5os.model.generation import generate_ids
+    from gpt5os.model.generation import generate_ids, relayout_for_decoding
 
-    model = load_any_checkpoint(checkpoint, device)
+    # loaded only to generate: nothing shares the weights' memory, so the faster layout is safe
+    model = relayout_for_decoding(load_any_checkpoint(checkpoint, device))
     tokenizer = load_tokenizer()
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     try:
