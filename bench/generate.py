@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 from gpt5os.model import RWKV7, ModelConfig, export_rwkv_pth
-from gpt5os.model.generation import decode_step, relayout_for_decoding
+from gpt5os.model.generation import RnnDecoder, relayout_for_decoding
 
 
 def load_theirs(pth_stem: str):
@@ -31,7 +31,7 @@ def load_theirs(pth_stem: str):
 def run_both(model: RWKV7, theirs, prompt: list[int], decode: int, rounds: int) -> dict:
     """Prefill (best of `rounds`) and greedy decode of both, interleaved so that both see the
     same load on a shared machine: prefills alternate, decode steps alternate token by token.
-    Ours: the parallel forward, then `decode_step` (what `generate_ids` runs)."""
+    Ours: the parallel forward, then `RnnDecoder.step` (what `generate_ids` runs)."""
     t = {"ours_pre": [], "their_pre": [], "ours_dec": [], "their_dec": []}
     with torch.inference_mode():
         for _ in range(rounds):
@@ -43,11 +43,12 @@ def run_both(model: RWKV7, theirs, prompt: list[int], decode: int, rounds: int) 
             t["ours_pre"].append(t1 - t0)
             t["their_pre"].append(t2 - t1)
         logits = logits[:, -1]
+        decoder = RnnDecoder(model)
         t["ours_tokens"], t["their_tokens"] = [], []
         for _ in range(decode):
             t0 = time.perf_counter()
             token = int(logits[0].argmax())
-            logits = decode_step(model, torch.tensor([token]), state)
+            logits = decoder.step(torch.tensor([token]), state)
             t1 = time.perf_counter()
             their_token = int(their_logits.argmax())
             their_logits, their_state = theirs.forward([their_token], their_state)

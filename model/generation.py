@@ -7,6 +7,8 @@ the carried `RWKV7State`.
 
 from __future__ import annotations
 
+import functools
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Protocol
 
@@ -66,62 +68,164 @@ def relayout_for_decoding(model: RWKV7) -> RWKV7:
     return model
 
 
+def _layers_step(
+    x: Tensor,
+    att_shift: Tensor,
+    wkv: Tensor,
+    ffn_shift: Tensor,
+    n_head: int,
+    head_size: int,
+    ln_eps: float,
+    lnx_eps: float,
+    decay_scale: float,
+    ln: list[Tensor],
+    mix: list[Tensor],
+    rkvo: list[Tensor],
+    lora: list[Tensor],
+    vecs: list[Tensor],
+    ffn: list[Tensor],
+) -> Tensor:
+    """Every block for one token ``x [B, C]`` (after ln0); updates the state tensors in place.
+
+    TorchScript-compiled (see `_scripted_layers_step`): one interpreter call per token instead
+    of ~60 Python-dispatched ops per layer. Weights come pre-extracted, per layer ``i``:
+    ``ln[4i:4i+4]`` ln1 w/b, ln2 w/b; ``mix[i]`` the six token-shift mixes ``[6, 1, C]``;
+    ``rkvo[4i:4i+4]`` receptance/key/value/output as ``[in, out]``; ``lora[11i:11i+11]`` w0 w1
+    w2 a0 a1 a2 v0 v1 v2 g1 g2 (the v's empty in layer 0); ``vecs[6i:6i+6]`` k_k, k_a, 1-k_a,
+    r_k, ln_x w/b; ``ffn[3i:3i+3]`` x_k, key, value.
+    """
+    bsz, c = x.shape
+    h, n = n_head, head_size
+    bh = bsz * h
+    v_first = x
+    for i in range(len(mix)):
+        xa = F.layer_norm(x, [c], ln[4 * i], ln[4 * i + 1], ln_eps)
+        shift = att_shift[i]
+        xm = torch.addcmul(xa, shift - xa, mix[i])  # [6, B, C]: the six token-shift mixes
+        shift.copy_(xa)
+        xr, xw, xk, xv, xa_, xg = xm[0], xm[1], xm[2], xm[3], xm[4], xm[5]
+        lo = lora[11 * i : 11 * i + 11]
+        r = xr @ rkvo[4 * i]
+        k = xk @ rkvo[4 * i + 1]
+        v = xv @ rkvo[4 * i + 2]
+        w_raw = torch.addmm(lo[0], torch.tanh(xw @ lo[1]), lo[2])
+        a = torch.sigmoid(torch.addmm(lo[3], xa_ @ lo[4], lo[5]))
+        g = torch.sigmoid(xg @ lo[9]) @ lo[10]
+        if i == 0:
+            v_first = v
+        else:  # value residual: v + (v_first - v) * gate
+            v = torch.lerp(v, v_first, torch.sigmoid(torch.addmm(lo[6], xv @ lo[7], lo[8])))
+        vec = vecs[6 * i : 6 * i + 6]
+        kk = (k * vec[0]).view(bsz, h, n)
+        kk = kk / torch.linalg.vector_norm(kk, dim=-1, keepdim=True).clamp_min(1e-12)
+        k = k * torch.addcmul(vec[2], a, vec[1])  # k * (1 + (a - 1) * k_a)
+        w = torch.exp(torch.sigmoid(w_raw.float()).mul_(-decay_scale))
+        # S = S diag(w) + (S a) b^T + v k^T with a = -kk, b = kk * a;  y = S r  (in place, the
+        # rank-1 updates as batched [N, 1] x [1, N] products: no [H, N, N] temporaries)
+        s3 = wkv[i].view(bh, n, n)
+        sa = torch.bmm(s3, kk.float().view(bh, n, 1))  # S kk (= -S a)
+        s3.mul_(w.view(bh, 1, n))
+        s3.baddbmm_(sa, (kk * a.view(bsz, h, n)).float().view(bh, 1, n), alpha=-1.0)
+        s3.baddbmm_(v.float().view(bh, n, 1), k.float().view(bh, 1, n))
+        y = torch.bmm(s3, r.float().view(bh, n, 1)).view(bsz, c).to(x.dtype)
+        y = F.group_norm(y, h, vec[4], vec[5], lnx_eps)
+        bonus = (r * k * vec[3]).view(bsz, h, n).sum(-1, keepdim=True) * v.view(bsz, h, n)
+        x = torch.addmm(x, (y + bonus.view(bsz, c)) * g, rkvo[4 * i + 3])
+        xf = F.layer_norm(x, [c], ln[4 * i + 2], ln[4 * i + 3], ln_eps)
+        fshift = ffn_shift[i]
+        kx = torch.addcmul(xf, fshift - xf, ffn[3 * i])
+        fshift.copy_(xf)
+        x = torch.addmm(x, torch.relu(kx @ ffn[3 * i + 1]).square_(), ffn[3 * i + 2])
+    return x
+
+
+@functools.cache
+def _scripted_layers_step():
+    """`_layers_step` compiled by TorchScript (~10 ms, once per process).
+
+    TorchScript, not torch.compile: it compiles in milliseconds, where torch.compile takes
+    minutes on a small CPU; torch 2.13 marks it deprecated (still supported, and the `rwkv`
+    package relies on it too), so that warning is silenced here.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return torch.jit.script(_layers_step)
+
+
+class RnnDecoder:
+    """One-token RNN steps of a model: ``decoder.step(tokens, state) -> logits``.
+
+    Holds references to the model's weights, pre-arranged for one-token steps (the six
+    token-shift mixes stacked, `[in, out]` views of every matrix, the per-layer vectors flat),
+    and runs all blocks in one TorchScript call. Build it after the weights are final (it copies
+    the small mix and k_a vectors: in-place updates of those are not seen) and use it under
+    ``torch.inference_mode()``; `relayout_for_decoding` first makes the matmuls faster.
+    """
+
+    def __init__(self, model: RWKV7) -> None:
+        cfg = model.config
+        c = cfg.n_embd
+        self.n_head, self.head_size, self.n_embd = cfg.n_head, cfg.head_size, c
+        blocks = list(model.blocks)
+        ln0 = blocks[0].ln0
+
+        def row(t: Tensor) -> Tensor:
+            return t.detach().reshape(1, c)
+
+        self.emb = model.emb.weight.detach()
+        self.ln0 = (ln0.weight.detach(), ln0.bias.detach(), ln0.eps)
+        self.ln_out = (model.ln_out.weight.detach(), model.ln_out.bias.detach(), model.ln_out.eps)
+        self.head = model.head.weight.detach().t()
+        self.ln_eps, self.lnx_eps = blocks[0].ln1.eps, blocks[0].att.ln_x.eps
+        ln, mix, rkvo, lora, vecs, ffn = [], [], [], [], [], []
+        empty = self.emb.new_empty(0)
+        for b in blocks:
+            att = b.att
+            ln += [p.detach() for p in (b.ln1.weight, b.ln1.bias, b.ln2.weight, b.ln2.bias)]
+            mixes = (att.x_r, att.x_w, att.x_k, att.x_v, att.x_a, att.x_g)
+            mix.append(torch.cat([m.detach().reshape(1, 1, c) for m in mixes]))
+            rkvo += [
+                m.weight.detach().t() for m in (att.receptance, att.key, att.value, att.output)
+            ]
+            lora += [row(att.w0), att.w1.detach(), att.w2.detach()]
+            lora += [row(att.a0), att.a1.detach(), att.a2.detach()]
+            if att.layer_id > 0:
+                lora += [row(att.v0), att.v1.detach(), att.v2.detach()]
+            else:
+                lora += [empty, empty, empty]
+            lora += [att.g1.detach(), att.g2.detach()]
+            vecs += [row(att.k_k), row(att.k_a), 1 - row(att.k_a), row(att.r_k)]
+            vecs += [att.ln_x.weight.detach(), att.ln_x.bias.detach()]
+            ffn += [row(b.ffn.x_k), b.ffn.key.weight.detach().t(), b.ffn.value.weight.detach().t()]
+        self._weights = (ln, mix, rkvo, lora, vecs, ffn)
+        self._step = _scripted_layers_step()
+
+    def step(self, tokens: Tensor, state: RWKV7State) -> Tensor:
+        """Logits ``[B, vocab]`` after ``tokens [B]``, updating `state` in place."""
+        x = F.layer_norm(self.emb[tokens], (self.n_embd,), *self.ln0)
+        x = self._step(
+            x,
+            state.att_shift,
+            state.wkv,
+            state.ffn_shift,
+            self.n_head,
+            self.head_size,
+            self.ln_eps,
+            self.lnx_eps,
+            DECAY_SCALE,
+            *self._weights,
+        )
+        return F.layer_norm(x, (self.n_embd,), *self.ln_out) @ self.head
+
+
 def decode_step(model: RWKV7, tokens: Tensor, state: RWKV7State) -> Tensor:
     """One RNN step: logits ``[B, vocab]`` after ``tokens [B]``, updating `state` in place.
 
     The same math as ``model(tokens[:, None], state, return_state=True)`` (the tests check that
-    they agree), written for one step: no token-shift concatenation, no new state stacked
-    every token (the WKV state alone is 12 x 48 KB for 0.1b), the six token-shift mixes in one
-    op. Run it under ``torch.inference_mode()``.
+    they agree). A convenience that builds an `RnnDecoder` each call: for many steps, build one
+    and call its `step` (what `generate_ids` does).
     """
-    x = model.emb(tokens)
-    v_first = None
-    for i, block in enumerate(model.blocks):
-        if i == 0:
-            x = block.ln0(x)
-        xa = block.ln1(x)
-        att = block.att
-        mixes = torch.cat([att.x_r, att.x_w, att.x_k, att.x_v, att.x_a, att.x_g]).view(6, 1, -1)
-        xr, xw, xk, xv, xa_, xg = torch.addcmul(xa, state.att_shift[i] - xa, mixes).unbind(0)
-        state.att_shift[i].copy_(xa)
-        out, v_first = _time_mix_step(att, xr, xw, xk, xv, xa_, xg, v_first, state.wkv[i])
-        x = x + out
-        xf = block.ln2(x)
-        ffn = block.ffn
-        k = torch.addcmul(xf, state.ffn_shift[i] - xf, ffn.x_k.view(1, -1))
-        state.ffn_shift[i].copy_(xf)
-        x = x + ffn.value(torch.relu(ffn.key(k)).square_())
-    return model.head(model.ln_out(x))
-
-
-def _time_mix_step(att, xr, xw, xk, xv, xa, xg, v_first, s: Tensor) -> tuple[Tensor, Tensor]:
-    """`TimeMix.forward` for one token ``[B, C]``; updates the WKV state `s [B, H, N, N]`."""
-    bsz, c = xr.shape
-    h, n = att.n_head, att.head_size
-    r = att.receptance(xr)
-    w_raw = att.w0.view(1, c) + torch.tanh(xw @ att.w1) @ att.w2
-    k = att.key(xk)
-    v = att.value(xv)
-    if att.layer_id == 0:
-        v_first = v
-    else:
-        v = v + (v_first - v) * torch.sigmoid(att.v0.view(1, c) + (xv @ att.v1) @ att.v2)
-    a = torch.sigmoid(att.a0.view(1, c) + (xa @ att.a1) @ att.a2)
-    g = torch.sigmoid(xg @ att.g1) @ att.g2
-    kk = F.normalize((k * att.k_k.view(1, c)).view(bsz, h, n), dim=-1, p=2.0)
-    k = k * (1 + (a - 1) * att.k_a.view(1, c))
-    w = torch.exp(-DECAY_SCALE * torch.sigmoid(w_raw.float())).view(bsz * h, 1, n)
-    # S = S diag(w) + (S a) b^T + v k^T with a = -kk, b = kk * a;  y = S r  (in place, the
-    # rank-1 updates as batched [N, 1] x [1, N] products: no [H, N, N] temporaries)
-    s3 = s.view(bsz * h, n, n)
-    sa = s3 @ kk.float().view(bsz * h, n, 1)  # S kk (= -S a)
-    kka = (kk * a.view(bsz, h, n)).float().view(bsz * h, 1, n)
-    s3.mul_(w).baddbmm_(sa, kka, alpha=-1.0)
-    s3.baddbmm_(v.float().view(bsz * h, n, 1), k.float().view(bsz * h, 1, n))
-    y = (s3 @ r.float().view(bsz * h, n, 1)).view(bsz, c).to(xr.dtype)
-    y = F.group_norm(y, h, att.ln_x.weight, att.ln_x.bias, att.ln_x.eps)
-    bonus = (r * k * att.r_k.view(1, c)).view(bsz, h, n).sum(-1, keepdim=True) * v.view(bsz, h, n)
-    return att.output((y + bonus.view(bsz, c)) * g), v_first
+    return RnnDecoder(model).step(tokens, state)
 
 
 def _check_sampling(max_tokens: int, temperature: float, top_p: float) -> None:
@@ -167,12 +271,13 @@ def generate_ids(
             generator.manual_seed(seed)
         logits, state = model(torch.tensor([ids], device=device), return_state=True, only_last=True)
         logits = logits[:, -1]
+        decoder = RnnDecoder(model)
         for _ in range(max_tokens):
             token = sample_logits(logits[0].cpu(), temperature, top_p, generator)
             if stop_at_eod and token == END_OF_DOCUMENT:
                 return
             yield token
-            logits = decode_step(model, torch.tensor([token], device=device), state)
+            logits = decoder.step(torch.tensor([token], device=device), state)
     finally:
         model.train(was_training)
 
