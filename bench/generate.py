@@ -95,6 +95,8 @@ def main() -> None:
         theirs = load_theirs(stem)
     run_both(model, theirs, prompt[:16], 2, 1)  # warm-up (TorchScript compiles on first calls)
     t = run_both(model, theirs, prompt, args.decode, args.rounds)
+    kernel = RnnDecoder(model).kernel
+    print(f"gpt5os decode matrix products: {'matvec_cpu kernel' if kernel else 'torch.mm'}")
     ours_pre, their_pre = min(t["ours_pre"]), min(t["their_pre"])
     ours_dec, their_dec = sum(t["ours_dec"]), sum(t["their_dec"])
     ours_med, their_med = statistics.median(t["ours_dec"]), statistics.median(t["their_dec"])

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from gpt5os.model import RWKV7, ModelConfig, generate
+from gpt5os.model import RWKV7, ModelConfig, generate, matvec_cpu
 from gpt5os.model.generation import (
+    RnnDecoder,
     decode_step,
     generate_ids,
     relayout_for_decoding,
@@ -68,6 +69,63 @@ def test_decode_step_matches_the_model_forward_step(model):
             )
             for got, ref in got_ref:
                 assert rel_err(got, ref) < 1e-5
+
+
+needs_kernel = pytest.mark.skipif(not matvec_cpu.available(), reason="no C++ compiler here")
+
+
+@needs_kernel
+@pytest.mark.parametrize("threads", [1, 2])
+def test_matvec_kernel_matches_torch(threads):
+    """Odd sizes (rows not a multiple of 4, columns past one 1024 block and not a multiple of
+    16), a strided matrix, accumulation, and a matrix big enough to be split over threads."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        g = torch.Generator().manual_seed(5)
+        for k, n in ((5, 7), (67, 1030), (770, 1500)):
+            w = torch.randn(k, n + 3, generator=g)[:, 2 : n + 2]  # row stride n + 3
+            x = torch.randn(1, k, generator=g)
+            assert matvec_cpu.supports(w)
+            assert rel_err(matvec_cpu.matvec(x, w), x @ w) < 1e-6
+            acc = torch.randn(1, n, generator=g)
+            ref = acc + x @ w
+            assert matvec_cpu.matvec(x.view(k), w, acc, accumulate=True) is acc
+            assert rel_err(acc, ref) < 1e-6
+    finally:
+        torch.set_num_threads(before)
+
+
+@needs_kernel
+def test_matvec_kernel_refuses_bad_shapes():
+    w = torch.randn(8, 4)
+    with pytest.raises(ValueError, match="8 contiguous fp32"):
+        matvec_cpu.matvec(torch.randn(1, 7), w)
+    with pytest.raises(ValueError, match="4 contiguous"):
+        matvec_cpu.matvec(torch.randn(1, 8), w, torch.empty(1, 5))
+    assert not matvec_cpu.supports(w.t()) and not matvec_cpu.supports(w.double())
+
+
+def test_decoder_kernel_path_matches_the_model_forward_step():
+    """One sequence with [in, out] weights: the path generate_ids takes on a CPU (the matvec
+    kernel where it builds) gives the parallel forward's logits and states."""
+    torch.manual_seed(2)
+    m = RWKV7(ModelConfig(vocab_size=1100, n_layer=2, n_embd=64, head_size=32)).eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    relayout_for_decoding(m)
+    decoder = RnnDecoder(m)
+    assert decoder.kernel == matvec_cpu.available()
+    g = torch.Generator().manual_seed(4)
+    with torch.inference_mode():
+        _, ref_state = m(torch.randint(0, 1100, (1, 6), generator=g), return_state=True)
+        state = ref_state.clone()
+        for token in torch.randint(0, 1100, (4, 1), generator=g):
+            ref_logits, ref_state = m(token[:, None], ref_state, return_state=True)
+            assert rel_err(decoder.step(token, state), ref_logits[:, 0]) < 1e-5
+            assert rel_err(state.wkv, ref_state.wkv) < 1e-5
+            assert rel_err(state.ffn_shift, ref_state.ffn_shift) < 1e-5
 
 
 def test_relayout_for_decoding_keeps_values_and_parameters():
