@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import matvec_cpu
+from . import decode_cpu
 from .rwkv7 import DECAY_SCALE, RWKV7, RWKV7State
 
 END_OF_DOCUMENT = 0
@@ -75,12 +75,32 @@ def _mm_add(acc: Tensor, x: Tensor, w: Tensor) -> Tensor:
     return torch.addmm(acc, x, w)
 
 
+def _mm_bias(bias: Tensor, x: Tensor, w: Tensor) -> Tensor:
+    return torch.addmm(bias, x, w)
+
+
+def _kernel_mm_bias(bias: Tensor, x: Tensor, w: Tensor) -> Tensor:
+    return decode_cpu.matvec(x, w, bias.clone(), accumulate=True)
+
+
+def _wkv_step(s3: Tensor, r: Tensor, w: Tensor, k: Tensor, v: Tensor, kk: Tensor, kka: Tensor):
+    """S = S diag(w) + (S a) b^T + v k^T with a = -kk, b = kk * a;  y = S r, in place on
+    `s3 [B*H, N, N]`: the rank-1 updates as batched [N, 1] x [1, N] products (no [H, N, N]
+    temporaries). Vectors ``[B, C]``, any float dtype; returns y ``[B, C]`` fp32."""
+    bh, n, _ = s3.shape
+    sa = torch.bmm(s3, kk.float().view(bh, n, 1))  # S kk (= -S a)
+    s3.mul_(w.view(bh, 1, n))
+    s3.baddbmm_(sa, kka.float().view(bh, 1, n), alpha=-1.0)
+    s3.baddbmm_(v.float().view(bh, n, 1), k.float().view(bh, 1, n))
+    return torch.bmm(s3, r.float().view(bh, n, 1)).view(kk.shape[0], -1)
+
+
 def _kernel_mm(x: Tensor, w: Tensor) -> Tensor:
-    return matvec_cpu.matvec(x, w)
+    return decode_cpu.matvec(x, w)
 
 
 def _kernel_mm_add(acc: Tensor, x: Tensor, w: Tensor) -> Tensor:
-    return matvec_cpu.matvec(x, w, acc, accumulate=True)  # in place: acc is the residual
+    return decode_cpu.matvec(x, w, acc, accumulate=True)  # in place: acc is the residual
 
 
 class RnnDecoder:
@@ -133,8 +153,11 @@ class RnnDecoder:
                 (d(b.ln2.weight), d(b.ln2.bias), b.ln2.eps),
                 row(ffn.x_k), d(ffn.key.weight).t(), d(ffn.value.weight).t(),
             ))  # fmt: skip
-        big = [self.head] + [m for layer in self.layers for m in (*layer[2:6], *layer[-2:])]
-        self.kernel = all(matvec_cpu.supports(m) for m in big) and matvec_cpu.available()
+        matrices = [self.head]
+        for layer in self.layers:  # rkvo, the LoRAs, the channel-mix key and value
+            matrices += [*layer[2:6], *layer[7:9], *layer[10:12], *layer[13:15], *layer[22:24]]
+            matrices += layer[12][1:] if layer[12] is not None else []
+        self.kernel = all(decode_cpu.supports(m) for m in matrices) and decode_cpu.available()
 
     def step(self, tokens: Tensor, state: RWKV7State) -> Tensor:
         """Logits ``[B, vocab]`` after ``tokens [B]``, updating `state` in place."""
@@ -142,7 +165,15 @@ class RnnDecoder:
         x = F.layer_norm(self.emb[tokens], (c,), *self.ln0[:2], self.ln0[2])
         bsz = x.shape[0]
         bh = bsz * h
-        mm, mm_add = (_kernel_mm, _kernel_mm_add) if self.kernel and bsz == 1 else (_mm, _mm_add)
+        if self.kernel and bsz == 1:
+            mm, mm_add, mm_bias, wkv = (
+                _kernel_mm,
+                _kernel_mm_add,
+                _kernel_mm_bias,
+                decode_cpu.wkv_step,
+            )
+        else:
+            mm, mm_add, mm_bias, wkv = _mm, _mm_add, _mm_bias, _wkv_step
         v_first = x
         for i, layer in enumerate(self.layers):
             (ln1, mix, rw, kw, vw, ow, w0, w1, w2, a0, a1, a2, vlora, g1, g2,
@@ -153,27 +184,21 @@ class RnnDecoder:
             shift.copy_(xa)
             xr, xw, xk, xv, xa_, xg = xm.unbind(0)
             r, k, v = mm(xr, rw), mm(xk, kw), mm(xv, vw)
-            w_raw = torch.addmm(w0, torch.tanh(xw @ w1), w2)
-            a = torch.sigmoid(torch.addmm(a0, xa_ @ a1, a2))  # in-context learning rate
-            g = torch.sigmoid(xg @ g1) @ g2
+            w_raw = mm_bias(w0, torch.tanh(mm(xw, w1)), w2)
+            a = torch.sigmoid(mm_bias(a0, mm(xa_, a1), a2))  # in-context learning rate
+            g = mm(torch.sigmoid(mm(xg, g1)), g2)
             if vlora is None:
                 v_first = v
             else:  # value residual: v + (v_first - v) * gate
                 v = torch.lerp(
-                    v, v_first, torch.sigmoid(torch.addmm(vlora[0], xv @ vlora[1], vlora[2]))
+                    v, v_first, torch.sigmoid(mm_bias(vlora[0], mm(xv, vlora[1]), vlora[2]))
                 )
             kk = (k * k_k).view(bsz, h, n)
             kk = kk / torch.linalg.vector_norm(kk, dim=-1, keepdim=True).clamp_min(1e-12)
             k = k * torch.addcmul(one_minus_k_a, a, k_a)  # k * (1 + (a - 1) * k_a)
             w = torch.exp(torch.sigmoid(w_raw.float()).mul_(-DECAY_SCALE))
-            # S = S diag(w) + (S a) b^T + v k^T with a = -kk, b = kk * a;  y = S r  (in place,
-            # the rank-1 updates as batched [N, 1] x [1, N] products: no [H, N, N] temporaries)
-            s3 = state.wkv[i].view(bh, n, n)
-            sa = torch.bmm(s3, kk.float().view(bh, n, 1))  # S kk (= -S a)
-            s3.mul_(w.view(bh, 1, n))
-            s3.baddbmm_(sa, (kk * a.view(bsz, h, n)).float().view(bh, 1, n), alpha=-1.0)
-            s3.baddbmm_(v.float().view(bh, n, 1), k.float().view(bh, 1, n))
-            y = torch.bmm(s3, r.float().view(bh, n, 1)).view(bsz, c).to(x.dtype)
+            kka = kk.view(bsz, c) * a
+            y = wkv(state.wkv[i].view(bh, n, n), r, w, k, v, kk, kka).to(x.dtype)
             y = F.group_norm(y, h, ln_x[0], ln_x[1], ln_x[2])
             bonus = (r * k * r_k).view(bsz, h, n).sum(-1, keepdim=True) * v.view(bsz, h, n)
             x = mm_add(x, (y + bonus.view(bsz, c)) * g, ow)

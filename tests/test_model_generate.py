@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from gpt5os.model import RWKV7, ModelConfig, generate, matvec_cpu
+from gpt5os.model import RWKV7, ModelConfig, decode_cpu, generate
 from gpt5os.model.generation import (
     RnnDecoder,
     decode_step,
@@ -71,7 +71,7 @@ def test_decode_step_matches_the_model_forward_step(model):
                 assert rel_err(got, ref) < 1e-5
 
 
-needs_kernel = pytest.mark.skipif(not matvec_cpu.available(), reason="no C++ compiler here")
+needs_kernel = pytest.mark.skipif(not decode_cpu.available(), reason="no C++ compiler here")
 
 
 @needs_kernel
@@ -86,11 +86,11 @@ def test_matvec_kernel_matches_torch(threads):
         for k, n in ((5, 7), (67, 1030), (770, 1500)):
             w = torch.randn(k, n + 3, generator=g)[:, 2 : n + 2]  # row stride n + 3
             x = torch.randn(1, k, generator=g)
-            assert matvec_cpu.supports(w)
-            assert rel_err(matvec_cpu.matvec(x, w), x @ w) < 1e-6
+            assert decode_cpu.supports(w)
+            assert rel_err(decode_cpu.matvec(x, w), x @ w) < 1e-6
             acc = torch.randn(1, n, generator=g)
             ref = acc + x @ w
-            assert matvec_cpu.matvec(x.view(k), w, acc, accumulate=True) is acc
+            assert decode_cpu.matvec(x.view(k), w, acc, accumulate=True) is acc
             assert rel_err(acc, ref) < 1e-6
     finally:
         torch.set_num_threads(before)
@@ -100,10 +100,10 @@ def test_matvec_kernel_matches_torch(threads):
 def test_matvec_kernel_refuses_bad_shapes():
     w = torch.randn(8, 4)
     with pytest.raises(ValueError, match="8 contiguous fp32"):
-        matvec_cpu.matvec(torch.randn(1, 7), w)
+        decode_cpu.matvec(torch.randn(1, 7), w)
     with pytest.raises(ValueError, match="4 contiguous"):
-        matvec_cpu.matvec(torch.randn(1, 8), w, torch.empty(1, 5))
-    assert not matvec_cpu.supports(w.t()) and not matvec_cpu.supports(w.double())
+        decode_cpu.matvec(torch.randn(1, 8), w, torch.empty(1, 5))
+    assert not decode_cpu.supports(w.t()) and not decode_cpu.supports(w.double())
 
 
 def test_decoder_kernel_path_matches_the_model_forward_step():
@@ -116,7 +116,7 @@ def test_decoder_kernel_path_matches_the_model_forward_step():
             p.add_(torch.randn_like(p) * 0.3)
     relayout_for_decoding(m)
     decoder = RnnDecoder(m)
-    assert decoder.kernel == matvec_cpu.available()
+    assert decoder.kernel == decode_cpu.available()
     g = torch.Generator().manual_seed(4)
     with torch.inference_mode():
         _, ref_state = m(torch.randint(0, 1100, (1, 6), generator=g), return_state=True)

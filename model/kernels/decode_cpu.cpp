@@ -1,4 +1,6 @@
-// One-row matrix products for RNN decoding: y[j] (+)= sum_i x[i] * W[i, j] over a column range.
+// CPU kernels for one-token RNN decoding: one-row matrix products and the one-step WKV.
+//
+// Matrix products: y[j] (+)= sum_i x[i] * W[i, j] over a column range.
 //
 // Why not BLAS: decoding multiplies one row by every weight matrix, so the step is bound by how
 // fast the weights stream from memory. MKL's sgemm with M = 1 streams a [768, 768] fp32 matrix
@@ -11,7 +13,7 @@
 #include <cstdint>
 #include <cstring>
 
-extern "C" int matvec_cpu_abi() { return 1; }
+extern "C" int decode_cpu_abi() { return 2; }
 
 // W is row-major with row stride ldw (elements); x has k elements; y has at least j1 elements.
 // Columns [j0, j1) of y are written (accumulate = 0) or added to (accumulate = 1).
@@ -45,5 +47,32 @@ extern "C" void matvec_cpu(const float* __restrict x, const float* __restrict w,
             for (int64_t j = 0; j < nb; j++) acc[j] += a0 * w0[j];
         }
         std::memcpy(y + c0, acc, nb * sizeof(float));
+    }
+}
+
+// One WKV-7 step for h heads of size n, in place on the fp32 state s [h, n, n] (value x key):
+//   S = S diag(w) - (S kk) kka^T + v k^T,   y = S r
+// with kk the normalised key and kka = kk * a (the update's a = -kk, b = kk * a). One pass over
+// each state row (it stays in L1) instead of five batched products over the whole state.
+extern "C" void wkv_step_cpu(float* __restrict s, const float* __restrict r,
+                             const float* __restrict w, const float* __restrict k,
+                             const float* __restrict v, const float* __restrict kk,
+                             const float* __restrict kka, float* __restrict y, int64_t h,
+                             int64_t n) {
+    for (int64_t hh = 0; hh < h; hh++) {
+        const int64_t o = hh * n;
+        for (int64_t i = 0; i < n; i++) {
+            float* row = s + (o + i) * n;
+            float sa = 0.f;
+            for (int64_t j = 0; j < n; j++) sa += row[j] * kk[o + j];
+            const float vi = v[o + i];
+            float acc = 0.f;
+            for (int64_t j = 0; j < n; j++) {
+                const float x = row[j] * w[o + j] - sa * kka[o + j] + vi * k[o + j];
+                row[j] = x;
+                acc += x * r[o + j];
+            }
+            y[o + i] = acc;
+        }
     }
 }
