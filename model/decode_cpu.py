@@ -3,8 +3,10 @@
 - `matvec`: one row times a matrix. Decoding one token multiplies a single row by every weight
   matrix, so a step is as fast as the weights stream from memory; the kernel streams
   ``[in, out]`` rows in order and beats ``torch.mm``'s BLAS call by 1.3-1.8x at 0.1b sizes.
-- `wkv_step`: one WKV-7 step of one sequence, fused into one pass over the state (five batched
-  products over a ``[12, 64, 64]`` state took ~140 us per layer).
+- `ln_shift_mix` and `tmix_core`: the small ops between the products (layer norm and token
+  shift; decay, normalised key, the WKV step in one pass over the state, GroupNorm, bonus,
+  gate), one call each instead of ~30 PyTorch ops per layer whose dispatch cost more than
+  their arithmetic (five batched products over a ``[12, 64, 64]`` state alone took ~140 us).
  Like `wkv_cpu` it is plain
 C++ built with g++ (about half a second) and cached by the hash of source, flags, compiler and
 CPU; where no compiler exists or the build fails, `available()` is False and callers use
@@ -33,7 +35,7 @@ from torch import Tensor
 from .wkv_cpu import _cpu_id
 
 SOURCE = Path(__file__).resolve().parent / "kernels" / "decode_cpu.cpp"
-ABI = 2
+ABI = 3
 FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-shared", "-fPIC"]
 SPLIT_MIN = 1 << 20  # below ~1M weights a thread hand-off costs more than it saves
 
@@ -74,8 +76,10 @@ def _library() -> ctypes.CDLL | None:
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     lib.matvec_cpu.argtypes = [ptr, ptr, ptr, i64, i64, i64, i64, ctypes.c_int]
     lib.matvec_cpu.restype = None
-    lib.wkv_step_cpu.argtypes = [ptr] * 8 + [i64, i64]
-    lib.wkv_step_cpu.restype = None
+    f32 = ctypes.c_float
+    lib.ln_shift_mix_cpu.argtypes = [ptr, ptr, ptr, f32, ptr, ptr, i64, i64, ptr]
+    lib.tmix_core_cpu.argtypes = [ptr] * 12 + [f32, f32, ptr, i64, i64]
+    lib.ln_shift_mix_cpu.restype = lib.tmix_core_cpu.restype = None
     return lib
 
 
@@ -125,18 +129,55 @@ def matvec(x: Tensor, w: Tensor, out: Tensor | None = None, *, accumulate: bool 
     return out
 
 
-def wkv_step(
-    s: Tensor, r: Tensor, w: Tensor, k: Tensor, v: Tensor, kk: Tensor, kka: Tensor
+def _check(name: str, numel: int, *tensors: Tensor) -> None:
+    for t in tensors:
+        if t.numel() != numel or t.dtype != torch.float32 or not t.is_contiguous():
+            raise ValueError(f"{name}: every vector must be {numel} contiguous fp32 values")
+
+
+def ln_shift_mix(
+    x: Tensor, ln_w: Tensor, ln_b: Tensor, eps: float, shift: Tensor, mix: Tensor
 ) -> Tensor:
-    """One WKV-7 step of one sequence, in place on `s` ``[H, N, N]`` (contiguous fp32, value x
-    key): ``S = S diag(w) - (S kk) kkaᵀ + v kᵀ``; returns ``y = S r`` as ``[1, H*N]``. The
-    vectors are ``H*N`` contiguous fp32 values each. Only call it where `available()`."""
-    h, n, _ = s.shape
-    if not (s.is_contiguous() and s.dtype == torch.float32 and s.shape[2] == n):
-        raise ValueError(f"wkv_step: state must be contiguous fp32 [H, N, N], got {s.shape}")
-    vecs = (r, w, k, v, kk, kka)
-    if any(t.numel() != h * n or not t.is_contiguous() or t.dtype != torch.float32 for t in vecs):
-        raise ValueError(f"wkv_step: r, w, k, v, kk, kka must be {h * n} contiguous fp32 values")
-    y = torch.empty(1, h * n, dtype=torch.float32)
-    _library().wkv_step_cpu(*(t.data_ptr() for t in (s, *vecs, y)), h, n)
-    return y
+    """Layer norm of one token `x` ``[1, C]``, then the token-shift mixes ``xn + (shift - xn) *
+    mix[m]`` for each row of `mix` ``[M, C]`` (returned as ``[M, 1, C]``); sets `shift` to xn.
+    Only call it where `available()`."""
+    c = x.shape[-1]
+    _check("ln_shift_mix", c, x, ln_w, ln_b, shift)
+    _check("ln_shift_mix", mix.numel(), mix)
+    m = mix.numel() // c
+    out = torch.empty(m, 1, c, dtype=torch.float32)
+    lib = _library()
+    lib.ln_shift_mix_cpu(x.data_ptr(), ln_w.data_ptr(), ln_b.data_ptr(), eps, shift.data_ptr(),
+                         mix.data_ptr(), m, c, out.data_ptr())  # fmt: skip
+    return out
+
+
+def tmix_core(
+    s: Tensor,
+    r: Tensor,
+    w_raw: Tensor,
+    k: Tensor,
+    v: Tensor,
+    a_raw: Tensor,
+    g: Tensor,
+    k_k: Tensor,
+    k_a: Tensor,
+    r_k: Tensor,
+    lnx_w: Tensor,
+    lnx_b: Tensor,
+    lnx_eps: float,
+    decay_scale: float,
+) -> Tensor:
+    """The time-mix of one token between its matrix products (`TimeMix.forward` from the decay
+    to ``y * g``): updates the WKV state `s` ``[H, N, N]`` (contiguous fp32) in place and
+    returns ``(GroupNorm(S r) + bonus) * g`` as ``[1, H*N]``. `w_raw` and `a_raw` are before
+    their squashing; every vector holds ``H*N`` fp32 values. Only call it where `available()`."""
+    h, n, n2 = s.shape
+    if n != n2 or n > 256:
+        raise ValueError(f"tmix_core: state must be [H, N, N] with N <= 256, got {s.shape}")
+    _check("tmix_core", h * n * n, s)
+    _check("tmix_core", h * n, r, w_raw, k, v, a_raw, g, k_k, k_a, r_k, lnx_w, lnx_b)
+    out = torch.empty(1, h * n, dtype=torch.float32)
+    ptrs = (t.data_ptr() for t in (s, r, w_raw, k, v, a_raw, g, k_k, k_a, r_k, lnx_w, lnx_b))
+    _library().tmix_core_cpu(*ptrs, lnx_eps, decay_scale, out.data_ptr(), h, n)
+    return out

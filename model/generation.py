@@ -67,40 +67,16 @@ def relayout_for_decoding(model: RWKV7) -> RWKV7:
     return model
 
 
-def _mm(x: Tensor, w: Tensor) -> Tensor:
-    return x @ w
-
-
-def _mm_add(acc: Tensor, x: Tensor, w: Tensor) -> Tensor:
-    return torch.addmm(acc, x, w)
-
-
-def _mm_bias(bias: Tensor, x: Tensor, w: Tensor) -> Tensor:
-    return torch.addmm(bias, x, w)
-
-
-def _kernel_mm_bias(bias: Tensor, x: Tensor, w: Tensor) -> Tensor:
-    return decode_cpu.matvec(x, w, bias.clone(), accumulate=True)
-
-
-def _wkv_step(s3: Tensor, r: Tensor, w: Tensor, k: Tensor, v: Tensor, kk: Tensor, kka: Tensor):
-    """S = S diag(w) + (S a) b^T + v k^T with a = -kk, b = kk * a;  y = S r, in place on
-    `s3 [B*H, N, N]`: the rank-1 updates as batched [N, 1] x [1, N] products (no [H, N, N]
-    temporaries). Vectors ``[B, C]``, any float dtype; returns y ``[B, C]`` fp32."""
-    bh, n, _ = s3.shape
-    sa = torch.bmm(s3, kk.float().view(bh, n, 1))  # S kk (= -S a)
-    s3.mul_(w.view(bh, 1, n))
-    s3.baddbmm_(sa, kka.float().view(bh, 1, n), alpha=-1.0)
-    s3.baddbmm_(v.float().view(bh, n, 1), k.float().view(bh, 1, n))
-    return torch.bmm(s3, r.float().view(bh, n, 1)).view(kk.shape[0], -1)
-
-
 def _kernel_mm(x: Tensor, w: Tensor) -> Tensor:
     return decode_cpu.matvec(x, w)
 
 
 def _kernel_mm_add(acc: Tensor, x: Tensor, w: Tensor) -> Tensor:
     return decode_cpu.matvec(x, w, acc, accumulate=True)  # in place: acc is the residual
+
+
+def _kernel_mm_bias(bias: Tensor, x: Tensor, w: Tensor) -> Tensor:
+    return decode_cpu.matvec(x, w, bias.clone(), accumulate=True)
 
 
 class RnnDecoder:
@@ -161,19 +137,57 @@ class RnnDecoder:
 
     def step(self, tokens: Tensor, state: RWKV7State) -> Tensor:
         """Logits ``[B, vocab]`` after ``tokens [B]``, updating `state` in place."""
-        c, h, n = self.n_embd, self.n_head, self.head_size
-        x = F.layer_norm(self.emb[tokens], (c,), *self.ln0[:2], self.ln0[2])
-        bsz = x.shape[0]
-        bh = bsz * h
-        if self.kernel and bsz == 1:
-            mm, mm_add, mm_bias, wkv = (
-                _kernel_mm,
-                _kernel_mm_add,
-                _kernel_mm_bias,
-                decode_cpu.wkv_step,
+        x = F.layer_norm(self.emb[tokens], (self.n_embd,), *self.ln0[:2], self.ln0[2])
+        if self.kernel and x.shape[0] == 1:
+            x = self._blocks_kernel(x, state)
+            return _kernel_mm(
+                F.layer_norm(x, (self.n_embd,), *self.ln_out[:2], self.ln_out[2]), self.head
             )
-        else:
-            mm, mm_add, mm_bias, wkv = _mm, _mm_add, _mm_bias, _wkv_step
+        x = self._blocks_torch(x, state)
+        return F.layer_norm(x, (self.n_embd,), *self.ln_out[:2], self.ln_out[2]) @ self.head
+
+    def _blocks_kernel(self, x: Tensor, state: RWKV7State) -> Tensor:
+        """Every block for one sequence, fp32 on the CPU: decode_cpu kernels, ~20 calls a layer."""
+        mm, mm_add, mm_bias = _kernel_mm, _kernel_mm_add, _kernel_mm_bias
+        h, n = self.n_head, self.head_size
+        v_first = x
+        for i, layer in enumerate(self.layers):
+            (ln1, mix, rw, kw, vw, ow, w0, w1, w2, a0, a1, a2, vlora, g1, g2,
+             k_k, k_a, _, r_k, ln_x, ln2, ffn_mix, ffn_kw, ffn_vw) = layer  # fmt: skip
+            xm = decode_cpu.ln_shift_mix(x, *ln1, state.att_shift[i], mix)
+            xr, xw, xk, xv, xa, xg = xm.unbind(0)
+            r, k, v = mm(xr, rw), mm(xk, kw), mm(xv, vw)
+            if vlora is None:
+                v_first = v
+            else:  # value residual: v + (v_first - v) * gate
+                v = torch.lerp(
+                    v, v_first, torch.sigmoid_(mm_bias(vlora[0], mm(xv, vlora[1]), vlora[2]))
+                )
+            u = decode_cpu.tmix_core(
+                state.wkv[i].view(h, n, n),
+                r,
+                mm_bias(w0, torch.tanh_(mm(xw, w1)), w2),
+                k,
+                v,
+                mm_bias(a0, mm(xa, a1), a2),
+                mm(torch.sigmoid_(mm(xg, g1)), g2),
+                k_k,
+                k_a,
+                r_k,
+                *ln_x,
+                DECAY_SCALE,
+            )
+            x = mm_add(x, u, ow)
+            kx = decode_cpu.ln_shift_mix(x, *ln2, state.ffn_shift[i], ffn_mix)
+            x = mm_add(x, torch.relu_(mm(kx, ffn_kw)).square_(), ffn_vw)
+        return x
+
+    def _blocks_torch(self, x: Tensor, state: RWKV7State) -> Tensor:
+        """Every block, any batch, device and dtype: PyTorch ops (`TimeMix.forward` for one
+        token, the state updated in place)."""
+        bsz, c = x.shape
+        h, n = self.n_head, self.head_size
+        bh = bsz * h
         v_first = x
         for i, layer in enumerate(self.layers):
             (ln1, mix, rw, kw, vw, ow, w0, w1, w2, a0, a1, a2, vlora, g1, g2,
@@ -183,31 +197,37 @@ class RnnDecoder:
             xm = torch.addcmul(xa, shift - xa, mix)  # the six token-shift mixes, [6, B, C]
             shift.copy_(xa)
             xr, xw, xk, xv, xa_, xg = xm.unbind(0)
-            r, k, v = mm(xr, rw), mm(xk, kw), mm(xv, vw)
-            w_raw = mm_bias(w0, torch.tanh(mm(xw, w1)), w2)
-            a = torch.sigmoid(mm_bias(a0, mm(xa_, a1), a2))  # in-context learning rate
-            g = mm(torch.sigmoid(mm(xg, g1)), g2)
+            r, k, v = xr @ rw, xk @ kw, xv @ vw
+            w_raw = torch.addmm(w0, torch.tanh(xw @ w1), w2)
+            a = torch.sigmoid(torch.addmm(a0, xa_ @ a1, a2))  # in-context learning rate
+            g = torch.sigmoid(xg @ g1) @ g2
             if vlora is None:
                 v_first = v
             else:  # value residual: v + (v_first - v) * gate
                 v = torch.lerp(
-                    v, v_first, torch.sigmoid(mm_bias(vlora[0], mm(xv, vlora[1]), vlora[2]))
+                    v, v_first, torch.sigmoid(torch.addmm(vlora[0], xv @ vlora[1], vlora[2]))
                 )
             kk = (k * k_k).view(bsz, h, n)
             kk = kk / torch.linalg.vector_norm(kk, dim=-1, keepdim=True).clamp_min(1e-12)
             k = k * torch.addcmul(one_minus_k_a, a, k_a)  # k * (1 + (a - 1) * k_a)
             w = torch.exp(torch.sigmoid(w_raw.float()).mul_(-DECAY_SCALE))
-            kka = kk.view(bsz, c) * a
-            y = wkv(state.wkv[i].view(bh, n, n), r, w, k, v, kk, kka).to(x.dtype)
+            # S = S diag(w) + (S a) b^T + v k^T with a = -kk, b = kk * a;  y = S r  (in place,
+            # the rank-1 updates as batched [N, 1] x [1, N] products: no [H, N, N] temporaries)
+            s3 = state.wkv[i].view(bh, n, n)
+            sa = torch.bmm(s3, kk.float().view(bh, n, 1))  # S kk (= -S a)
+            s3.mul_(w.view(bh, 1, n))
+            s3.baddbmm_(sa, (kk * a.view(bsz, h, n)).float().view(bh, 1, n), alpha=-1.0)
+            s3.baddbmm_(v.float().view(bh, n, 1), k.float().view(bh, 1, n))
+            y = torch.bmm(s3, r.float().view(bh, n, 1)).view(bsz, c).to(x.dtype)
             y = F.group_norm(y, h, ln_x[0], ln_x[1], ln_x[2])
             bonus = (r * k * r_k).view(bsz, h, n).sum(-1, keepdim=True) * v.view(bsz, h, n)
-            x = mm_add(x, (y + bonus.view(bsz, c)) * g, ow)
+            x = torch.addmm(x, (y + bonus.view(bsz, c)) * g, ow)
             xf = F.layer_norm(x, (c,), ln2[0], ln2[1], ln2[2])
             fshift = state.ffn_shift[i]
             kx = torch.addcmul(xf, fshift - xf, ffn_mix)
             fshift.copy_(xf)
-            x = mm_add(x, torch.relu(mm(kx, ffn_kw)).square_(), ffn_vw)
-        return mm(F.layer_norm(x, (c,), *self.ln_out[:2], self.ln_out[2]), self.head)
+            x = torch.addmm(x, torch.relu(kx @ ffn_kw).square_(), ffn_vw)
+        return x
 
 
 def decode_step(model: RWKV7, tokens: Tensor, state: RWKV7State) -> Tensor:

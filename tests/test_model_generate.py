@@ -104,6 +104,14 @@ def test_matvec_kernel_refuses_bad_shapes():
     with pytest.raises(ValueError, match="4 contiguous"):
         decode_cpu.matvec(torch.randn(1, 8), w, torch.empty(1, 5))
     assert not decode_cpu.supports(w.t()) and not decode_cpu.supports(w.double())
+    vec = torch.zeros(1, 8)
+    with pytest.raises(ValueError, match="8 contiguous fp32"):
+        decode_cpu.ln_shift_mix(vec, vec, vec, 1e-5, torch.zeros(1, 7), torch.zeros(6, 8))
+    vecs = [vec] * 11
+    with pytest.raises(ValueError, match="N <= 256"):
+        decode_cpu.tmix_core(torch.zeros(2, 4, 3), *vecs, 1e-3, 0.6)
+    with pytest.raises(ValueError, match="8 contiguous fp32"):
+        decode_cpu.tmix_core(torch.zeros(2, 4, 4), *vecs[:10], torch.zeros(16)[::2], 1e-3, 0.6)
 
 
 def test_decoder_kernel_path_matches_the_model_forward_step():

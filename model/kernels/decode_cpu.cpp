@@ -11,9 +11,10 @@
 // headers, builds in half a second.
 #include <algorithm>
 #include <cstdint>
+#include <cmath>
 #include <cstring>
 
-extern "C" int decode_cpu_abi() { return 2; }
+extern "C" int decode_cpu_abi() { return 3; }
 
 // W is row-major with row stride ldw (elements); x has k elements; y has at least j1 elements.
 // Columns [j0, j1) of y are written (accumulate = 0) or added to (accumulate = 1).
@@ -50,29 +51,82 @@ extern "C" void matvec_cpu(const float* __restrict x, const float* __restrict w,
     }
 }
 
-// One WKV-7 step for h heads of size n, in place on the fp32 state s [h, n, n] (value x key):
-//   S = S diag(w) - (S kk) kka^T + v k^T,   y = S r
-// with kk the normalised key and kka = kk * a (the update's a = -kk, b = kk * a). One pass over
-// each state row (it stays in L1) instead of five batched products over the whole state.
-extern "C" void wkv_step_cpu(float* __restrict s, const float* __restrict r,
-                             const float* __restrict w, const float* __restrict k,
-                             const float* __restrict v, const float* __restrict kk,
-                             const float* __restrict kka, float* __restrict y, int64_t h,
-                             int64_t n) {
+// Layer norm of x [c] (one token), then the token-shift mixes: out[m][j] = xn[j] + (shift[j] -
+// xn[j]) * mix[m][j] for the n_mix rows of mix [n_mix, c]; shift <- xn (the next token's
+// previous input). One call instead of five PyTorch ops.
+extern "C" void ln_shift_mix_cpu(const float* __restrict x, const float* __restrict ln_w,
+                                 const float* __restrict ln_b, float eps, float* __restrict shift,
+                                 const float* __restrict mix, int64_t n_mix, int64_t c,
+                                 float* __restrict out) {
+    double sum = 0.0, sq = 0.0;
+    for (int64_t j = 0; j < c; j++) sum += x[j];
+    const float mean = static_cast<float>(sum / c);
+    for (int64_t j = 0; j < c; j++) {
+        const float d = x[j] - mean;
+        sq += static_cast<double>(d) * d;
+    }
+    const float rstd = 1.0f / std::sqrt(static_cast<float>(sq / c) + eps);
+    for (int64_t j = 0; j < c; j++) {
+        const float xn = (x[j] - mean) * rstd * ln_w[j] + ln_b[j];
+        const float d = shift[j] - xn;
+        for (int64_t m = 0; m < n_mix; m++) out[m * c + j] = xn + d * mix[m * c + j];
+        shift[j] = xn;
+    }
+}
+
+// The time-mix core of one token after its matrix products: decay from w_raw, the in-context
+// rate a = sigmoid(a_raw), kk = normalize(k * k_k) per head, k <- k * (1 + (a - 1) * k_a), the
+// WKV step on s [h, n, n] in place, GroupNorm of y per head, the r.k.r_k bonus, times g:
+//   out = (GroupNorm(S r) + (sum r k r_k) v) * g        (every vector h * n floats, n <= 256)
+extern "C" void tmix_core_cpu(float* __restrict s, const float* __restrict r,
+                              const float* __restrict w_raw, const float* __restrict k_in,
+                              const float* __restrict v, const float* __restrict a_raw,
+                              const float* __restrict g, const float* __restrict k_k,
+                              const float* __restrict k_a, const float* __restrict r_k,
+                              const float* __restrict lnx_w, const float* __restrict lnx_b,
+                              float lnx_eps, float decay_scale, float* __restrict out, int64_t h,
+                              int64_t n) {
+    alignas(64) float kk[256], kka[256], kn[256], wd[256], y[256];
     for (int64_t hh = 0; hh < h; hh++) {
         const int64_t o = hh * n;
+        float nrm = 0.f;
+        for (int64_t j = 0; j < n; j++) {
+            const float t = k_in[o + j] * k_k[o + j];
+            kk[j] = t;
+            nrm += t * t;
+        }
+        const float inv = 1.0f / std::max(std::sqrt(nrm), 1e-12f);
+        float bonus = 0.f;
+        for (int64_t j = 0; j < n; j++) {
+            const float a = 1.0f / (1.0f + std::exp(-a_raw[o + j]));
+            kk[j] *= inv;
+            kka[j] = kk[j] * a;
+            kn[j] = k_in[o + j] * (1.0f + (a - 1.0f) * k_a[o + j]);
+            wd[j] = std::exp(-decay_scale / (1.0f + std::exp(-w_raw[o + j])));
+            bonus += r[o + j] * kn[j] * r_k[o + j];
+        }
+        float* sh = s + o * n;
         for (int64_t i = 0; i < n; i++) {
-            float* row = s + (o + i) * n;
+            float* row = sh + i * n;
             float sa = 0.f;
-            for (int64_t j = 0; j < n; j++) sa += row[j] * kk[o + j];
+            for (int64_t j = 0; j < n; j++) sa += row[j] * kk[j];
             const float vi = v[o + i];
             float acc = 0.f;
             for (int64_t j = 0; j < n; j++) {
-                const float x = row[j] * w[o + j] - sa * kka[o + j] + vi * k[o + j];
-                row[j] = x;
-                acc += x * r[o + j];
+                const float t = row[j] * wd[j] - sa * kka[j] + vi * kn[j];
+                row[j] = t;
+                acc += t * r[o + j];
             }
-            y[o + i] = acc;
+            y[i] = acc;
+        }
+        float mean = 0.f, var = 0.f;
+        for (int64_t i = 0; i < n; i++) mean += y[i];
+        mean /= n;
+        for (int64_t i = 0; i < n; i++) var += (y[i] - mean) * (y[i] - mean);
+        const float rstd = 1.0f / std::sqrt(var / n + lnx_eps);
+        for (int64_t i = 0; i < n; i++) {
+            const float yn = (y[i] - mean) * rstd * lnx_w[o + i] + lnx_b[o + i];
+            out[o + i] = (yn + bonus * v[o + i]) * g[o + i];
         }
     }
 }
