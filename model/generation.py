@@ -85,9 +85,10 @@ class RnnDecoder:
     Decoding reads every weight once per token, so a step is bound by memory bandwidth, plus
     ~60 small ops per layer. The decoder pre-arranges the weights once (the six token-shift
     mixes stacked, ``[in, out]`` views of every matrix, each layer's tensors in one tuple: no
-    nn.Module dispatch per token) and, for one sequence of fp32 on the CPU, multiplies by the
-    big matrices with `matvec_cpu` (1.3-1.8x faster than BLAS for one row); elsewhere with
-    ``torch.mm``. Residual adds are fused into the output products.
+    nn.Module dispatch per token). For one sequence of fp32 on the CPU it runs the
+    `decode_cpu` kernels: one-row matrix products 1.3-1.8x faster than BLAS, and the small ops
+    between them fused into two calls per layer (`kernel` says whether it does); any other
+    batch, device or dtype takes PyTorch ops. Residual adds are fused into the output products.
 
     Build it after the weights are final (the stacked mixes and ``1 - k_a`` are copies: later
     in-place updates of those are not seen) and run it under ``torch.inference_mode()``;
@@ -113,6 +114,7 @@ class RnnDecoder:
         self.ln_out = (d(model.ln_out.weight), d(model.ln_out.bias), model.ln_out.eps)
         self.head = d(model.head.weight).t()
         self.layers = []
+        matrices = [self.head]  # every 2-D weight: all must suit the kernels (fp32, CPU, rows)
         for b in blocks:
             att, ffn = b.att, b.ffn
             mixes = (att.x_r, att.x_w, att.x_k, att.x_v, att.x_a, att.x_g)
@@ -129,10 +131,8 @@ class RnnDecoder:
                 (d(b.ln2.weight), d(b.ln2.bias), b.ln2.eps),
                 row(ffn.x_k), d(ffn.key.weight).t(), d(ffn.value.weight).t(),
             ))  # fmt: skip
-        matrices = [self.head]
-        for layer in self.layers:  # rkvo, the LoRAs, the channel-mix key and value
-            matrices += [*layer[2:6], *layer[7:9], *layer[10:12], *layer[13:15], *layer[22:24]]
-            matrices += layer[12][1:] if layer[12] is not None else []
+            matrices += [m for m in self.layers[-1][2:] if isinstance(m, Tensor) and m.dim() == 2]
+            matrices += self.layers[-1][12][1:] if has_v else []  # v1, v2
         self.kernel = all(decode_cpu.supports(m) for m in matrices) and decode_cpu.available()
 
     def step(self, tokens: Tensor, state: RWKV7State) -> Tensor:
