@@ -7,10 +7,10 @@
   shift; decay, normalised key, the WKV step in one pass over the state, GroupNorm, bonus,
   gate), one call each instead of ~30 PyTorch ops per layer whose dispatch cost more than
   their arithmetic (five batched products over a ``[12, 64, 64]`` state alone took ~140 us).
- Like `wkv_cpu` it is plain
-C++ built with g++ (about half a second) and cached by the hash of source, flags, compiler and
-CPU; where no compiler exists or the build fails, `available()` is False and callers use
-PyTorch ops. ``GPT5OS_DECODE_CPU_KERNEL=0`` turns it off.
+
+Like `wkv_cpu` it is plain C++ built on first use (native.py); where no compiler exists or the
+build fails, `available()` is False and callers use PyTorch ops. ``GPT5OS_DECODE_CPU_KERNEL=0``
+turns it off.
 
 Threads: a matrix of at least `SPLIT_MIN` elements is split by columns over
 ``torch.get_num_threads()`` threads (ctypes releases the GIL during each call).
@@ -20,56 +20,21 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from .wkv_cpu import _cpu_id
+from . import native
 
-SOURCE = Path(__file__).resolve().parent / "kernels" / "decode_cpu.cpp"
 ABI = 3
-FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-shared", "-fPIC"]
 SPLIT_MIN = 1 << 20  # below ~1M weights a thread hand-off costs more than it saves
-
-
-def _cache_dir() -> Path:
-    root = os.environ.get("GPT5OS_CACHE") or os.environ.get("XDG_CACHE_HOME")
-    return Path(root or Path.home() / ".cache") / "gpt5os" / "decode_cpu"
 
 
 @functools.cache
 def _library() -> ctypes.CDLL | None:
     """Build (first use only) and load the kernel; None where that is impossible."""
-    if os.environ.get("GPT5OS_DECODE_CPU_KERNEL", "1") == "0":
-        return None
-    cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
-    if not cxx or platform.system() != "Linux":
-        return None
-    try:
-        version = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=30)
-        key = hashlib.sha256(
-            SOURCE.read_bytes() + " ".join(FLAGS).encode() + version.stdout.encode()
-            + _cpu_id().encode()
-        ).hexdigest()[:16]  # fmt: skip
-        path = _cache_dir() / f"decode_cpu_{key}.so"
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            # build beside the target and rename: concurrent first uses never see half a file
-            with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
-                out = Path(tmp) / path.name
-                subprocess.run([cxx, *FLAGS, str(SOURCE), "-o", str(out)], check=True,
-                               capture_output=True, timeout=300)  # fmt: skip
-                os.replace(out, path)
-        lib = ctypes.CDLL(str(path))
-    except (OSError, subprocess.SubprocessError):
+    lib = native.load("decode_cpu", switch="GPT5OS_DECODE_CPU_KERNEL")
+    if lib is None:
         return None
     if lib.decode_cpu_abi() != ABI:
         return None
@@ -93,12 +58,6 @@ def supports(w: Tensor) -> bool:
     return w.dim() == 2 and w.dtype == torch.float32 and w.device.type == "cpu" and w.stride(1) == 1
 
 
-@functools.cache
-def _pool(workers: int, pid: int) -> ThreadPoolExecutor:
-    """Keyed by process id: a forked child inherits the executor but not its threads."""
-    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gpt5os-decode-cpu")
-
-
 def matvec(x: Tensor, w: Tensor, out: Tensor | None = None, *, accumulate: bool = False) -> Tensor:
     """``x @ w`` for one row: `x` ``[1, K]`` (or ``[K]``) contiguous fp32, `w` ``[K, N]`` with
     `supports(w)`. Returns `out` (``[1, N]``, new if None); with `accumulate` the product is
@@ -120,7 +79,7 @@ def matvec(x: Tensor, w: Tensor, out: Tensor | None = None, *, accumulate: bool 
         return out
     # column ranges on 16-float (64-byte) boundaries: no two threads write one cache line
     bounds = [min(n, (n * i // parts) // 16 * 16) for i in range(parts)] + [n]
-    pool = _pool(parts, os.getpid())
+    pool = native.thread_pool("decode_cpu", parts)
     futures = [pool.submit(fn, *args, bounds[i], bounds[i + 1], int(accumulate))
                for i in range(1, parts)]  # fmt: skip
     fn(*args, bounds[0], bounds[1], int(accumulate))

@@ -1,9 +1,5 @@
-"""The fused CPU WKV-7 kernel (kernels/wkv7_cpu.cpp): built on first use, loaded with ctypes.
-
-Why a separate C++ file and not torch.utils.cpp_extension: the kernel needs no torch headers,
-so g++ compiles it in about a second (a torch extension takes a minute here), and the library
-is cached by the hash of its source, flags and compiler. Where no compiler exists, or the build
-fails, or the head size is not one it was built for, `wkv7_cpu` uses the pure-PyTorch chunked
+"""The fused CPU WKV-7 kernel (kernels/wkv7_cpu.cpp): built on first use and loaded with ctypes
+(native.py says why and how). Where no compiler exists, or the build fails, or the head size is not one it was built for, `wkv7_cpu` uses the pure-PyTorch chunked
 form (`wkv_chunked`) instead: the same results to fp32 rounding, ~2-4x slower.
 ``GPT5OS_WKV_CPU_KERNEL=0`` forces that fallback.
 
@@ -15,32 +11,17 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from . import native
 from .wkv_chunked import balanced_chunk, check_decay, wkv7_chunked
 
-SOURCE = Path(__file__).resolve().parent / "kernels" / "wkv7_cpu.cpp"
 HEAD_SIZES = (16, 32, 64, 128)
 SEGMENT = 32  # state checkpoint interval of the backward (it recomputes each segment)
 ABI = 2
-# -march=native: the library is cached per CPU (its flags are part of the cache key)
-FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-shared", "-fPIC"]
-
-
-def _cache_dir() -> Path:
-    root = os.environ.get("GPT5OS_CACHE") or os.environ.get("XDG_CACHE_HOME")
-    return Path(root or Path.home() / ".cache") / "gpt5os" / "wkv7_cpu"
 
 
 def _vector_width(cpu_id: str) -> int:
@@ -49,43 +30,15 @@ def _vector_width(cpu_id: str) -> int:
     return 16 if " avx512f" in cpu_id else 8
 
 
-def _cpu_id() -> str:
-    """What -march=native depends on, so a cache shared between machines never loads a library
-    built for instructions this CPU lacks."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        lines = [ln for ln in text.splitlines() if ln.startswith(("model name", "flags"))]
-        return "\n".join(sorted(set(lines)))
-    except OSError:
-        return platform.processor() + platform.machine()
-
-
 @functools.cache
 def _library() -> ctypes.CDLL | None:
     """Build (first use only) and load the kernel; None where that is impossible."""
-    if os.environ.get("GPT5OS_WKV_CPU_KERNEL", "1") == "0":
-        return None
-    cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
-    if not cxx or platform.system() != "Linux":
-        return None
-    try:
-        version = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=30)
-        cpu = _cpu_id()
-        flags = [*FLAGS, f"-DWKV7_VEC={_vector_width(cpu)}"]
-        key = hashlib.sha256(
-            SOURCE.read_bytes() + " ".join(flags).encode() + version.stdout.encode() + cpu.encode()
-        ).hexdigest()[:16]
-        path = _cache_dir() / f"wkv7_cpu_{key}.so"
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            # build beside the target and rename: concurrent first uses never see half a file
-            with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
-                out = Path(tmp) / path.name
-                subprocess.run([cxx, *flags, str(SOURCE), "-o", str(out)], check=True,
-                               capture_output=True, timeout=300)  # fmt: skip
-                os.replace(out, path)
-        lib = ctypes.CDLL(str(path))
-    except (OSError, subprocess.SubprocessError):
+    lib = native.load(
+        "wkv7_cpu",
+        switch="GPT5OS_WKV_CPU_KERNEL",
+        defines=[f"-DWKV7_VEC={_vector_width(native.cpu_id())}"],
+    )
+    if lib is None:
         return None
     if lib.wkv7_cpu_abi() != ABI:
         return None
@@ -101,19 +54,13 @@ def available(n: int) -> bool:
     return n in HEAD_SIZES and _library() is not None
 
 
-@functools.cache
-def _pool(workers: int, pid: int) -> ThreadPoolExecutor:
-    """Keyed by process id: a forked child inherits the executor but not its threads, and would
-    wait forever on work submitted to it."""
-    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gpt5os-wkv7-cpu")
-
-
 def _split(fn, n_heads: int) -> None:
     """Run fn(h0, h1) over [0, n_heads) in torch.get_num_threads() parts, this thread included."""
     parts = max(1, min(torch.get_num_threads(), n_heads))
     bounds = [n_heads * i // parts for i in range(parts + 1)]
     futures = [
-        _pool(parts, os.getpid()).submit(fn, bounds[i], bounds[i + 1]) for i in range(1, parts)
+        native.thread_pool("wkv7_cpu", parts).submit(fn, bounds[i], bounds[i + 1])
+        for i in range(1, parts)
     ]
     codes = [fn(bounds[0], bounds[1])] + [f.result() for f in futures]
     if any(codes):
