@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -79,16 +79,21 @@ def probe_dot(part: torch.Tensor, seed: int, tensor_index: int, chunk_index: int
     return -total if key & (1 << 31) else total
 
 
-def project(buffers: Sequence[torch.Tensor], seed: int) -> Contribution:
-    """r·x and Σx² over all buffers (flattened, in order), accumulated in float64."""
-    probe = 0.0
-    norm2 = 0.0
+def _chunks(buffers: Sequence[torch.Tensor]) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """(tensor index, chunk index, float64 values) over all buffers, flattened, in order."""
     for index, buf in enumerate(buffers):
         flat = buf.detach().reshape(-1)
         for chunk_index, start in enumerate(range(0, flat.numel(), CHUNK)):
-            part = flat[start : start + CHUNK].to(torch.float64)
-            probe += probe_dot(part, seed, index, chunk_index)
-            norm2 += float(torch.dot(part, part))
+            yield index, chunk_index, flat[start : start + CHUNK].to(torch.float64)
+
+
+def project(buffers: Sequence[torch.Tensor], seed: int) -> Contribution:
+    """r·x and Σx² over all buffers, accumulated in float64."""
+    probe = 0.0
+    norm2 = 0.0
+    for index, chunk_index, part in _chunks(buffers):
+        probe += probe_dot(part, seed, index, chunk_index)
+        norm2 += float(torch.dot(part, part))
     return Contribution(probe=probe, norm2=norm2)
 
 
@@ -113,7 +118,7 @@ def matches(
     """Whether `total` is the sum of the contributions; also returns |r·S − Σc| / tolerance."""
     numel = sum(t.numel() for t in total)
     expected = math.fsum(c.probe for c in contributions)
-    got = project(total, seed).probe
+    got = sum(probe_dot(part, seed, i, c) for i, c, part in _chunks(total))
     bound = tolerance(contributions, numel)
     ratio = abs(got - expected) / bound if bound > 0 else (0.0 if got == expected else math.inf)
     return ratio <= 1.0, ratio

@@ -16,6 +16,14 @@ import torch
 from gpt5os.proto import pb
 
 
+def tensors_sha256(tensors: Sequence[torch.Tensor]) -> str:
+    """sha256 over the tensors' bytes in order: equal on two peers iff the tensors are."""
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(t.detach().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 class OuterState:
     """θ_global plus the outer optimizer's momentum; thread-safe against state-sharing requests."""
 
@@ -112,8 +120,5 @@ class OuterState:
 
     def digest(self) -> str:
         """sha256 of θ_global's bytes: equal on two peers iff their global models are identical."""
-        h = hashlib.sha256()
         with self.lock:
-            for p in self.global_params:
-                h.update(p.detach().contiguous().numpy().tobytes())
-        return h.hexdigest()
+            return tensors_sha256(self.global_params)

@@ -40,6 +40,8 @@ from hivemind.averaging.control import AveragingStage
 from hivemind.utils import get_dht_time
 
 from . import checksum, fixed_point
+from .diloco import tensors_sha256
+from .swarm import dht_records
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +57,6 @@ def group_bits(round_number: int) -> str:
 def group_name(nonces: Sequence[str]) -> str:
     """The same name on every member of one all-reduce, different for every all-reduce."""
     return hashlib.sha256("|".join(sorted(nonces)).encode()).hexdigest()[:32]
-
-
-def result_digest(tensors: Sequence[torch.Tensor]) -> str:
-    h = hashlib.sha256()
-    for t in tensors:
-        h.update(t.detach().contiguous().numpy().tobytes())
-    return h.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -115,12 +110,8 @@ class VerdictBoard:
         )
 
     def fetch(self, round_number: int, group: str) -> dict[str, Verdict]:
-        found = self.dht.get(self.key(round_number), latest=True)
-        if found is None or not isinstance(found.value, dict):
-            return {}
         verdicts = {}
-        for subkey, entry in found.value.items():
-            value = getattr(entry, "value", None)
+        for subkey, value in dht_records(self.dht, self.key(round_number)).items():
             try:
                 verdict = Verdict(
                     node_id=str(subkey),
@@ -151,6 +142,7 @@ class GroupAverage:
         self.config = config
         self.exact = exact
         self.verdicts = VerdictBoard(dht, prefix)
+        self._contribution: checksum.Contribution | None = None  # this round's, once encoded
 
     def run(
         self,
@@ -164,6 +156,7 @@ class GroupAverage:
 
         Returns None when `cancel()` turned true while we were still looking for a group (the
         swarm finished the round without us, or the node is stopping)."""
+        self._contribution = None
         alone = GroupResult(None, [self.config.node_id], tokens)
         attempts = self.config.max_attempts if self.exact else 1
         patience_ends = time.monotonic() + self.config.group_patience_s
@@ -212,7 +205,9 @@ class GroupAverage:
                     fixed_point.encode(delta, weight, buf)
                 else:
                     buf.copy_(delta.reshape(-1))
-            mine = checksum.project(buffers, seed) if self.exact else None
+            if self.exact and self._contribution is None:  # the same on every try this round
+                self._contribution = checksum.project(buffers, seed)
+            mine = self._contribution
         gather = {
             "node_id": self.config.node_id,
             "tokens": tokens,
@@ -240,7 +235,7 @@ class GroupAverage:
                 return GroupResult([b.clone() for b in buffers], node_ids, group_tokens, 1)
             total, ok = self._check(buffers, group, seed)
 
-        digest = result_digest(total) if ok else ""
+        digest = tensors_sha256(total) if ok else ""
         self.verdicts.publish(round_number, Verdict(self.config.node_id, name, ok, digest))
         verdicts = self._collect_verdicts(round_number, name, node_ids)
         others_ok = all(v.ok and v.digest == digest for v in verdicts.values())

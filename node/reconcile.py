@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import hivemind
 from hivemind.utils import get_dht_time
 
+from .swarm import dht_records
+
 RECORD_TTL_S = 300.0
 
 
@@ -70,12 +72,8 @@ class ClaimBoard:
         )
 
     def fetch(self) -> list[RoundClaim]:
-        found = self.dht.get(self.key, latest=True)
-        if found is None or not isinstance(found.value, dict):
-            return []
         claims = []
-        for entry in found.value.values():
-            value = getattr(entry, "value", None)
+        for value in dht_records(self.dht, self.key).values():
             try:
                 claims.append(
                     RoundClaim(

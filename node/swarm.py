@@ -36,6 +36,19 @@ def visible_maddrs(dht: hivemind.DHT) -> list[str]:
     return [str(m) for m in dht.get_visible_maddrs()]
 
 
+def dht_records(dht: hivemind.DHT, key: str) -> dict:
+    """{subkey: value} of a DHT dictionary record (empty when absent or not a dictionary);
+    values are whatever peers stored, so callers validate them."""
+    found = dht.get(key, latest=True)
+    if found is None or not isinstance(found.value, dict):
+        return {}
+    return {
+        subkey: entry.value
+        for subkey, entry in found.value.items()
+        if getattr(entry, "value", None) is not None
+    }
+
+
 class PseudoGradientAverager(hivemind.DecentralizedAverager):
     """Averages one buffer per parameter and shares (round, θ_global, momentum) with joiners.
 
@@ -127,10 +140,7 @@ class Membership:
         )
 
     def count(self) -> int:
-        found = self.dht.get(self.key, latest=True)
-        if found is None or not isinstance(found.value, dict):
-            return 0
-        return sum(1 for v in found.value.values() if v.value is not None)
+        return len(dht_records(self.dht, self.key))
 
     def wait_for(self, peers: int, stop: Callable[[], bool], timeout: float = 600.0) -> bool:
         """Block until `peers` nodes announced themselves (self included); False on stop/timeout."""

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 from gpt5os.node import fixed_point
-from gpt5os.node.diloco import OuterState
-from gpt5os.node.group_average import GroupAverage, GroupAverageConfig, result_digest
+from gpt5os.node.diloco import OuterState, tensors_sha256
+from gpt5os.node.group_average import GroupAverage, GroupAverageConfig
 from gpt5os.node.swarm import PseudoGradientAverager, start_dht, visible_maddrs
 from gpt5os.proto import pb
 from hivemind.averaging import partition
@@ -126,7 +126,7 @@ def main() -> None:
             "attempts": result.attempts,
             "complete": result.complete,
             "node_ids": sorted(result.node_ids),
-            "digest": result_digest(result.averaged) if result.averaged else None,
+            "digest": tensors_sha256(result.averaged) if result.averaged else None,
             "exact": result.averaged is not None
             and all(torch.equal(a, b) for a, b in zip(result.averaged, exact, strict=True)),
         }
