@@ -8,7 +8,7 @@ the carried `RWKV7State`.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -79,6 +79,42 @@ def _kernel_mm_bias(bias: Tensor, x: Tensor, w: Tensor) -> Tensor:
     return decode_cpu.matvec(x, w, bias.clone(), accumulate=True)
 
 
+class _Layer(NamedTuple):
+    """One block's tensors, arranged for one-token steps (field order is the unpacking order)."""
+
+    ln1: tuple
+    mix: Tensor  # the six token-shift mixes, [6, 1, C]
+    rw: Tensor
+    kw: Tensor
+    vw: Tensor
+    ow: Tensor
+    w0: Tensor
+    w1: Tensor
+    w2: Tensor
+    a0: Tensor
+    a1: Tensor
+    a2: Tensor
+    vlora: tuple | None  # (v0, v1, v2) in layers >= 1
+    g1: Tensor
+    g2: Tensor
+    k_k: Tensor
+    k_a: Tensor
+    one_minus_k_a: Tensor
+    r_k: Tensor
+    ln_x: tuple
+    ln2: tuple
+    ffn_mix: Tensor
+    ffn_kw: Tensor
+    ffn_vw: Tensor
+
+    def kernel_operands(self) -> list[Tensor]:
+        """Every 2-D tensor the decode kernels read directly (all must suit them)."""
+        mats = [self.rw, self.kw, self.vw, self.ow, self.w0, self.w1, self.w2, self.a0, self.a1]
+        mats += [self.a2, self.g1, self.g2, self.k_k, self.k_a, self.one_minus_k_a, self.r_k]
+        mats += [self.ffn_mix, self.ffn_kw, self.ffn_vw]
+        return mats + (list(self.vlora[1:]) if self.vlora is not None else [])
+
+
 class RnnDecoder:
     """One-token RNN steps of a model: ``decoder.step(tokens, state) -> logits``.
 
@@ -119,7 +155,7 @@ class RnnDecoder:
             att, ffn = b.att, b.ffn
             mixes = (att.x_r, att.x_w, att.x_k, att.x_v, att.x_a, att.x_g)
             has_v = att.layer_id > 0
-            self.layers.append((
+            self.layers.append(_Layer(
                 (d(b.ln1.weight), d(b.ln1.bias), b.ln1.eps),
                 torch.cat([m.detach().reshape(1, 1, c) for m in mixes]),  # [6, 1, C]
                 *(d(m.weight).t() for m in (att.receptance, att.key, att.value, att.output)),
@@ -131,8 +167,7 @@ class RnnDecoder:
                 (d(b.ln2.weight), d(b.ln2.bias), b.ln2.eps),
                 row(ffn.x_k), d(ffn.key.weight).t(), d(ffn.value.weight).t(),
             ))  # fmt: skip
-            matrices += [m for m in self.layers[-1][2:] if isinstance(m, Tensor) and m.dim() == 2]
-            matrices += self.layers[-1][12][1:] if has_v else []  # v1, v2
+            matrices += self.layers[-1].kernel_operands()
         self.kernel = all(decode_cpu.supports(m) for m in matrices) and decode_cpu.available()
 
     def step(self, tokens: Tensor, state: RWKV7State) -> Tensor:
