@@ -168,7 +168,8 @@ class Servicer(pb_grpc.CoordinatorServicer):
         node = self._node(req.auth)
         shard_id = v.shard_id(req.shard_id)
         loss = v.number(req.mean_loss, "mean_loss", high=1e6)
-        result = self.sw.complete(node, shard_id, int(req.tokens_trained), loss, self.now())
+        tokens = v.count(req.tokens_trained, "tokens_trained")
+        result = self.sw.complete(node, shard_id, tokens, loss, self.now())
         return pb.CompleteShardResponse(counted=result.counted, message=result.message)
 
     @_rpc

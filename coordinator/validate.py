@@ -23,6 +23,11 @@ MAX_MADDR_LEN = 512
 MAX_PEERS = 10_000
 MAX_SHARD_ID = 128
 MAX_TOKEN = 128
+# Counters a request may carry. SQLite stores signed 64-bit integers; these bounds sit far below
+# that and far above anything honest (10^15 tokens is ~1000x a frontier pretraining run; a round a
+# second for 30 years is ~10^9), so an absurd value is refused instead of poisoning the store.
+MAX_TOKENS = 10**15
+MAX_ROUND = 10**9
 
 
 def bad(field: str, why: str) -> ApiError:
@@ -43,6 +48,13 @@ def number(value: float, field: str, *, low: float = 0.0, high: float = 1e15) ->
     if not low <= value <= high:
         raise bad(field, f"must be between {low:g} and {high:g}, got {value:g}")
     return float(value)
+
+
+def count(value: int, field: str, *, high: int = MAX_TOKENS) -> int:
+    """A non-negative integer counter (uint64 on the wire) bounded by `high`."""
+    if not 0 <= value <= high:
+        raise bad(field, f"must be between 0 and {high:,}, got {value:,}")
+    return int(value)
 
 
 def node_id(value: str, field: str = "node_id") -> str:
@@ -85,9 +97,9 @@ def stats(msg: pb.NodeStats) -> dict[str, Any]:
     loss = number(msg.last_loss, "stats.last_loss", high=1e6)
     return {
         "tokens_per_second": number(msg.tokens_per_second, "stats.tokens_per_second", high=1e12),
-        "tokens_trained": int(msg.tokens_trained),
+        "tokens_trained": count(msg.tokens_trained, "stats.tokens_trained"),
         "last_loss": loss if loss > 0 else None,  # 0 = nothing trained yet
-        "outer_round": int(msg.outer_round),
+        "outer_round": count(msg.outer_round, "stats.outer_round", high=MAX_ROUND),
         "dht_maddrs": list(msg.dht_maddrs),
     }
 
@@ -100,6 +112,7 @@ def shard_id(value: str) -> str:
 def report(req: pb.ReportRoundRequest) -> dict[str, Any]:
     if req.round < 1:
         raise bad("round", "outer rounds are numbered from 1")
+    count(req.round, "round", high=MAX_ROUND)
     if len(req.peer_node_ids) > MAX_PEERS:
         raise bad("peer_node_ids", f"at most {MAX_PEERS} peers")
     peers = [node_id(p, "peer_node_ids[]") for p in req.peer_node_ids]
@@ -111,13 +124,13 @@ def report(req: pb.ReportRoundRequest) -> dict[str, Any]:
     return {
         "round": int(req.round),
         "peer_node_ids": peers,
-        "tokens": int(req.tokens),
+        "tokens": count(req.tokens, "tokens"),
         "mean_loss": number(req.mean_loss, "mean_loss", high=1e6),
         "duration_s": number(req.duration_s, "duration_s", high=1e7),
         "averaging_s": number(req.averaging_s, "averaging_s", high=1e7),
         "params_sha256": req.params_sha256,
         "val_loss": val,
-        "group_tokens": int(req.group_tokens),
+        "group_tokens": count(req.group_tokens, "group_tokens"),
     }
 
 
