@@ -61,6 +61,8 @@ def _extension():
 def check_decay_async(w: Tensor) -> None:
     """Assert W_MIN <= w <= 1 (NaN fails) without waiting for the device: on CUDA the failure
     surfaces as a device-side assert at a later synchronisation, on the CPU as a RuntimeError."""
+    if w.numel() == 0:  # aminmax has no identity
+        return
     lo, hi = torch.aminmax(w.detach())
     torch._assert_async((lo >= W_MIN) & (hi <= 1.0), DECAY_MESSAGE)
 
