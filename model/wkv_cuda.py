@@ -25,6 +25,7 @@ decoding write neither (~2.7 GB a layer at B=8 T=4096 H=64 otherwise).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from pathlib import Path
@@ -67,6 +68,14 @@ def check_decay_async(w: Tensor) -> None:
     torch._assert_async((lo >= W_MIN) & (hi <= 1.0), DECAY_MESSAGE)
 
 
+def _on_device(r: Tensor) -> tuple[contextlib.AbstractContextManager, int]:
+    """r's CUDA device as the current one, and its current stream's handle for the launch. (For
+    CPU tensors, which only the tests' stand-in for the extension takes: nothing, and 0.)"""
+    if not r.is_cuda:
+        return contextlib.nullcontext(), 0
+    return torch.cuda.device(r.device), torch.cuda.current_stream(r.device).cuda_stream
+
+
 def needs_grad(*xs: Tensor) -> bool:
     """Whether autograd will ask for a backward: grad mode on and some input requires grad."""
     return torch.is_grad_enabled() and any(x.requires_grad for x in xs)
@@ -79,8 +88,8 @@ def wkv7_forward_op(
     """(y, final state, per-chunk saved states, per-step S a) from the forward kernel; the last
     two are empty (never written) unless ``save``, which the backward needs."""
     check_decay_async(w)
-    with torch.cuda.device(r.device):
-        stream = torch.cuda.current_stream(r.device).cuda_stream
+    device, stream = _on_device(r)
+    with device:
         y, s_out, s_saved, sa = _extension().forward(r, w, k, v, a, b, s0, save, stream)
     return y, s_out, s_saved, sa
 
@@ -113,8 +122,8 @@ def wkv7_backward_op(
     sa: Tensor,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(dr, dw, dk, dv, da, db, d initial state) from the backward kernel."""
-    with torch.cuda.device(r.device):
-        stream = torch.cuda.current_stream(r.device).cuda_stream
+    device, stream = _on_device(r)
+    with device:
         return tuple(_extension().backward(r, w, k, v, a, b, dy, ds_out, s_saved, sa, stream))
 
 
