@@ -135,8 +135,8 @@ def fla_chunk_rwkv7(lower_bound: float | None = None) -> Callable | None:
 
     def run(r, w, k, v, a, b, s0):
         y, s = chunk_rwkv7(r, torch.log(w), k, v, a, b, scale=1.0,
-                           initial_state=s0.transpose(-1, -2), output_final_state=True,
-                           lower_bound=lower_bound)  # fmt: skip
+                           initial_state=s0.transpose(-1, -2).contiguous(),
+                           output_final_state=True, lower_bound=lower_bound)  # fmt: skip
         return y, s.transpose(-1, -2)
 
     return run

@@ -38,10 +38,14 @@ STUB_LAUNCHER = Path(__file__).resolve().parent / "wkv7_stub_launch.cpp"
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not installed")
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
 def test_kernel_compiles_with_nvcc(tmp_path, arch):
-    """A kernel that no longer compiles fails CI even on machines without a GPU."""
+    """A kernel that no longer compiles fails CI even on machines without a GPU; with the flags
+    torch's extension builder adds (no implicit half/bf16 conversions, C++17)."""
+    from torch.utils.cpp_extension import COMMON_NVCC_FLAGS
+
     compute = arch.replace("sm_", "compute_")
     cmd = ["nvcc", "-c", str(KERNEL_DIR / "wkv7.cu"), "-o", str(tmp_path / "wkv7.o"),
-           f"-gencode=arch={compute},code={arch}", *NVCC_FLAGS]  # fmt: skip
+           f"-gencode=arch={compute},code={arch}", *COMMON_NVCC_FLAGS, "-std=c++17",
+           *NVCC_FLAGS]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
 
