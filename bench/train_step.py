@@ -2,6 +2,11 @@
 
 One step = forward, cross-entropy, backward, AdamW step. Both models get the same vocabulary,
 width, depth and a 4x MLP, so the comparison is the sequence mixer (WKV vs causal attention).
+On CUDA both run under bf16 autocast; printed per model: tokens/s, peak memory (CUDA) and MFU,
+the model FLOPs a second (6 x the parameters that multiply, i.e. all but the embedding tables,
+plus causal attention's 6 x n_layer x T x C for the GPT; WKV's own few FLOPs are left out) over
+--peak-tflops (989: the H100/H200 SXM datasheet's dense bf16; ~790 was measured on an H200 in a
+large matrix product). A model that runs out of memory is reported as such, not fatal.
 
     python bench/train_step.py                                   # tiny, T=128, B=4 (CPU)
     python bench/train_step.py --preset 0.1b --seq-len 512 --batch 2
@@ -56,6 +61,18 @@ class GPT(nn.Module):
         return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
 
 
+def matmul_params(model: nn.Module) -> int:
+    """Parameters that take part in matrix products: all but the embedding tables."""
+    tables = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Embedding))
+    return sum(p.numel() for p in model.parameters()) - tables
+
+
+def flops_per_token(model: nn.Module, cfg: ModelConfig, seq_len: int) -> float:
+    """Training FLOPs per token (forward + backward), as in the MFU convention of PaLM."""
+    attention = 6 * cfg.n_layer * seq_len * cfg.n_embd if isinstance(model, GPT) else 0
+    return 6 * matmul_params(model) + attention
+
+
 def tokens_per_second(model, args, device) -> float:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     g = torch.Generator().manual_seed(0)
@@ -101,6 +118,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=0,
                    help="torch intra-op threads (0: torch's default). On a shared machine, 1 avoids "
                    "OpenMP threads stalling each other when a core is taken")  # fmt: skip
+    p.add_argument("--peak-tflops", type=float, default=989.0,
+                   help="the device's peak for MFU (989: H100/H200 SXM dense bf16)")  # fmt: skip
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -108,6 +127,7 @@ def main() -> None:
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {args.device}, "
           f"preset {args.preset}, T={args.seq_len}, B={args.batch}")  # fmt: skip
+    cuda = args.device.startswith("cuda")
     rows = []
     for name, build in (
         ("RWKV-7", lambda: RWKV7(cfg)),
@@ -115,12 +135,30 @@ def main() -> None:
     ):
         model = build().to(args.device)
         n_params = sum(p.numel() for p in model.parameters())
-        rows.append((name, n_params, tokens_per_second(model, args, args.device)))
+        flops = flops_per_token(model, cfg, args.seq_len)
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        try:
+            tps = tokens_per_second(model, args, args.device)
+        except torch.OutOfMemoryError:
+            tps = None
+        peak = torch.cuda.max_memory_allocated() if cuda else 0
+        rows.append((name, n_params, tps, peak, flops))
         del model
+        if cuda:
+            torch.cuda.empty_cache()
     base = rows[1][2]
-    for name, n_params, tps in rows:
-        print(f"{name:>12}  {n_params / 1e6:8.1f}M params  {tps:10.0f} tokens/s  "
-              f"{tps / base:5.2f}x GPT")  # fmt: skip
+    for name, n_params, tps, peak, flops in rows:
+        line = f"{name:>12}  {n_params / 1e6:8.1f}M params  "
+        if tps is None:
+            print(line + f"out of memory (peak {peak / 2**30:.1f} GiB)")
+            continue
+        line += f"{tps:10.0f} tokens/s  "
+        line += f"{tps / base:5.2f}x GPT  " if base else "   - x GPT  "
+        if cuda:
+            line += f"peak {peak / 2**30:6.1f} GiB  "
+        line += f"MFU {tps * flops / (args.peak_tflops * 1e12):6.1%}"
+        print(line)
 
 
 if __name__ == "__main__":

@@ -13,8 +13,10 @@ CPU, all timed in the same run:
   ``.venv/bin/pip install fla-core einops triton``. Before timing, the bench checks once that
   fla's output and final state equal ours on the same inputs (conventions converted), so the
   comparison is apples to apples.
-GPU: "cuda" (ours) beside fla's Triton `chunk_rwkv7` when importable, plus "reference" at small
-sizes only.
+GPU: "cuda" (ours) beside fla's Triton `chunk_rwkv7` when importable (``pip install fla-core
+einops``; Triton comes with CUDA torch), as is and told that log w >= -0.61 (`lower_bound`, which
+lets it use a faster scheme), each checked first against our reference on the same inputs; plus
+"reference" at small sizes only. Peak memory of each forward+backward is printed beside its time.
 
 The machine may be shared: each figure is the median of --repeat runs, interleaved across the
 implementations so that they share the same load, and the load average is printed before and
@@ -41,6 +43,7 @@ from gpt5os.model.wkv_chunked import wkv7_chunked
 CPU_SIZES = [(1, 1024, 4, 64), (1, 256, 4, 64), (2, 2048, 4, 64), (4, 512, 12, 64)]
 GPU_SIZES = [(1, 1024, 4, 64), (8, 1024, 32, 64), (8, 4096, 64, 64)]
 REFERENCE_MAX_WORK = 1024 * 8  # B*T*H beyond which the per-step loop is too slow to time
+BF16_AGREEMENT = 2e-2  # rel error under which fla's bf16 result agrees with our fp32 reference
 
 
 def make_inputs(bsz, t_len, h, n, device, dtype):
@@ -116,7 +119,15 @@ def load() -> str:
     return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def fla_chunk_rwkv7() -> Callable | None:
+FLA_CHUNK_RWKV7 = "fla chunk_rwkv7"
+FLA_BOUNDED = "fla chunk_rwkv7 lower_bound"
+# log w >= -exp(-0.5) in the model (w >= 0.545): told to fla, it may use its faster scheme
+LOG_W_MIN = -0.61
+
+
+def fla_chunk_rwkv7(lower_bound: float | None = None) -> Callable | None:
+    """fla's Triton `chunk_rwkv7` with our conventions (decay, not log-decay; state value x key),
+    or None where fla (or its Triton) does not import."""
     try:
         from fla.ops.rwkv7 import chunk_rwkv7
     except Exception:
@@ -124,14 +135,30 @@ def fla_chunk_rwkv7() -> Callable | None:
 
     def run(r, w, k, v, a, b, s0):
         y, s = chunk_rwkv7(r, torch.log(w), k, v, a, b, scale=1.0,
-                           initial_state=s0.transpose(-1, -2), output_final_state=True)  # fmt: skip
-        return y, s
+                           initial_state=s0.transpose(-1, -2).contiguous(),
+                           output_final_state=True, lower_bound=lower_bound)  # fmt: skip
+        return y, s.transpose(-1, -2)
 
     return run
 
 
-def time_fwd_bwd(fns: dict[str, Callable], xs, s0, repeat: int, device: str) -> dict[str, float]:
-    """Median seconds of forward + backward per implementation (after one warm-up each).
+def fla_disagreement(fla: Callable, device: str) -> float:
+    """Largest relative error of fla's y and final state against our reference on the same
+    bf16 inputs (our reference in fp32): a wrong convention shows as O(1)."""
+    xs, s0 = make_inputs(2, 100, 3, 64, device, torch.bfloat16)
+    with torch.no_grad():
+        y_ref, s_ref = wkv7(*(x.float() for x in xs), state=s0, impl="reference")
+        y_fla, s_fla = fla(*xs, s0)
+    err_y = ((y_fla.float() - y_ref).norm() / y_ref.norm()).item()
+    err_s = ((s_fla.float() - s_ref).norm() / s_ref.norm()).item()
+    return max(err_y, err_s)
+
+
+def time_fwd_bwd(
+    fns: dict[str, Callable], xs, s0, repeat: int, device: str
+) -> tuple[dict[str, float], dict[str, int]]:
+    """Median seconds of forward + backward per implementation (after one warm-up each), and on
+    CUDA the peak bytes allocated during the warm-up beyond the inputs (else 0).
 
     The repeats are interleaved (one run of each implementation per round), so that on a shared
     machine every implementation sees the same spells of load and the ratios stay meaningful.
@@ -145,15 +172,21 @@ def time_fwd_bwd(fns: dict[str, Callable], xs, s0, repeat: int, device: str) -> 
         if device == "cuda":
             torch.cuda.synchronize()
 
-    for fn in fns.values():
+    peaks: dict[str, int] = {}
+    for name, fn in fns.items():
+        once(fn)  # the first call may compile or autotune: its peak is measured on a second one
+        if device == "cuda":
+            base = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
         once(fn)
+        peaks[name] = torch.cuda.max_memory_allocated() - base if device == "cuda" else 0
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeat):
         for name, fn in fns.items():
             t0 = time.perf_counter()
             once(fn)
             times[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(ts) for name, ts in times.items()}
+    return {name: statistics.median(ts) for name, ts in times.items()}, peaks
 
 
 def main() -> None:
@@ -184,8 +217,8 @@ def main() -> None:
         baselines = ["plain loop", FLA_NAIVE]
     else:
         impls |= {"reference": ours("reference"), "cuda": ours("cuda")}
-        impls |= {"fla chunk_rwkv7": fla_chunk_rwkv7()}
-        baselines = ["fla chunk_rwkv7" if impls["fla chunk_rwkv7"] else "reference"]
+        impls |= {FLA_CHUNK_RWKV7: fla_chunk_rwkv7(), FLA_BOUNDED: fla_chunk_rwkv7(LOG_W_MIN)}
+        baselines = [FLA_CHUNK_RWKV7, FLA_BOUNDED] if impls[FLA_CHUNK_RWKV7] else ["reference"]
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {args.device}, "
           f"{load()}")  # fmt: skip
     if args.device == "cpu":
@@ -195,11 +228,26 @@ def main() -> None:
         print("  fla not installed (pip install fla-core einops triton to compare with it)")
     elif args.device == "cpu":
         check_fla_agrees(impls[FLA_NAIVE], args.device)
+    if args.device == "cuda" and impls[FLA_CHUNK_RWKV7] is None:
+        print("  fla not importable (pip install fla-core einops to compare with it)")
     for name in [n for n, fn in impls.items() if fn is None]:
         print(f"  ({name}: not importable, skipped)")
         del impls[name]
+    for name in [n for n in (FLA_CHUNK_RWKV7, FLA_BOUNDED) if n in impls]:
+        try:
+            err = fla_disagreement(impls[name], args.device)
+        except Exception as e:  # a Triton or fla failure: report it, time the others
+            print(f"  {name} failed on our inputs, dropped: {type(e).__name__}: {e}")
+            del impls[name]
+            continue
+        print(f"  {name} vs our reference (bf16 inputs): rel err {err:.1e}")
+        if err > BF16_AGREEMENT:
+            print(f"  {name} DISAGREES with our reference (conventions wrong?), dropped")
+            del impls[name]
+    baselines = [b for b in baselines if b in impls] or baselines[:1]
     heads = "".join(f"{'vs ' + b:>30}" for b in baselines)
-    print(f"{'B,T,H,N':>18} {'impl':>28} {'fwd+bwd ms':>11} {'tokens/s':>10}{heads}")
+    mem = f"{'peak MiB':>9}" if args.device == "cuda" else ""
+    print(f"{'B,T,H,N':>18} {'impl':>28} {'fwd+bwd ms':>11} {'tokens/s':>10}{mem}{heads}")
     for size in sizes:
         bsz, t_len, h, n = size
         xs, s0 = make_inputs(bsz, t_len, h, n, args.device, dtype)
@@ -211,14 +259,15 @@ def main() -> None:
             if name.startswith("fla dplr") and t_len % FLA_CHUNK:
                 continue
             todo[name] = fn
-        results = time_fwd_bwd(todo, xs, s0, args.repeat, args.device)
+        results, peaks = time_fwd_bwd(todo, xs, s0, args.repeat, args.device)
         for name, sec in results.items():
             ratios = "".join(
-                f"{(f'{results[b] / sec:.1f}x faster' if b in results else '-'):>30}"
+                f"{(f'{results[b] / sec:.2f}x faster' if b in results else '-'):>30}"
                 for b in baselines
             )
+            peak = f"{peaks[name] / 2**20:>9.0f}" if args.device == "cuda" else ""
             print(f"{str(size):>18} {name:>28} {sec * 1e3:>11.2f} {bsz * t_len / sec:>10.0f}"
-                  f"{ratios}")  # fmt: skip
+                  f"{peak}{ratios}")  # fmt: skip
     print(load())
 
 

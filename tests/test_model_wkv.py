@@ -293,3 +293,14 @@ def test_balanced_chunk_keeps_padding_small(t_len, expected):
     assert (
         chunk == expected and chunk <= 32 and -(-t_len // chunk) * chunk - t_len < -(-t_len // 32)
     )
+
+
+def test_reference_computes_in_float64_given_float64():
+    """The CUDA tests compare fp32 outputs at 1e-5: the reference must not round to fp32."""
+    xs, state = make_inputs(1, 20, 2, 16, with_state=True, seed=3, dtype=torch.float64)
+    y, s = wkv7_reference(*xs, state=state.double())
+    assert y.dtype == s.dtype == torch.float64
+    y_mixed, s_mixed = wkv7_reference(*xs, state=state)  # fp32 state, float64 inputs
+    assert y_mixed.dtype == s_mixed.dtype == torch.float64
+    y_f, _ = wkv7_reference(*(x.float() for x in xs), state=state)
+    assert 0 < (y - y_f.double()).abs().max() < 1e-5

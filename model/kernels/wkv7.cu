@@ -4,12 +4,14 @@
 //   sa_t = S_{t-1} a_t;  S_t = S_{t-1} diag(w_t) + sa_t b_t^T + v_t k_t^T;  y_t = S_t r_t
 //
 // One thread block per (batch, head), N threads. Forward: thread i keeps row i of S in registers.
-// It saves sa_t for every step and the state at the end of every CHUNK steps, so the backward can
-// run the recurrence in reverse ("backstepping", as in the official RWKV-7 kernels):
+// When a gradient is needed (SAVE) it saves sa_t for every step and the state at the end of every
+// CHUNK steps, so the backward can run the recurrence in reverse ("backstepping", as in the
+// official RWKV-7 kernels):
 //   S_{t-1} = (S_t - sa_t b_t^T - v_t k_t^T) diag(1 / w_t),
 // restarting from the saved state at every chunk end so rounding errors, amplified by 1/w, never
-// grow over more than CHUNK steps. The model's decay clamp (w >= exp(-e^-0.5) ~ 0.545) bounds that
-// amplification by 0.545^-CHUNK. Backward: thread j keeps column j of S and of dS, and thread i
+// grow over more than CHUNK steps. That amplification, up to w_min^-CHUNK, is why wkv_cuda.py
+// refuses w < W_MIN = 0.5 (6.6e4 at CHUNK 16); the model's clamp keeps w >= exp(-e^-0.5) ~ 0.545.
+// Without SAVE (inference, decoding) neither buffer is written or allocated. Backward: thread j keeps column j of S and of dS, and thread i
 // row i of dS, so every reduction is a loop over registers against vectors in shared memory.
 //
 // This file has no torch dependency: wkv7_op.cpp binds it. `nvcc -c wkv7.cu` must keep working.
@@ -28,7 +30,7 @@ typedef __nv_bfloat16 bf16;
 __device__ __forceinline__ float to_f(bf16 x) { return __bfloat162float(x); }
 __device__ __forceinline__ bf16 to_bf(float x) { return __float2bfloat16(x); }
 
-template <int N>
+template <int N, bool SAVE>
 __global__ void __launch_bounds__(N) wkv7_forward_kernel(
     int T, int H, const bf16* __restrict__ r, const float* __restrict__ w,
     const bf16* __restrict__ k, const bf16* __restrict__ v, const bf16* __restrict__ a,
@@ -60,7 +62,7 @@ __global__ void __launch_bounds__(N) wkv7_forward_kernel(
     float sa = 0.f;
 #pragma unroll
     for (int j = 0; j < N; j++) sa += state[j] * sa_[j];
-    sa_saved[idx] = sa;
+    if (SAVE) sa_saved[idx] = sa;
 
     float yi = 0.f;
 #pragma unroll
@@ -70,7 +72,7 @@ __global__ void __launch_bounds__(N) wkv7_forward_kernel(
     }
     y[idx] = to_bf(yi);
 
-    if ((t + 1) % WKV7_CHUNK == 0 || t == T - 1) {
+    if (SAVE && ((t + 1) % WKV7_CHUNK == 0 || t == T - 1)) {
       const int c = t / WKV7_CHUNK;
       float* dst = s_saved + (((long long)bh * n_chunks + c) * N + i) * N;
 #pragma unroll
@@ -183,21 +185,32 @@ __global__ void __launch_bounds__(N) wkv7_backward_kernel(
 // can raise a readable error; the stream is the caller's current CUDA stream.
 const char* wkv7_error_string(int err) { return cudaGetErrorString(static_cast<cudaError_t>(err)); }
 
+// s_saved and sa_saved null: the no-grad forward, which writes neither (inference, decoding).
 int wkv7_forward_launch(int B, int T, int H, int N, const void* r, const float* w, const void* k,
                         const void* v, const void* a, const void* b, const float* s0, void* y,
                         float* s_out, float* s_saved, float* sa_saved, void* stream_handle) {
+  if (B <= 0 || H <= 0 || T <= 0) return (int)cudaErrorInvalidConfiguration;  // empty grid
+  if ((s_saved == nullptr) != (sa_saved == nullptr)) return (int)cudaErrorInvalidValue;
+  const bool save = s_saved != nullptr;
   const dim3 grid(B * H), block(N);
   cudaStream_t stream = static_cast<cudaStream_t>(stream_handle);
-#define WKV7_FWD(NN)                                                                          \
-  wkv7_forward_kernel<NN><<<grid, block, 0, stream>>>(                                        \
+#define WKV7_FWD(NN, SAVE)                                                                    \
+  wkv7_forward_kernel<NN, SAVE><<<grid, block, 0, stream>>>(                                  \
       T, H, (const bf16*)r, w, (const bf16*)k, (const bf16*)v, (const bf16*)a, (const bf16*)b, \
       s0, (bf16*)y, s_out, s_saved, sa_saved)
+#define WKV7_FWD_N(NN)     \
+  if (save)                \
+    WKV7_FWD(NN, true);    \
+  else                     \
+    WKV7_FWD(NN, false);   \
+  break
   switch (N) {
-    case 16: WKV7_FWD(16); break;
-    case 32: WKV7_FWD(32); break;
-    case 64: WKV7_FWD(64); break;
+    case 16: WKV7_FWD_N(16);
+    case 32: WKV7_FWD_N(32);
+    case 64: WKV7_FWD_N(64);
     default: return (int)cudaErrorInvalidValue;
   }
+#undef WKV7_FWD_N
 #undef WKV7_FWD
   return (int)cudaGetLastError();
 }
@@ -207,6 +220,7 @@ int wkv7_backward_launch(int B, int T, int H, int N, const void* r, const float*
                          const float* ds_out, const float* s_saved, const float* sa_saved,
                          void* dr, float* dw, void* dk, void* dv, void* da, void* db, float* ds0,
                          void* stream_handle) {
+  if (B <= 0 || H <= 0 || T <= 0) return (int)cudaErrorInvalidConfiguration;  // empty grid
   const dim3 grid(B * H), block(N);
   cudaStream_t stream = static_cast<cudaStream_t>(stream_handle);
 #define WKV7_BWD(NN)                                                                            \
