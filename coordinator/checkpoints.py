@@ -201,6 +201,7 @@ class CheckpointDir:
             if m[MOMENTUM_PREFIX + n].shape != p[n].shape:
                 raise ValueError(f"momentum {n} has shape {tuple(m[MOMENTUM_PREFIX + n].shape)}")
         digest = tensors_sha256(p[n] for n in names)
+        momentum_digest = tensors_sha256(m[MOMENTUM_PREFIX + n] for n in names)
         written_at = time.time()
         meta = {
             "format": FORMAT,
@@ -208,6 +209,7 @@ class CheckpointDir:
             "round": str(round),
             "tokens": str(tokens),
             "params_sha256": digest,
+            "momentum_sha256": momentum_digest,
             "written_at": repr(written_at),
             "run_spec": run_spec_json,
             "config": json.dumps(model_config.to_dict()),
@@ -308,6 +310,8 @@ def load_file(path: Path) -> LoadedCheckpoint:
             f"{path} is corrupt: its parameters hash to {digest[:16]}…, "
             f"the header says {info.params_sha256[:16]}…"
         )
+    if tensors_sha256(momentum.values()) != meta.get("momentum_sha256"):
+        raise ValueError(f"{path} is corrupt: its outer momentum does not match its sha256")
     return LoadedCheckpoint(
         params=params,
         momentum=momentum,

@@ -136,6 +136,16 @@ def test_corrupted_tensor_bytes_fail_the_digest_check(tmp_path):
         ckpts.load(ckpts.latest())
 
 
+def test_corrupted_momentum_fails_its_digest_check(tmp_path):
+    ckpts = CheckpointDir(tmp_path)
+    info = write(ckpts, 1)
+    raw = bytearray(info.path.read_bytes())
+    raw[-3] ^= 0xFF  # the momentum tensors come last in the file
+    info.path.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="momentum"):
+        ckpts.load(ckpts.latest())
+
+
 def test_wrong_param_names_are_refused(tmp_path):
     params, momentum = make_state(0)
     params.pop("head.weight")
