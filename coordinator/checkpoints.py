@@ -342,3 +342,47 @@ def _save(save_file: Any, tensors: dict[str, Any], tmp: str, meta: dict[str, str
         if type(e).__name__ == "SafetensorError":
             raise OSError(f"cannot write {tmp}: {e}") from e
         raise
+
+
+class LatestCheckpoint:
+    """The newest intact checkpoint, re-read only when the folder's listing changes.
+
+    The server asks every tick (GetStatus and WatchSwarm then carry it); a folder of a few
+    checkpoints costs one scandir per call, headers are read only after the keeper wrote or
+    removed one.
+    """
+
+    def __init__(self, ckpts: CheckpointDir) -> None:
+        self.ckpts = ckpts
+        self.info: CheckpointInfo | None = None
+        self._key: tuple[tuple[str, int, int], ...] | None = None
+
+    def refresh(self) -> CheckpointInfo | None:
+        try:
+            key = self._listing()
+        except OSError as e:  # unreadable folder: keep what we knew, say why once per change
+            if self._key is not None:
+                log.warning("cannot list %s: %s", self.ckpts.dir, e)
+                self._key = None
+            return self.info
+        if key != self._key:
+            self._key = key
+            self.info = self.ckpts.latest() if key else None
+            if self.info is not None:
+                log.info("latest checkpoint: round %d (%s)", self.info.round, self.info.path.name)
+        return self.info
+
+    def _listing(self) -> tuple[tuple[str, int, int], ...]:
+        if not self.ckpts.dir.is_dir():
+            return ()
+        found = []
+        with os.scandir(self.ckpts.dir) as it:
+            for entry in it:
+                if not _NAME.match(entry.name):
+                    continue
+                try:
+                    st = entry.stat()
+                except FileNotFoundError:  # pruned while we looked
+                    continue
+                found.append((entry.name, st.st_mtime_ns, st.st_size))
+        return tuple(sorted(found))

@@ -240,13 +240,14 @@ async def _serve(
 
 
 def _status_from_dir(run_dir: Path) -> dict[str, Any]:
+    from gpt5os.coordinator.checkpoints import CheckpointDir
     from gpt5os.coordinator.snapshot import status_dict
     from gpt5os.coordinator.swarm import open_swarm
 
     config = load_run(run_dir)
     sw = open_swarm(run_dir, config, now=time.time(), readonly=True)
     try:
-        return status_dict(sw, time.time())
+        return status_dict(sw, time.time(), CheckpointDir(run_dir).latest())
     finally:
         sw.store.close()
 
@@ -280,6 +281,7 @@ def _summary(s: dict[str, Any]) -> str:
         f"shards done {sh['done']}/{sh['total']} (leased {sh['leased']}, pending {sh['pending']})",
         f"nodes {len(active)} active / {len(s['nodes'])} known  tokens {s['tokens_trained']:,}  "
         f"{s['tokens_per_second']:,.0f} tokens/s  loss {'-' if last is None else f'{last:.4f}'}",
+        _checkpoint_line(s["checkpoint"], s["server_unix"]),
     ]
     for n in active[:20]:
         loss = "-" if n["last_loss"] is None else f"{n['last_loss']:.4f}"
@@ -288,6 +290,16 @@ def _summary(s: dict[str, Any]) -> str:
             f"{n['tokens_trained']:>12,} tokens  loss {loss}"
         )
     return "\n".join(lines)
+
+
+def _checkpoint_line(c: dict[str, Any] | None, now: float) -> str:
+    if c is None:
+        return "checkpoint: none yet"
+    age = max(0.0, now - c["written_at"])
+    return (
+        f"checkpoint: round {c['round']}  {c['tokens']:,} tokens  {age:,.0f}s ago  "
+        f"sha256 {c['params_sha256'][:16]}  {c['path']}"
+    )
 
 
 @main.command()

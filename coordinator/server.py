@@ -21,6 +21,7 @@ from typing import Any
 import grpc
 from gpt5os.coordinator import snapshot as snap
 from gpt5os.coordinator import validate as v
+from gpt5os.coordinator.checkpoints import CheckpointDir, LatestCheckpoint
 from gpt5os.coordinator.dht import BootstrapPeer
 from gpt5os.coordinator.metrics import Metrics
 from gpt5os.coordinator.records import ApiError
@@ -185,7 +186,7 @@ class Servicer(pb_grpc.CoordinatorServicer):
 
     @_rpc
     def GetStatus(self, req: pb.GetStatusRequest, ctx: Any) -> pb.SwarmSnapshot:
-        return snap.snapshot(self.sw, self.now())
+        return snap.snapshot(self.sw, self.now(), self.server.checkpoint.info)
 
     @_rpc
     def GetNode(self, req: pb.GetNodeRequest, ctx: Any) -> pb.NodeDetail:
@@ -201,7 +202,8 @@ class Servicer(pb_grpc.CoordinatorServicer):
             self.metrics.rpcs.labels("WatchSwarm", e.code.name).inc()
             await ctx.abort(e.code, e.message)
         self.metrics.rpcs.labels("WatchSwarm", "OK").inc()
-        yield pb.SwarmUpdate(snapshot=snap.snapshot(self.sw, self.now()))
+        sent_checkpoint = self.server.checkpoint.info
+        yield pb.SwarmUpdate(snapshot=snap.snapshot(self.sw, self.now(), sent_checkpoint))
         cursor = snap.Cursor.after_snapshot(self.sw)
         last_sent = time.monotonic()
         while not self.server.stopping.is_set():
@@ -211,10 +213,12 @@ class Servicer(pb_grpc.CoordinatorServicer):
                 return
             if (
                 self.sw.version == cursor.version
+                and self.server.checkpoint.info == sent_checkpoint
                 and time.monotonic() - last_sent < WATCH_KEEPALIVE_S
             ):
                 continue
-            yield pb.SwarmUpdate(delta=snap.delta(self.sw, cursor, self.now()))
+            sent_checkpoint = self.server.checkpoint.info
+            yield pb.SwarmUpdate(delta=snap.delta(self.sw, cursor, self.now(), sent_checkpoint))
             last_sent = time.monotonic()
 
 
@@ -260,6 +264,7 @@ class CoordinatorServer:
         self._dht: BootstrapPeer | None = None
         self._tick_task: asyncio.Task[None] | None = None
         self._spec_mtime = 0
+        self.checkpoint = LatestCheckpoint(CheckpointDir(self.run_dir))  # polled each tick
 
     @property
     def address(self) -> str:
@@ -270,6 +275,7 @@ class CoordinatorServer:
             config = load_run(self.run_dir)
             self.swarm = open_swarm(self.run_dir, config, now=self.clock())
             self._spec_mtime = (self.run_dir / RUN_FILE).stat().st_mtime_ns
+            self.checkpoint.refresh()
         except (OSError, ValueError, RuntimeError) as e:
             raise ServeError(f"cannot open run directory {self.run_dir}: {e}") from e
         if self.start_dht:  # first: the DHT forks, and must not inherit gRPC threads (dht.py)
@@ -369,6 +375,7 @@ class CoordinatorServer:
                 if ticks % 2 == 0:
                     self.swarm.poll_control(now)
                     self._poll_spec(now)
+                self.checkpoint.refresh()
                 if ticks % METRICS_EVERY_TICKS == 0:
                     self.metrics.refresh(self.swarm)
             except Exception as e:  # keep serving; a locked database clears on the next tick

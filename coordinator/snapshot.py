@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from gpt5os.coordinator.checkpoints import CheckpointInfo
 from gpt5os.coordinator.records import NodeRecord, RoundAgg
 from gpt5os.coordinator.scheduler import LeaseInfo
 from gpt5os.coordinator.swarm import Swarm
@@ -30,7 +31,19 @@ def downsample(points: list[Any], limit: int = HISTORY_SHOWN) -> list[Any]:
     return [points[round(i * step)] for i in range(limit)]
 
 
-def run_status(sw: Swarm) -> pb.RunStatus:
+def checkpoint_summary(info: CheckpointInfo | None) -> pb.CheckpointSummary | None:
+    if info is None:
+        return None
+    return pb.CheckpointSummary(
+        round=info.round,
+        tokens=info.tokens,
+        params_sha256=info.params_sha256,
+        path=str(info.path),
+        written_at=info.written_at,
+    )
+
+
+def run_status(sw: Swarm, checkpoint: CheckpointInfo | None = None) -> pb.RunStatus:
     counts = sw.sched.counts()
     epoch_tokens = sw.sched.epoch_tokens()
     done_tokens = sw.sched.done_tokens()
@@ -51,6 +64,7 @@ def run_status(sw: Swarm) -> pb.RunStatus:
         started_unix=sw.started_unix,
         epoch_tokens=epoch_tokens,
         active_nodes=sum(1 for n in sw.nodes.values() if n.state == "active"),
+        checkpoint=checkpoint_summary(checkpoint),
     )
 
 
@@ -125,9 +139,10 @@ def _recent_rounds(sw: Swarm) -> list[RoundAgg]:
     return [sw.rounds[r] for r in sorted(sw.rounds)[-ROUNDS_SHOWN:]]
 
 
-def snapshot(sw: Swarm, now: float) -> pb.SwarmSnapshot:
+def snapshot(sw: Swarm, now: float, checkpoint: CheckpointInfo | None = None) -> pb.SwarmSnapshot:
+    """The whole picture; `checkpoint` is the run's newest (the server's LatestCheckpoint)."""
     return pb.SwarmSnapshot(
-        run=run_status(sw),
+        run=run_status(sw, checkpoint),
         nodes=[node_status(n) for n in nodes_shown(sw)],
         rounds=[round_status(a) for a in _recent_rounds(sw)],
         loss_history=_loss(downsample(sw.loss_points)),
@@ -159,10 +174,12 @@ class Cursor:
         )
 
 
-def delta(sw: Swarm, cur: Cursor, now: float) -> pb.SwarmDelta:
+def delta(
+    sw: Swarm, cur: Cursor, now: float, checkpoint: CheckpointInfo | None = None
+) -> pb.SwarmDelta:
     """What changed since `cur` (which is advanced). RunStatus is always included."""
     msg = pb.SwarmDelta(
-        run=run_status(sw),
+        run=run_status(sw, checkpoint),
         nodes=[node_status(n) for n in sw.nodes.values() if n.version > cur.version],
         rounds=[round_status(a) for a in _recent_rounds(sw) if a.version > cur.version],
         loss_history=_loss([p for p in sw.loss_points if p[0] > cur.loss_seq]),
@@ -195,7 +212,7 @@ def node_detail(sw: Swarm, node: NodeRecord) -> pb.NodeDetail:
     )
 
 
-def status_dict(sw: Swarm, now: float) -> dict[str, Any]:
+def status_dict(sw: Swarm, now: float, checkpoint: CheckpointInfo | None = None) -> dict[str, Any]:
     """`gpt5os-coordinator status --dir --json`: the snapshot plus each round's node reports."""
     reports = {
         a.round: [
@@ -213,7 +230,7 @@ def status_dict(sw: Swarm, now: float) -> dict[str, Any]:
         for a in _recent_rounds(sw)
     }
     losses = {n.node_id: n.last_loss for n in sw.nodes.values()}
-    return snapshot_dict(snapshot(sw, now), reports=reports, last_losses=losses)
+    return snapshot_dict(snapshot(sw, now, checkpoint), reports=reports, last_losses=losses)
 
 
 def snapshot_dict(
@@ -264,6 +281,7 @@ def snapshot_dict(
         "eta_s": run.eta_s,
         "active_nodes": run.active_nodes,
         "started_unix": run.started_unix,
+        "checkpoint": checkpoint_dict(run),
         "shards": {
             "total": run.shards.total,
             "pending": run.shards.pending,
@@ -296,4 +314,18 @@ def snapshot_dict(
             for e in snap.events
         ],
         "server_unix": snap.server_unix,
+    }
+
+
+def checkpoint_dict(run: pb.RunStatus) -> dict[str, Any] | None:
+    """`status --json`'s "checkpoint": the same keys as CheckpointInfo.to_json(), or null."""
+    if not run.HasField("checkpoint"):
+        return None
+    c = run.checkpoint
+    return {
+        "round": c.round,
+        "tokens": c.tokens,
+        "params_sha256": c.params_sha256,
+        "path": c.path,
+        "written_at": c.written_at,
     }
