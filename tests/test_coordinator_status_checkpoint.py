@@ -92,4 +92,3 @@ async def test_status_from_a_running_server(tmp_path):
         assert json.loads(r.stdout)["checkpoint"] == info.to_json()
     finally:
         await server.stop(grace=0.1)
-
