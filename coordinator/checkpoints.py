@@ -219,7 +219,7 @@ class CheckpointDir:
         self.dir.mkdir(parents=True, exist_ok=True)
         self._remove_stale_temps()
         try:
-            atomic_write(path, lambda tmp: _save(save_file, {**p, **m}, tmp, meta))
+            atomic_write(path, lambda tmp: save_file({**p, **m}, tmp, metadata=meta))
         except OSError as e:
             log.error("checkpoint of round %d not written (%s); older ones kept", round, e)
             raise
@@ -330,18 +330,6 @@ def _check_names(what: str, tensors: dict[str, Any], names: list[str]) -> None:
         raise ValueError(
             f"{what} do not match the model config: missing {missing[:5]}, unexpected {extra[:5]}"
         )
-
-
-def _save(save_file: Any, tensors: dict[str, Any], tmp: str, meta: dict[str, str]) -> None:
-    """safetensors' writer reports I/O failures (ENOSPC...) as its own error: make them OSError."""
-    try:
-        save_file(tensors, tmp, metadata=meta)
-    except OSError:
-        raise
-    except Exception as e:
-        if type(e).__name__ == "SafetensorError":
-            raise OSError(f"cannot write {tmp}: {e}") from e
-        raise
 
 
 class LatestCheckpoint:

@@ -6,10 +6,8 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import shutil
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import pytest
@@ -23,6 +21,7 @@ from gpt5os.coordinator.checkpoints import (
 )
 from gpt5os.model import RWKV7, ModelConfig
 from gpt5os.model.checkpoint import tensors_sha256
+from tmpfs_support import small_tmpfs
 
 CONFIG = ModelConfig(vocab_size=97, n_layer=2, n_embd=64, head_size=32)
 SPEC_JSON = '{"run_id": "test"}'
@@ -192,36 +191,14 @@ def test_stale_temp_file_of_a_killed_writer_is_ignored_then_removed(tmp_path):
     assert not stale.exists()
 
 
-@pytest.fixture
-def mount_tmpfs(tmp_path):
-    """Mounts a real small tmpfs (root only), unmounted even when the test fails."""
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("needs root to mount a tmpfs (the injected-OSError test covers the logic)")
-    mounted: list[Path] = []
-
-    def mount(size_bytes: int) -> Path:
-        mnt = tmp_path / f"tmpfs-{uuid.uuid4().hex[:6]}"
-        mnt.mkdir()
-        opts = f"size={size_bytes}"
-        done = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(mnt)], capture_output=True
-        )
-        if done.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-        mounted.append(mnt)
-        return mnt
-
-    try:
-        yield mount
-    finally:
-        for mnt in mounted:
-            subprocess.run(["umount", str(mnt)], check=False)
-
-
-def test_full_disk_keeps_the_previous_checkpoint(tmp_path, mount_tmpfs):
+def test_full_disk_keeps_the_previous_checkpoint(tmp_path):
     """A tmpfs with room for one and a half checkpoints: the second write hits ENOSPC."""
     size = write(CheckpointDir(tmp_path / "probe"), 1).path.stat().st_size
-    ckpts = CheckpointDir(mount_tmpfs(size * 3 // 2))
+    with small_tmpfs(tmp_path, size * 3 // 2) as mnt:
+        _check_full_disk(CheckpointDir(mnt))
+
+
+def _check_full_disk(ckpts: CheckpointDir) -> None:
     first = write(ckpts, 1)
     with pytest.raises(OSError) as err:
         write(ckpts, 2)

@@ -23,6 +23,7 @@ from gpt5os.coordinator.testkit import make_data_dir
 from gpt5os.model import RWKV7, ModelConfig, load_checkpoint
 from gpt5os.model.checkpoint import read_checkpoint_metadata, tensors_sha256
 from gpt5os.model.rwkv_pth import export_rwkv_pth
+from tmpfs_support import small_tmpfs
 
 SMALL = ModelConfig(vocab_size=97, n_layer=2, n_embd=64, head_size=32)
 # the smallest model a run can hold: the World tokenizer's vocabulary, one narrow layer
@@ -294,3 +295,13 @@ def test_real_process_gives_one_line_and_no_traceback(tmp_path, data_dir):
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert done.stderr.strip().count("\n") == 0 and "no checkpoint" in done.stderr
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "rwkv-pth"])
+def test_export_to_a_full_disk_is_one_line_and_leaves_no_file(tmp_path, fmt):
+    """safetensors and torch.save report ENOSPC in their own exception types: still one line."""
+    write_rounds(tmp_path / "run", SMALL, rounds=(1,))
+    with small_tmpfs(tmp_path, 64 * 1024) as mnt:  # far less than the model's ~0.6 MB
+        r = cli("export", "--dir", tmp_path / "run", "--format", fmt, "--out", mnt / "m")
+        assert_one_error_line(r, "No space left" if fmt == "safetensors" else "the disk is full")
+        assert os.listdir(mnt) == []
