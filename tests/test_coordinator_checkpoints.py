@@ -4,6 +4,7 @@ a failed write (injected OSError, a real full tmpfs) leaves the previous one loa
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
 import os
 import subprocess
@@ -62,6 +63,9 @@ def test_write_then_load_round_trips_everything(tmp_path):
     )
     assert info.path == tmp_path / CHECKPOINTS_SUBDIR / "round-00000005.safetensors"
     assert info.params_sha256 == tensors_sha256(params.values())
+    # the definition, pinned: sha256 of the fp32 bytes in named_parameters() order
+    raw = b"".join(t.numpy().tobytes() for t in params.values())
+    assert info.params_sha256 == hashlib.sha256(raw).hexdigest()
     loaded = ckpts.load(info)
     assert list(loaded.params) == list(params)
     assert all(torch.equal(loaded.params[n], params[n]) for n in params)
