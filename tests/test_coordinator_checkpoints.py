@@ -9,6 +9,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -227,3 +228,49 @@ def test_listing_does_not_import_torch(tmp_path):
 def test_keep_must_be_positive(tmp_path):
     with pytest.raises(ValueError):
         CheckpointDir(Path(tmp_path), keep=0)
+
+
+WRITER = """
+import sys, torch
+from pathlib import Path
+from gpt5os.coordinator.checkpoints import CheckpointDir
+from gpt5os.model import RWKV7, ModelConfig
+config = ModelConfig(n_layer=1, n_embd=64, head_size=64)  # ~8M params: a write takes a while
+with torch.device("meta"):
+    shapes = {n: p.shape for n, p in RWKV7(config, init_weights=False).named_parameters()}
+params = {n: torch.rand(s) for n, s in shapes.items()}
+ckpts = CheckpointDir(Path(sys.argv[1]), keep=2)
+for r in range(1, 1000):
+    ckpts.write(params=params, momentum={}, round=r, tokens=r, run_spec_json="{}",
+                model_config=config)
+    print(r, flush=True)
+"""
+
+
+def test_kill_9_while_writing_leaves_the_newest_finished_checkpoint_loadable(tmp_path):
+    """A real writer process killed with SIGKILL mid-write (its temp file exists)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout.readline().strip() == "1"  # one checkpoint finished
+        ckpt_dir = tmp_path / CHECKPOINTS_SUBDIR
+        while not any(p.name.endswith(".tmp") for p in ckpt_dir.iterdir()):
+            assert proc.poll() is None, "writer ended"
+            time.sleep(0.002)  # poll, leaving the CPU to the writer
+        proc.kill()  # SIGKILL while a temp file is being written
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+    ckpts = CheckpointDir(tmp_path, keep=2)
+    latest = ckpts.latest()
+    assert latest is not None and latest.round >= 1
+    loaded = ckpts.load(latest)
+    assert loaded.params_sha256 == latest.params_sha256
+    # the restarted writer goes on and clears what the killed one left
+    info = ckpts.write(params=loaded.params, momentum=loaded.momentum, round=latest.round + 1,
+                       tokens=0, run_spec_json="{}", model_config=loaded.model_config)  # fmt: skip
+    assert sorted(p.name for p in ckpt_dir.iterdir())[-1] == info.path.name
+    assert not [p for p in ckpt_dir.iterdir() if p.name.endswith(".tmp")]
