@@ -186,7 +186,7 @@ class Servicer(pb_grpc.CoordinatorServicer):
 
     @_rpc
     def GetStatus(self, req: pb.GetStatusRequest, ctx: Any) -> pb.SwarmSnapshot:
-        return snap.snapshot(self.sw, self.now(), self.server.checkpoint.info)
+        return snap.with_checkpoint(snap.snapshot(self.sw, self.now()), self.server.checkpoint.info)
 
     @_rpc
     def GetNode(self, req: pb.GetNodeRequest, ctx: Any) -> pb.NodeDetail:
@@ -203,7 +203,8 @@ class Servicer(pb_grpc.CoordinatorServicer):
             await ctx.abort(e.code, e.message)
         self.metrics.rpcs.labels("WatchSwarm", "OK").inc()
         sent_checkpoint = self.server.checkpoint.info
-        yield pb.SwarmUpdate(snapshot=snap.snapshot(self.sw, self.now(), sent_checkpoint))
+        first = snap.with_checkpoint(snap.snapshot(self.sw, self.now()), sent_checkpoint)
+        yield pb.SwarmUpdate(snapshot=first)
         cursor = snap.Cursor.after_snapshot(self.sw)
         last_sent = time.monotonic()
         while not self.server.stopping.is_set():
@@ -218,7 +219,8 @@ class Servicer(pb_grpc.CoordinatorServicer):
             ):
                 continue
             sent_checkpoint = self.server.checkpoint.info
-            yield pb.SwarmUpdate(delta=snap.delta(self.sw, cursor, self.now(), sent_checkpoint))
+            update = snap.delta(self.sw, cursor, self.now())
+            yield pb.SwarmUpdate(delta=snap.with_checkpoint(update, sent_checkpoint))
             last_sent = time.monotonic()
 
 
@@ -256,6 +258,7 @@ class CoordinatorServer:
         self.start_dht = start_dht
         self.clock = clock
         self.metrics = Metrics()
+        self.checkpoint = LatestCheckpoint(CheckpointDir(self.run_dir))  # polled each tick
         self.dht_maddrs: list[str] = []
         self.swarm: Swarm = None  # type: ignore[assignment]
         self.stopping = asyncio.Event()
@@ -264,7 +267,6 @@ class CoordinatorServer:
         self._dht: BootstrapPeer | None = None
         self._tick_task: asyncio.Task[None] | None = None
         self._spec_mtime = 0
-        self.checkpoint = LatestCheckpoint(CheckpointDir(self.run_dir))  # polled each tick
 
     @property
     def address(self) -> str:
@@ -275,7 +277,6 @@ class CoordinatorServer:
             config = load_run(self.run_dir)
             self.swarm = open_swarm(self.run_dir, config, now=self.clock())
             self._spec_mtime = (self.run_dir / RUN_FILE).stat().st_mtime_ns
-            self.checkpoint.refresh()
         except (OSError, ValueError, RuntimeError) as e:
             raise ServeError(f"cannot open run directory {self.run_dir}: {e}") from e
         if self.start_dht:  # first: the DHT forks, and must not inherit gRPC threads (dht.py)
@@ -287,6 +288,7 @@ class CoordinatorServer:
                 await self._cleanup_dht()
                 raise ServeError(f"cannot start the hivemind DHT bootstrap peer: {e}") from e
         self.swarm.store.start_checkpointer()  # a thread: after the DHT's fork
+        self.checkpoint.refresh()  # the newest model checkpoint, before the first GetStatus
         server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", MAX_RECEIVE),

@@ -9,7 +9,7 @@ last ROUNDS_SHOWN rounds, histories downsampled to at most HISTORY_SHOWN points.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from gpt5os.coordinator.checkpoints import CheckpointInfo
 from gpt5os.coordinator.records import NodeRecord, RoundAgg
@@ -20,6 +20,7 @@ from gpt5os.proto import pb
 HISTORY_SHOWN = 1000
 ROUNDS_SHOWN = 500
 INACTIVE_SHOWN = 1000  # left/lost/banned nodes in a snapshot, most recently seen first
+SnapshotOrDelta = TypeVar("SnapshotOrDelta", pb.SwarmSnapshot, pb.SwarmDelta)
 
 
 def downsample(points: list[Any], limit: int = HISTORY_SHOWN) -> list[Any]:
@@ -43,7 +44,30 @@ def checkpoint_summary(info: CheckpointInfo | None) -> pb.CheckpointSummary | No
     )
 
 
-def run_status(sw: Swarm, checkpoint: CheckpointInfo | None = None) -> pb.RunStatus:
+def checkpoint_dict(run: pb.RunStatus) -> dict[str, Any] | None:
+    """`status --json`'s "checkpoint": the same keys as CheckpointInfo.to_json(), or null."""
+    if not run.HasField("checkpoint"):
+        return None
+    c = run.checkpoint
+    return {
+        "round": c.round,
+        "tokens": c.tokens,
+        "params_sha256": c.params_sha256,
+        "path": c.path,
+        "written_at": c.written_at,
+    }
+
+
+def with_checkpoint(msg: SnapshotOrDelta, info: CheckpointInfo | None) -> SnapshotOrDelta:
+    """Put the run's newest checkpoint (the server's LatestCheckpoint, or the run dir's) into
+    a SwarmSnapshot's or SwarmDelta's RunStatus; unset when there is none yet."""
+    summary = checkpoint_summary(info)
+    if summary is not None:
+        msg.run.checkpoint.CopyFrom(summary)
+    return msg
+
+
+def run_status(sw: Swarm) -> pb.RunStatus:
     counts = sw.sched.counts()
     epoch_tokens = sw.sched.epoch_tokens()
     done_tokens = sw.sched.done_tokens()
@@ -64,7 +88,6 @@ def run_status(sw: Swarm, checkpoint: CheckpointInfo | None = None) -> pb.RunSta
         started_unix=sw.started_unix,
         epoch_tokens=epoch_tokens,
         active_nodes=sum(1 for n in sw.nodes.values() if n.state == "active"),
-        checkpoint=checkpoint_summary(checkpoint),
     )
 
 
@@ -139,10 +162,9 @@ def _recent_rounds(sw: Swarm) -> list[RoundAgg]:
     return [sw.rounds[r] for r in sorted(sw.rounds)[-ROUNDS_SHOWN:]]
 
 
-def snapshot(sw: Swarm, now: float, checkpoint: CheckpointInfo | None = None) -> pb.SwarmSnapshot:
-    """The whole picture; `checkpoint` is the run's newest (the server's LatestCheckpoint)."""
+def snapshot(sw: Swarm, now: float) -> pb.SwarmSnapshot:
     return pb.SwarmSnapshot(
-        run=run_status(sw, checkpoint),
+        run=run_status(sw),
         nodes=[node_status(n) for n in nodes_shown(sw)],
         rounds=[round_status(a) for a in _recent_rounds(sw)],
         loss_history=_loss(downsample(sw.loss_points)),
@@ -174,12 +196,10 @@ class Cursor:
         )
 
 
-def delta(
-    sw: Swarm, cur: Cursor, now: float, checkpoint: CheckpointInfo | None = None
-) -> pb.SwarmDelta:
+def delta(sw: Swarm, cur: Cursor, now: float) -> pb.SwarmDelta:
     """What changed since `cur` (which is advanced). RunStatus is always included."""
     msg = pb.SwarmDelta(
-        run=run_status(sw, checkpoint),
+        run=run_status(sw),
         nodes=[node_status(n) for n in sw.nodes.values() if n.version > cur.version],
         rounds=[round_status(a) for a in _recent_rounds(sw) if a.version > cur.version],
         loss_history=_loss([p for p in sw.loss_points if p[0] > cur.loss_seq]),
@@ -230,7 +250,8 @@ def status_dict(sw: Swarm, now: float, checkpoint: CheckpointInfo | None = None)
         for a in _recent_rounds(sw)
     }
     losses = {n.node_id: n.last_loss for n in sw.nodes.values()}
-    return snapshot_dict(snapshot(sw, now, checkpoint), reports=reports, last_losses=losses)
+    msg = with_checkpoint(snapshot(sw, now), checkpoint)
+    return snapshot_dict(msg, reports=reports, last_losses=losses)
 
 
 def snapshot_dict(
@@ -314,18 +335,4 @@ def snapshot_dict(
             for e in snap.events
         ],
         "server_unix": snap.server_unix,
-    }
-
-
-def checkpoint_dict(run: pb.RunStatus) -> dict[str, Any] | None:
-    """`status --json`'s "checkpoint": the same keys as CheckpointInfo.to_json(), or null."""
-    if not run.HasField("checkpoint"):
-        return None
-    c = run.checkpoint
-    return {
-        "round": c.round,
-        "tokens": c.tokens,
-        "params_sha256": c.params_sha256,
-        "path": c.path,
-        "written_at": c.written_at,
     }

@@ -211,12 +211,3 @@ def test_parse_address() -> None:
     for bad in ["", "localhost", ":50051", "host:", "host:http", "host:0", "host:70000", "a b:1"]:
         with pytest.raises(ValueError, match="coordinator address"):
             parse_address(bad)
-
-
-def test_checkpoint_text_says_round_and_age_or_that_there_is_none() -> None:
-    from gpt5os.dashboard.swarm_view import checkpoint_text
-
-    run = pb.RunStatus(checkpoint=pb.CheckpointSummary(round=12, written_at=1000.0))
-    assert checkpoint_text(run, 1000.0 + 125) == "checkpoint round 12, 2m ago"
-    assert checkpoint_text(pb.RunStatus(), 5.0) == "no checkpoint yet"
-    assert checkpoint_text(None, 5.0) == ""
