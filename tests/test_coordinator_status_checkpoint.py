@@ -77,10 +77,17 @@ async def test_status_from_a_running_server(tmp_path):
             assert not first.snapshot.run.HasField("checkpoint")
 
             info = await asyncio.to_thread(write, run, 1)
+
             # nothing else changes in the swarm: the new checkpoint alone must produce a delta
-            update = await asyncio.wait_for(watch.read(), timeout=8)  # keepalive is 10 s
-            assert update.delta.run.checkpoint.round == 1
-            assert update.delta.run.checkpoint.params_sha256 == info.params_sha256
+            # well before the 10 s keepalive (a delta already on its way may come first)
+            async def delta_with_checkpoint() -> pb.SwarmDelta:
+                while not (update := await watch.read()).delta.run.HasField("checkpoint"):
+                    pass
+                return update.delta
+
+            got = await asyncio.wait_for(delta_with_checkpoint(), timeout=8)
+            assert got.run.checkpoint.round == 1
+            assert got.run.checkpoint.params_sha256 == info.params_sha256
             watch.cancel()
 
             snap = await stub.GetStatus(pb.GetStatusRequest())
