@@ -4,7 +4,9 @@ WatchSwarm stream), null before the first checkpoint; the server notices new one
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
+import time
 from pathlib import Path
 
 import grpc
@@ -65,7 +67,9 @@ def test_status_from_the_run_dir(tmp_path):
 async def test_status_from_a_running_server(tmp_path):
     run = tmp_path / "run"
     make_run(run, n_train=2, n_val=1, shard_tokens=256)
-    server = CoordinatorServer(run, port=0)
+    staged = write(tmp_path / "staging", 1)  # moved into the run once the server watches
+    frozen = time.time()  # a still clock: no throughput samples, so no deltas but ours
+    server = CoordinatorServer(run, port=0, clock=lambda: frozen)
     await server.start()
     try:
         async with grpc.aio.insecure_channel(server.address) as channel:
@@ -76,16 +80,21 @@ async def test_status_from_a_running_server(tmp_path):
             first = await watch.read()
             assert not first.snapshot.run.HasField("checkpoint")
 
-            info = await asyncio.to_thread(write, run, 1)
+            # the first tick's throughput sample sends one delta (0.5 s); with the clock frozen,
+            # no other change follows, and the next keepalive is 10 s after it
+            drained = await asyncio.wait_for(watch.read(), timeout=15)
+            assert not drained.delta.run.HasField("checkpoint")
+            (run / "checkpoints").mkdir()
+            info = dataclasses.replace(staged, path=run / "checkpoints" / staged.path.name)
+            staged.path.rename(info.path)  # appears at once, as the keeper's rename does
 
-            # nothing else changes in the swarm: the new checkpoint alone must produce a delta
-            # well before the 10 s keepalive (a delta already on its way may come first)
+            # the new checkpoint alone must produce a delta, long before the keepalive
             async def delta_with_checkpoint() -> pb.SwarmDelta:
                 while not (update := await watch.read()).delta.run.HasField("checkpoint"):
                     pass
                 return update.delta
 
-            got = await asyncio.wait_for(delta_with_checkpoint(), timeout=8)
+            got = await asyncio.wait_for(delta_with_checkpoint(), timeout=5)
             assert got.run.checkpoint.round == 1
             assert got.run.checkpoint.params_sha256 == info.params_sha256
             watch.cancel()
