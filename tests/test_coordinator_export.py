@@ -255,6 +255,12 @@ def test_init_bad_checkpoints_write_nothing(tmp_path, data_dir, runnable_params)
     assert_one_error_line(r, "blocks.0.att.key.weight", "(64, 32)")
     assert_no_run(run)
 
+    wide = ModelConfig(n_layer=1, n_embd=64, head_size=64, d_decay_lora=64)  # not the formula
+    export_rwkv_pth(model_of(wide, random_params(wide, 2)), tmp_path / "wide.pth")
+    r = init(run, data_dir, tmp_path / "wide.pth")
+    assert_one_error_line(r, "non-standard FFN or low-rank widths", "lora 64/32/32/32")
+    assert_no_run(run)
+
     small = tmp_path / "small-vocab.pth"
     export_rwkv_pth(model_of(SMALL, random_params(SMALL, 1)), small)
     r = init(run, data_dir, small)
