@@ -129,14 +129,15 @@ def read_info(path: Path) -> CheckpointInfo:
         raise ValueError(f"{path} has a broken checkpoint header: {e}") from None
 
 
-def canonical_param_names(config: ModelConfig) -> list[str]:
-    """`RWKV7(config).named_parameters()` names in order, built on the meta device (no memory)."""
+def canonical_params(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """`RWKV7(config).named_parameters()` names and shapes in order, built on the meta device
+    (no memory)."""
     import torch
     from gpt5os.model.rwkv7 import RWKV7
 
     with torch.device("meta"):
         model = RWKV7(config, init_weights=False)
-    return [name for name, _ in model.named_parameters()]
+    return {name: tuple(p.shape) for name, p in model.named_parameters()}
 
 
 class CheckpointDir:
@@ -184,10 +185,11 @@ class CheckpointDir:
 
         if round < 0 or tokens < 0:
             raise ValueError(f"round and tokens must be >= 0, got {round}, {tokens}")
-        names = canonical_param_names(model_config)
-        _check_names("params", params, names)
+        shapes = canonical_params(model_config)
+        names = list(shapes)
+        _check_names("params", params, shapes)
         if momentum:
-            _check_names("momentum", momentum, names)
+            _check_names("momentum", momentum, shapes)
         p = {n: params[n].detach().to("cpu", torch.float32).contiguous() for n in names}
         m = {
             MOMENTUM_PREFIX + n: (
@@ -197,9 +199,6 @@ class CheckpointDir:
             )
             for n in names
         }
-        for n in names:
-            if m[MOMENTUM_PREFIX + n].shape != p[n].shape:
-                raise ValueError(f"momentum {n} has shape {tuple(m[MOMENTUM_PREFIX + n].shape)}")
         digest = tensors_sha256(p[n] for n in names)
         momentum_digest = tensors_sha256(m[MOMENTUM_PREFIX + n] for n in names)
         written_at = time.time()
@@ -296,14 +295,16 @@ def load_file(path: Path) -> LoadedCheckpoint:
         tensors = st_load(str(path))
     except SafetensorError as e:
         raise ValueError(f"{path} is not a readable safetensors file: {e}") from None
-    expected = canonical_param_names(config)
-    if names != expected:
+    expected = canonical_params(config)
+    if names != list(expected):
         raise ValueError(f"{path}: its parameters do not match its model config")
     try:
         params = {n: tensors[n] for n in names}
         momentum = {n: tensors[MOMENTUM_PREFIX + n] for n in names}
     except KeyError as e:
         raise ValueError(f"{path} lacks tensor {e.args[0]}") from None
+    _check_names("params", params, expected, source=f"{path}: ")
+    _check_names("momentum", momentum, expected, source=f"{path}: ")
     digest = tensors_sha256(params.values())
     if digest != info.params_sha256:
         raise ValueError(
@@ -323,12 +324,23 @@ def load_file(path: Path) -> LoadedCheckpoint:
     )
 
 
-def _check_names(what: str, tensors: dict[str, Any], names: list[str]) -> None:
-    missing = sorted(set(names) - set(tensors))
-    extra = sorted(set(tensors) - set(names))
+def _check_names(
+    what: str, tensors: dict[str, Any], shapes: dict[str, tuple[int, ...]], source: str = ""
+) -> None:
+    """ValueError unless `tensors` has exactly the model's names, each with the model's shape."""
+    missing = sorted(set(shapes) - set(tensors))
+    extra = sorted(set(tensors) - set(shapes))
     if missing or extra:
         raise ValueError(
-            f"{what} do not match the model config: missing {missing[:5]}, unexpected {extra[:5]}"
+            f"{source}{what} do not match the model config: missing {missing[:5]}, "
+            f"unexpected {extra[:5]}"
+        )
+    bad = [n for n in shapes if tuple(tensors[n].shape) != shapes[n]]
+    if bad:
+        n = bad[0]
+        raise ValueError(
+            f"{source}{what} {n} has shape {tuple(tensors[n].shape)}, the model config says "
+            f"{shapes[n]} ({len(bad)} tensors differ)"
         )
 
 

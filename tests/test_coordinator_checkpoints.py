@@ -165,6 +165,23 @@ def test_wrong_param_names_are_refused(tmp_path):
     assert CheckpointDir(tmp_path).list() == []
 
 
+def test_wrong_shapes_are_refused(tmp_path):
+    params, momentum = make_state(0)
+    params["blocks.0.att.key.weight"] = torch.zeros(3, 3)
+    with pytest.raises(ValueError, match=r"params blocks.0.att.key.weight has shape \(3, 3\)"):
+        CheckpointDir(tmp_path).write(
+            params=params, momentum={}, round=0, tokens=0, run_spec_json="", model_config=CONFIG
+        )
+    params, momentum = make_state(0)
+    momentum["head.weight"] = torch.zeros(1)
+    with pytest.raises(ValueError, match="momentum head.weight has shape"):
+        CheckpointDir(tmp_path).write(
+            params=params, momentum=momentum, round=0, tokens=0, run_spec_json="",
+            model_config=CONFIG,
+        )  # fmt: skip
+    assert CheckpointDir(tmp_path).list() == []
+
+
 def test_injected_write_error_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     ckpts = CheckpointDir(tmp_path)
     first = write(ckpts, 1)
