@@ -93,7 +93,7 @@ export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 export TORCH_EXTENSIONS_DIR="$WORK/torch_extensions"
 
 {
-  echo "=== setup $(date -u +%FT%TZ) on $(hostname), load: $(cut -d' ' -f1-3 /proc/loadavg)"
+  echo "=== setup $(date -u +%FT%TZ) on $(uname -n), load: $(cut -d' ' -f1-3 /proc/loadavg)"
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 || echo "no nvidia-smi"
   nvcc --version 2>&1 | tail -1 || echo "no nvcc"
   compute-sanitizer --version 2>&1 | head -2 || echo "no compute-sanitizer"
@@ -121,9 +121,10 @@ else
   skip "build the extension"
 fi
 # Runs without CUDA too: collection and imports must work with hivemind & co. blocked.
-# Plugins are not autoloaded: the GPU machine's differ from ours (and some import textual).
+# Plugins are not autoloaded (the GPU machine's differ from ours, and some import textual) and
+# conftest.py files are ignored (one may import hivemind; these tests need none).
 step "pytest -m gpu" pytest.log 150 env PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 "$PY" -m pytest -q -ra \
-  -p no:cacheprovider -m gpu -o addopts="" tests/test_model_cuda.py
+  -p no:cacheprovider --noconftest -m gpu -o addopts="" tests/test_model_cuda.py
 if [[ $HAS_CUDA == 1 ]]; then
   step "T=1000 accuracy at w=0.5452" checks.log 60 "$PY" scripts/gpu_check.py accuracy
   step "B=8 T=4096 H=32 launch and memory" checks.log 60 "$PY" scripts/gpu_check.py realistic
