@@ -48,6 +48,19 @@ def test_kernel_compiles_with_nvcc(tmp_path, arch):
            *NVCC_FLAGS]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
+    if shutil.which("nm") and shutil.which("g++"):
+        # The binding declares the launchers; tests/wkv7_stub_launch.cpp defines them with the
+        # same signatures (the binding test links against it). C++ names encode the parameter
+        # types, so the kernel object must define exactly these names or loading would fail.
+        stub = tmp_path / "stub.o"
+        subprocess.run(["g++", "-c", str(STUB_LAUNCHER), "-o", str(stub)], check=True)
+        missing = launcher_symbols(stub) - launcher_symbols(tmp_path / "wkv7.o")
+        assert not missing, f"wkv7.cu lacks the launchers the binding calls: {missing}"
+
+
+def launcher_symbols(obj: Path) -> set[str]:
+    out = subprocess.run(["nm", "--defined-only", str(obj)], capture_output=True, text=True)
+    return {line.split()[-1] for line in out.stdout.splitlines() if "wkv7_" in line}
 
 
 def test_kernel_sources_ship_as_package_data():
