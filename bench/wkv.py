@@ -47,15 +47,17 @@ BF16_AGREEMENT = 2e-2  # rel error under which fla's bf16 result agrees with our
 
 
 def make_inputs(bsz, t_len, h, n, device, dtype):
-    g = torch.Generator().manual_seed(0)
-    kk = F.normalize(torch.randn(bsz, t_len, h, n, generator=g), dim=-1)
-    iclr = torch.rand(bsz, t_len, h, n, generator=g)
-    w = torch.exp(-0.6065 * torch.rand(bsz, t_len, h, n, generator=g))
-    r, k = (torch.randn(bsz, t_len, h, n, generator=g) * 0.5 for _ in range(2))
-    v = torch.randn(bsz, t_len, h, n, generator=g)
+    """Model-like inputs, drawn on the device itself (the GPU sizes hold ~1e9 random numbers)."""
+    g = torch.Generator(device=device).manual_seed(0)
+    shape = (bsz, t_len, h, n)
+    kk = F.normalize(torch.randn(shape, generator=g, device=device), dim=-1)
+    iclr = torch.rand(shape, generator=g, device=device)
+    w = torch.exp(-0.6065 * torch.rand(shape, generator=g, device=device))
+    r, k = (torch.randn(shape, generator=g, device=device) * 0.5 for _ in range(2))
+    v = torch.randn(shape, generator=g, device=device)
     xs = [r, w, k, v, -kk, kk * iclr]
     xs = [x.to(device=device, dtype=torch.float32 if i == 1 else dtype) for i, x in enumerate(xs)]
-    s0 = torch.randn(bsz, h, n, n, generator=g).to(device) * 0.1
+    s0 = torch.randn(bsz, h, n, n, generator=g, device=device) * 0.1
     return [x.requires_grad_() for x in xs], s0.requires_grad_()
 
 

@@ -111,7 +111,8 @@ def realistic() -> int:
         torch.cuda.synchronize()
         ms = (time.perf_counter() - t0) * 1e3
         peak = torch.cuda.max_memory_allocated() - base
-        finite = bool(y.isfinite().all()) and bool(s.isfinite().all())
+        outs = [y, s] + ([x.grad for x in (*xs, s0)] if grad else [])
+        finite = all(bool(x.isfinite().all()) for x in outs)
         if label != "warm-up":
             print(f"B={bsz} T={t_len} H={h} N={n} {label}: {ms:.1f} ms, peak {peak / MIB:.0f} MiB "
                   f"above the inputs (sa + chunk states would be {saved / MIB:.0f} MiB), "

@@ -1,4 +1,4 @@
-// Stand-ins for wkv7.cu's host launchers, so tests/test_model_cuda.py can build the real binding
+// Stand-ins for wkv7.cu's host launchers, so tests/test_model_cuda_build.py can build the binding
 // (kernels/wkv7_op.cpp) against CPU tensors and check its errors on a machine without a GPU.
 // Each launcher "fails" with a description of what it was given: a test that sees this text knows
 // the checks let the call through, and with which buffers.

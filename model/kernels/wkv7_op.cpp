@@ -1,7 +1,7 @@
 // Torch bindings for wkv7.cu: shape/dtype/device checks and allocation. Autograd and the
 // torch.library registration live in gpt5os/model/wkv_cuda.py, which also passes the current CUDA
 // stream (as an integer handle) and selects the device. This file needs only torch's CPU headers,
-// so a machine without CUDA torch can still build it: tests/test_model_cuda.py compiles it with
+// so a machine without CUDA torch can still build it: tests/test_model_cuda_build.py builds it with
 // WKV7_DEVICE=at::kCPU and stub launchers (tests/wkv7_stub_launch.cpp) to check every error here.
 
 // torch/python.h + torch/types.h rather than torch/extension.h: the same API used here, ~40%
