@@ -12,10 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
-from gpt5os.coordinator.data_prepare import prepare
-from gpt5os.coordinator.data_state import JOURNAL_NAME, STATE_NAME
+from gpt5os.coordinator.data.prepare import prepare
+from gpt5os.coordinator.data.state import JOURNAL_NAME, STATE_NAME
 
-CLI = [sys.executable, "-m", "gpt5os.coordinator.data_cli"]
+CLI = [sys.executable, "-m", "gpt5os.coordinator.data.cli"]
 
 
 def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -35,7 +35,7 @@ def assert_one_line_error(res: subprocess.CompletedProcess[str], *fragments: str
 
 def test_cli_import_is_torch_free() -> None:
     code = (
-        "import sys, gpt5os.coordinator.data_cli as m; "
+        "import sys, gpt5os.coordinator.data.cli as m; "
         "assert m.data.name == 'data'; "
         "assert 'torch' not in sys.modules and 'rwkv' not in sys.modules"
     )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from gpt5os.coordinator.data_filters import (
+from gpt5os.coordinator.data.filters import (
     DUPLICATE,
     LONG_LINES,
     LOW_ALPHA,

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from gpt5os.coordinator import data_shards
-from gpt5os.coordinator.data_filters import FILTER_NAMES, normalize
-from gpt5os.coordinator.data_prepare import PrepareError, prepare
-from gpt5os.coordinator.data_sources import DataSourceError
-from gpt5os.coordinator.data_state import STATE_NAME
+from gpt5os.coordinator.data import shards as data_shards
+from gpt5os.coordinator.data.filters import FILTER_NAMES, normalize
+from gpt5os.coordinator.data.prepare import PrepareError, prepare
+from gpt5os.coordinator.data.sources import DataSourceError
+from gpt5os.coordinator.data.state import STATE_NAME
 from gpt5os.coordinator.manifest import Manifest, load_manifest
 from gpt5os.model.tokenizer import load_tokenizer
 

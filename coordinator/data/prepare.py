@@ -30,8 +30,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from gpt5os.coordinator import data_state
-from gpt5os.coordinator.data_filters import (
+from gpt5os.coordinator.data import state as data_state
+from gpt5os.coordinator.data.filters import (
     FILTER_NAMES,
     DocumentFilter,
     FilterConfig,
@@ -39,13 +39,13 @@ from gpt5os.coordinator.data_filters import (
     digest_of,
     normalize,
 )
-from gpt5os.coordinator.data_shards import (
+from gpt5os.coordinator.data.shards import (
     SHARDS_DIR,
     TOKEN_NP_DTYPE,
     ShardWriter,
     SplitState,
 )
-from gpt5os.coordinator.data_sources import DataSourceError, check_inputs, iter_documents
+from gpt5os.coordinator.data.sources import DataSourceError, check_inputs, iter_documents
 from gpt5os.coordinator.manifest import MANIFEST_NAME, Manifest, load_manifest, save_manifest
 from gpt5os.model.tokenizer import END_OF_DOCUMENT, TOKENIZER_NAME, load_tokenizer
 from tqdm import tqdm

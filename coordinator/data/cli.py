@@ -1,7 +1,7 @@
 """`gpt5os-coordinator data ...`: prepare a corpus into shards, check prepared shards.
 
 The `data` group is added to the coordinator's CLI (`main.add_command(data)`); it also runs on
-its own as `python -m gpt5os.coordinator.data_cli`. Importing it loads neither torch nor the
+its own as `python -m gpt5os.coordinator.data.cli`. Importing it loads neither torch nor the
 tokenizer (the tokenizer loads only once inputs have been checked). Every failure a person can
 fix ends as one `Error: ...` line on stderr and exit code 1, never a traceback.
 """
@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 import click
-from gpt5os.coordinator.data_prepare import PrepareError, format_report, prepare
-from gpt5os.coordinator.data_sources import DataSourceError
+from gpt5os.coordinator.data.prepare import PrepareError, format_report, prepare
+from gpt5os.coordinator.data.sources import DataSourceError
 from gpt5os.coordinator.manifest import load_manifest
 
 
