@@ -1,58 +1,68 @@
-"""`prepare`: inputs -> filtered, deduplicated, tokenized shards with a manifest; resumable.
+"""`prepare`: inputs -> filtered, deduplicated, shuffled, tokenized shards with a manifest.
 
-Two passes over the inputs:
+Three passes over the inputs:
 
-1. **Scan** (cheap, no tokenizer): read every document, normalize, filter, dedup and decide its
-   split. The result is a `Plan`: one verdict byte per document read, the digest of each kept
-   document, the counts for the report and a fingerprint of the inputs' content.
-2. **Write** (the slow part, the tokenizer runs at ~3 MB/s): read the same stream again and
-   tokenize only the kept documents into the train and val `ShardWriter`s.
+1. **Scan** (no tokenizer): read every document; workers clean it (quality filters, PII masking)
+   and compute its digest and MinHash; the main process, in reading order, drops exact and near
+   duplicates (the first copy read is kept) and applies --max-documents/--max-bytes. The result
+   is a `Plan`: one verdict byte per document read, the digest of each kept document, the counts
+   for the report and a fingerprint of the inputs' content.
+2. **Tokenize** (the slow part, ~3 MB/s per worker): read the same stream again; workers tokenize
+   the kept documents, chunk by chunk, into a spill folder (chunks.py).
+3. **Pack**: choose the held-out documents and a seeded packing order per split (order.py), then
+   cut each split's documents, in that order, into shards (shards.py).
 
-The split of a document is decided by its own hash (sha256 of its normalized text), so it does
-not depend on the order documents arrive in or on which other documents exist; only when the
-hash rule gives no validation document at all (tiny corpora) is the lowest-hash document moved
-to validation, so a split that asked for validation data gets some.
-
-Resume: after every shard its position is appended to a journal (see data_state.py).
-A rerun with the same inputs and options scans again, checks the fingerprint, and continues from
-the saved positions; the result is byte-identical to an uninterrupted run. Different inputs or
-options are refused unless `force` (which starts over). The manifest holds no timestamps, so
-preparing twice gives identical bytes.
+Resume: chunks are files written atomically, and after every shard its position is appended to a
+journal (state.py). A rerun with the same inputs and options scans again, checks the fingerprint,
+tokenizes only missing chunks and packs on from the saved positions; the result is byte-identical
+to an uninterrupted run, for any --workers. Different inputs or options are refused unless
+`force` (which starts over). The manifest holds no timestamps, so preparing twice gives
+identical bytes.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
+from gpt5os.coordinator.data import chunks
 from gpt5os.coordinator.data import state as data_state
-from gpt5os.coordinator.data.filters import (
-    FILTER_NAMES,
-    DocumentFilter,
-    FilterConfig,
-    decode,
-    digest_of,
-    normalize,
+from gpt5os.coordinator.data.filters import DUPLICATE, FILTER_NAMES, NEAR_DUPLICATE, FilterConfig
+from gpt5os.coordinator.data.neardup import NearDupConfig, NearDupIndex
+from gpt5os.coordinator.data.order import choose_validation, hash_keys, packing_order
+from gpt5os.coordinator.data.shards import SHARDS_DIR, ShardWriter, SplitState
+from gpt5os.coordinator.data.sources import (
+    DataSourceError,
+    RawDocument,
+    check_inputs,
+    iter_documents,
 )
-from gpt5os.coordinator.data.shards import (
-    SHARDS_DIR,
-    TOKEN_NP_DTYPE,
-    ShardWriter,
-    SplitState,
+from gpt5os.coordinator.data.workers import (
+    DIGEST_BYTES,
+    ChangedInput,
+    WorkerConfig,
+    Workers,
+    scan_batch,
+    tokenize_chunk,
 )
-from gpt5os.coordinator.data.sources import DataSourceError, check_inputs, iter_documents
 from gpt5os.coordinator.manifest import MANIFEST_NAME, Manifest, load_manifest, save_manifest
-from gpt5os.model.tokenizer import END_OF_DOCUMENT, TOKENIZER_NAME, load_tokenizer
+from gpt5os.coordinator.run_spec import largest_val_tokens
+from gpt5os.model.tokenizer import TOKENIZER_NAME
 from tqdm import tqdm
 
+log = logging.getLogger(__name__)
+
 TRAIN, VAL = "train", "val"
-_DROPPED, _TRAIN, _VAL = 0, 1, 2  # verdict codes in Plan.verdicts
-_DIGEST_BYTES = 16
+_DROPPED, _KEPT = 0, 1  # verdict codes in Plan.verdicts
+_SCAN_BATCH = 64  # documents per scan task
+DEFAULT_VAL_TOKENS = largest_val_tokens()  # enough for every preset's default val batches
 
 
 class PrepareError(Exception):
@@ -62,14 +72,18 @@ class PrepareError(Exception):
 @dataclass(frozen=True, kw_only=True)
 class PrepareOptions:
     """Everything besides the inputs that decides the output bytes; recorded in the manifest's
-    report and in the resume state, so a rerun can tell whether it may continue."""
+    report and in the resume state, so a rerun can tell whether it may continue. The worker
+    count is not here: it does not change a byte."""
 
     shard_tokens: int = 65536
     val_fraction: float = 0.01
+    val_tokens: int = DEFAULT_VAL_TOKENS
+    seed: int = 0
     field: str = "text"
     max_documents: int | None = None
     max_bytes: int | None = None
     filters: FilterConfig = dataclasses.field(default_factory=FilterConfig)
+    near_dup: NearDupConfig = dataclasses.field(default_factory=NearDupConfig)
     tokenizer: str = TOKENIZER_NAME
 
     def validate(self) -> None:
@@ -77,22 +91,26 @@ class PrepareOptions:
             raise ValueError(f"shard_tokens must be >= 1, got {self.shard_tokens}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.val_tokens < 0 or self.seed < 0:
+            raise ValueError("val_tokens and seed must be >= 0")
         for name in ("max_documents", "max_bytes"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
+        self.near_dup.validate()
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "near_dup": self.near_dup.to_dict()}
 
 
 @dataclass(kw_only=True)
 class Plan:
     """The scan's result: what to tokenize, and the counts for the report."""
 
-    # one verdict code per document read, and _DIGEST_BYTES per kept document
+    # one verdict code per document read, and DIGEST_BYTES per kept document
     verdicts: bytearray = dataclasses.field(default_factory=bytearray)
     digests: bytearray = dataclasses.field(default_factory=bytearray)
+    sources: list[str] = dataclasses.field(default_factory=list)  # per kept document
     bytes_read: int = 0
     bytes_kept: int = 0
     dropped: dict[str, int] = dataclasses.field(
@@ -104,55 +122,73 @@ class Plan:
     def documents_read(self) -> int:
         return len(self.verdicts)
 
-    def count(self, code: int) -> int:
-        return self.verdicts.count(code)
+    @property
+    def documents_kept(self) -> int:
+        return len(self.sources)
 
 
-def split_of(digest: bytes, val_fraction: float) -> int:
-    """A document's split from its own hash: stable whatever else is in the corpus."""
-    return _VAL if int.from_bytes(digest[:8], "big") < val_fraction * 2**64 else _TRAIN
+def _batched(docs: Iterator[RawDocument], size: int) -> Iterator[list[RawDocument]]:
+    while batch := list(islice(docs, size)):
+        yield batch
 
 
-def scan(inputs: list[str], options: PrepareOptions, *, progress: bool = False) -> Plan:
-    """Pass 1: read, filter, dedup and split every document; no tokenizer."""
+def scan(
+    inputs: list[str], options: PrepareOptions, workers: Workers, *, progress: bool = False
+) -> Plan:
+    """Pass 1: read, clean, dedup (exact and near) every document; no tokenizer."""
     plan = Plan()
-    doc_filter = DocumentFilter(options.filters)
+    seen: set[bytes] = set()
+    near = NearDupIndex(options.near_dup) if options.near_dup.enabled else None
     fingerprint = hashlib.sha256()
-    kept = 0
-    lowest: tuple[bytes, int] | None = None  # (digest, ordinal) of the lowest-hash kept doc
-    highest: tuple[bytes, int] | None = None
+    batches = _batched(iter_documents(inputs, field=options.field), _SCAN_BATCH)
+    # the batch's documents travel with their results: tee them through a side list
+    in_flight: list[list[RawDocument]] = []
+
+    def tasks() -> Iterator[list[bytes]]:
+        for batch in batches:
+            in_flight.append(batch)
+            yield [doc.data for doc in batch]
+
+    done = False
     with tqdm(desc="scan", unit=" docs", disable=None if progress else True, leave=False) as bar:
-        for ordinal, doc in enumerate(iter_documents(inputs, field=options.field)):
-            fingerprint.update(doc.source.encode("utf-8", "surrogatepass") + b"\0")
-            fingerprint.update(hashlib.sha256(doc.data).digest())
-            plan.bytes_read += len(doc.data)
-            verdict = doc_filter.check(doc.data)
-            bar.update(1)
-            if verdict.dropped_by is not None:
-                plan.dropped[verdict.dropped_by] += 1
-                plan.verdicts.append(_DROPPED)
-                continue
-            plan.verdicts.append(split_of(verdict.digest, options.val_fraction))
-            plan.digests += verdict.digest[:_DIGEST_BYTES]
-            plan.bytes_kept += len(doc.data)
-            kept += 1
-            if lowest is None or verdict.digest < lowest[0]:
-                lowest = (verdict.digest, ordinal)
-            if highest is None or verdict.digest > highest[0]:
-                highest = (verdict.digest, ordinal)
-            if (options.max_documents is not None and kept >= options.max_documents) or (
-                options.max_bytes is not None and plan.bytes_kept >= options.max_bytes
-            ):
+        for results in workers.map(scan_batch, tasks()):
+            batch = in_flight.pop(0)
+            for doc, scanned in zip(batch, results, strict=True):
+                fingerprint.update(doc.source.encode("utf-8", "surrogatepass") + b"\0")
+                fingerprint.update(hashlib.sha256(doc.data).digest())
+                plan.bytes_read += len(doc.data)
+                verdict = _decide(scanned, seen, near)
+                plan.verdicts.append(_DROPPED if verdict else _KEPT)
+                if verdict:
+                    plan.dropped[verdict] += 1
+                    continue
+                plan.digests += scanned.digest
+                plan.sources.append(doc.source)
+                plan.bytes_kept += len(doc.data)
+                if (
+                    options.max_documents is not None
+                    and plan.documents_kept >= options.max_documents
+                ) or (options.max_bytes is not None and plan.bytes_kept >= options.max_bytes):
+                    done = True
+                    break
+            bar.update(len(batch))
+            if done:
                 break
-    # Tiny corpora: make sure each split that should exist does (needs two kept documents).
-    if kept >= 2 and options.val_fraction > 0 and lowest and highest:
-        if plan.count(_VAL) == 0:
-            plan.verdicts[lowest[1]] = _VAL
-        if plan.count(_TRAIN) == 0:
-            plan.verdicts[highest[1]] = _TRAIN
     fingerprint.update(str(len(plan.verdicts)).encode())
     plan.fingerprint = fingerprint.hexdigest()
     return plan
+
+
+def _decide(scanned, seen: set[bytes], near: NearDupIndex | None) -> str | None:
+    """The filter that drops this document, in reading order (the first copy stays)."""
+    if scanned.dropped_by is not None:
+        return scanned.dropped_by
+    if scanned.digest in seen:
+        return DUPLICATE
+    seen.add(scanned.digest)
+    if near is not None and near.is_near_duplicate(scanned.minhash):
+        return NEAR_DUPLICATE
+    return None
 
 
 def prepare(
@@ -161,9 +197,13 @@ def prepare(
     *,
     shard_tokens: int = 65536,
     val_fraction: float = 0.01,
+    val_tokens: int = DEFAULT_VAL_TOKENS,
+    seed: int = 0,
+    near_dup: bool = True,
     field: str = "text",
     max_documents: int | None = None,
     max_bytes: int | None = None,
+    workers: int = 1,
     progress: bool = True,
     force: bool = False,
     log: Callable[[str], None] | None = None,
@@ -174,8 +214,13 @@ def prepare(
         its `field` value), gzip of either (.gz, .jsonl.gz), or the word "stdlib".
     :param shard_tokens: tokens per shard (the last shard of each split may be shorter).
     :param val_fraction: share of documents held out for validation, chosen by document hash.
+    :param val_tokens: hold out at least this many tokens (up to half the corpus); the default
+        suffices for every preset's default `--val-batches` (see order.py).
+    :param seed: seeds the packing order of documents (recorded in the manifest's options).
+    :param near_dup: drop near-duplicates (MinHash LSH, Jaccard >= 0.8 on word 5-grams).
     :param max_documents: stop after this many documents passed the filters (small demos/tests).
     :param max_bytes: stop once the kept documents reach this many bytes (as read).
+    :param workers: processes for the per-document work; the output is the same for any number.
     :param progress: show tqdm bars on stderr (only when it is a terminal).
     :param force: discard whatever `out_dir` holds from an earlier, different prepare.
     :param log: called with one-line notes (resuming, already prepared).
@@ -190,128 +235,170 @@ def prepare(
     options = PrepareOptions(
         shard_tokens=shard_tokens,
         val_fraction=val_fraction,
+        val_tokens=val_tokens,
+        seed=seed,
         field=field,
         max_documents=max_documents,
         max_bytes=max_bytes,
+        near_dup=NearDupConfig(enabled=near_dup),
     )
     options.validate()
     note = log or (lambda _msg: None)
     check_inputs(inputs)
     out_dir = Path(out_dir)
-    plan = scan(inputs, options, progress=progress)
-    if not plan.count(_TRAIN) and not plan.count(_VAL):
-        raise PrepareError(_nothing_left_message(plan))
-    key = {"inputs": list(inputs), "options": options.to_dict(), "fingerprint": plan.fingerprint}
-
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise PrepareError(f"{out_dir}: cannot create the output directory ({e})") from None
-    if force:
-        _clear(out_dir)
-    state = _resume_state(out_dir, key)
-    if state is None:
-        existing = _existing_manifest(out_dir, key)
-        if existing is not None:
-            note(f"{out_dir} already holds this data (same inputs and options); nothing to do")
-            return existing
-        state = {TRAIN: SplitState(), VAL: SplitState()}
-    else:
-        done = sum(len(s.shards) for s in state.values())
-        note(f"resuming an interrupted prepare in {out_dir}: {done} shards already written")
+    config = WorkerConfig(options.filters, options.near_dup, options.tokenizer)
+    with Workers(workers, config) as pool:
+        plan = scan(inputs, options, pool, progress=progress)
+        if not plan.documents_kept:
+            raise PrepareError(_nothing_left_message(plan))
+        key = {
+            "inputs": list(inputs),
+            "options": options.to_dict(),
+            "fingerprint": plan.fingerprint,
+        }
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise PrepareError(f"{out_dir}: cannot create the output directory ({e})") from None
+        if force:
+            _clear(out_dir)
+        state = _resume_state(out_dir, key)
+        if state is None:
+            existing = _existing_manifest(out_dir, key)
+            if existing is not None:
+                note(f"{out_dir} already holds this data (same inputs and options); nothing to do")
+                return existing
+            _clear_spill(out_dir)
+            data_state.start(out_dir, key)  # from here on a rerun knows our inputs and options
+            state = {TRAIN: SplitState(), VAL: SplitState()}
+        else:
+            done = sum(len(s.shards) for s in state.values())
+            note(f"resuming an interrupted prepare in {out_dir}: {done} shards already written")
+        tokens_dir = out_dir / chunks.TOKENS_DIR
+        tokens_dir.mkdir(exist_ok=True)
+        try:
+            n_chunks = _tokenize(inputs, options, plan, pool, tokens_dir, progress)
+        except ChangedInput as e:
+            raise PrepareError(str(e)) from None
+    reader = chunks.ChunkReader(tokens_dir, n_chunks)
+    held = choose_validation(
+        hash_keys(bytes(plan.digests), DIGEST_BYTES),
+        reader.lengths,
+        val_fraction=options.val_fraction,
+        val_tokens=options.val_tokens,
+    )
     (out_dir / SHARDS_DIR).mkdir(exist_ok=True)
     for tmp in (out_dir / SHARDS_DIR).glob("*.tmp"):
         tmp.unlink()
-    _write(inputs, out_dir, options, plan, key, state, progress)
+    for split, mask in ((TRAIN, ~held), (VAL, held)):
+        order = packing_order(np.flatnonzero(mask), seed=options.seed, split=split)
+        _pack(out_dir, split, order, reader, plan.sources, options, state[split])
     manifest = Manifest(
         tokenizer=options.tokenizer,
         shard_tokens=options.shard_tokens,
         shards=state[TRAIN].shards + state[VAL].shards,
-        report=_report(key, plan, state),
+        report=_report(key, plan, state, held_out=int(held.sum())),
     )
+    val_tokens_held = manifest.report["tokens"][VAL]
+    if val_tokens_held < options.val_tokens:
+        note(
+            f"the validation split holds {val_tokens_held:,} tokens, fewer than --val-tokens "
+            f"{options.val_tokens:,} (it may take at most half the corpus): give more data"
+        )
     save_manifest(out_dir, manifest)
     data_state.remove(out_dir)
+    _clear_spill(out_dir)
     return manifest
 
 
-def _write(
+def _tokenize(
     inputs: list[str],
-    out_dir: Path,
     options: PrepareOptions,
     plan: Plan,
-    key: dict,
-    state: dict[str, SplitState],
+    pool: Workers,
+    tokens_dir: Path,
     progress: bool,
-) -> None:
-    """Pass 2: tokenize kept documents into the writers, saving the resume state per shard."""
-
-    def save_state(split: str, split_state: SplitState) -> None:
-        data_state.append(out_dir, split, split_state)
-
-    writers = {
-        code: ShardWriter(
-            split=name,
-            out_dir=out_dir,
-            shard_tokens=options.shard_tokens,
-            state=state[name],
-            on_shard=save_state,
-        )
-        for code, name in ((_TRAIN, TRAIN), (_VAL, VAL))
-    }
-    if not any(s.shards for s in state.values()):
-        data_state.start(out_dir, key)  # from here on a rerun knows our inputs and options
-    # load_tokenizer() and load_tokenizer(TOKENIZER_NAME) are separate cache entries: call it
-    # the way other in-process users do, so the ~2.4 s vocabulary load happens once.
-    if options.tokenizer == TOKENIZER_NAME:
-        tokenizer = load_tokenizer()
-    else:
-        tokenizer = load_tokenizer(options.tokenizer)
-    n_read = plan.documents_read
-    kept_index = -1
-    with tqdm(
+) -> int:
+    """Pass 2: tokenize the kept documents into chunk files, skipping chunks already done.
+    Chunks are cut by document count and bytes in reading order (never by worker count)."""
+    n_chunks = 0
+    bar = tqdm(
         total=plan.bytes_kept,
         desc="tokenize",
         unit="B",
         unit_scale=True,
         disable=None if progress else True,
-    ) as bar:
+    )
+
+    def tasks() -> Iterator[tuple[int, list[bytes], list[bytes], str]]:
+        nonlocal n_chunks
+        datas: list[bytes] = []
+        digests: list[bytes] = []
+        size, kept, n_read = 0, 0, plan.documents_read
         for ordinal, doc in enumerate(iter_documents(inputs, field=options.field)):
             if ordinal >= n_read:
                 break
-            code = plan.verdicts[ordinal]
-            if code == _DROPPED:
+            if plan.verdicts[ordinal] == _DROPPED:
                 continue
-            kept_index += 1
-            writer = writers[code]
-            if writer.wants(ordinal):
-                text = normalize(decode(doc.data))
-                expected = plan.digests[
-                    kept_index * _DIGEST_BYTES : (kept_index + 1) * _DIGEST_BYTES
-                ]
-                if digest_of(text)[:_DIGEST_BYTES] != expected:
-                    raise PrepareError(f"{doc.source} changed while being prepared; run again")
-                ids = tokenizer.encode_bytes(text.encode("utf-8"))
-                tokens = np.empty(len(ids) + 1, dtype=TOKEN_NP_DTYPE)
-                tokens[:-1] = ids
-                tokens[-1] = END_OF_DOCUMENT
-                writer.add(ordinal, tokens, doc.source)
-            bar.update(len(doc.data))
-        else:
-            if ordinal + 1 < n_read:  # the stream got shorter since the scan
-                raise PrepareError("the inputs changed while being prepared; run again")
-    for writer in writers.values():
-        writer.finish(n_read)
+            datas.append(doc.data)
+            digests.append(bytes(plan.digests[kept * DIGEST_BYTES : (kept + 1) * DIGEST_BYTES]))
+            kept += 1
+            size += len(doc.data)
+            if len(datas) >= chunks.CHUNK_DOCS or size >= chunks.CHUNK_BYTES:
+                yield from _chunk_task(n_chunks, datas, digests, tokens_dir, bar, size)
+                n_chunks += 1
+                datas, digests, size = [], [], 0
+        if kept < plan.documents_kept:  # the stream got shorter since the scan
+            raise ChangedInput("the inputs changed while being prepared; run again")
+        if datas:
+            yield from _chunk_task(n_chunks, datas, digests, tokens_dir, bar, size)
+            n_chunks += 1
+
+    with bar:
+        for _tokens in pool.map(tokenize_chunk, tasks()):
+            pass
+    return n_chunks
 
 
-def _report(key: dict, plan: Plan, state: dict[str, SplitState]) -> dict:
+def _chunk_task(index, datas, digests, tokens_dir, bar, size) -> Iterator:
+    bar.update(size)
+    if not chunks.is_done(tokens_dir, index):
+        yield (index, datas, digests, str(tokens_dir))
+
+
+def _pack(
+    out_dir: Path,
+    split: str,
+    order: np.ndarray,
+    reader: chunks.ChunkReader,
+    sources: list[str],
+    options: PrepareOptions,
+    state: SplitState,
+) -> None:
+    """Pass 3 for one split: its documents, in packing order, cut into shards. The position in
+    `order` is the writer's ordinal, so a resumed run continues where the journal says."""
+    writer = ShardWriter(
+        split=split,
+        out_dir=out_dir,
+        shard_tokens=options.shard_tokens,
+        state=state,
+        on_shard=lambda name, st: data_state.append(out_dir, name, st),
+    )
+    for position in range(state.next_doc, len(order)):
+        doc = int(order[position])
+        writer.add(position, np.asarray(reader.tokens(doc)), sources[doc])
+    writer.finish(len(order))
+
+
+def _report(key: dict, plan: Plan, state: dict[str, SplitState], *, held_out: int) -> dict:
     tokens = {name: sum(s.tokens for s in st.shards) for name, st in state.items()}
     return {
         **key,
         "documents": {
             "read": plan.documents_read,
-            "kept": plan.count(_TRAIN) + plan.count(_VAL),
-            TRAIN: plan.count(_TRAIN),
-            VAL: plan.count(_VAL),
+            "kept": plan.documents_kept,
+            TRAIN: plan.documents_kept - held_out,
+            VAL: held_out,
         },
         "bytes": {"read": plan.bytes_read, "kept": plan.bytes_kept},
         "dropped": dict(plan.dropped),
@@ -384,9 +471,16 @@ def _clear(out_dir: Path) -> None:
     """--force: remove what an earlier prepare left (only our own files)."""
     (out_dir / MANIFEST_NAME).unlink(missing_ok=True)
     data_state.remove(out_dir)
+    _clear_spill(out_dir)
     shards = out_dir / SHARDS_DIR
     if shards.is_dir():
         shutil.rmtree(shards)
+
+
+def _clear_spill(out_dir: Path) -> None:
+    spill = out_dir / chunks.TOKENS_DIR
+    if spill.is_dir():
+        shutil.rmtree(spill)
 
 
 def format_report(manifest: Manifest) -> str:
