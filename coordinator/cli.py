@@ -62,6 +62,12 @@ def _fail(e: BaseException) -> click.ClickException:
 @click.option("--outer-lr", type=click.FloatRange(min=0, min_open=True))
 @click.option("--compression", type=click.Choice(COMPRESSIONS))
 @click.option("--seed", type=click.IntRange(min=0))
+@click.option(
+    "--val-batches",
+    type=click.IntRange(min=1),
+    help="Full batches of held-out data each node evaluates per round (default 8); the data "
+    "must hold val_batches x batch_size x seq_len + 1 held-out tokens.",
+)
 @click.option("--min-node-version", help="Refuse nodes older than this gpt5os version.")
 @click.option("--lease-seconds", type=click.FloatRange(min=0, min_open=True))
 @click.option("--heartbeat-seconds", type=click.FloatRange(min=0, min_open=True))

@@ -119,11 +119,26 @@ def create_run(run_dir: Path, data_dir: Path, **spec_overrides: Any) -> RunSpec:
         spec=spec, data_dir=rel if not rel.startswith("..") else str(data_dir), **settings
     )
     config.validate()
+    check_validation_split(spec, manifest, data_dir)
     _init_store(run_dir, config, manifest)
     tmp = run_dir / (RUN_FILE + ".tmp")
     tmp.write_text(config.to_json())
     os.replace(tmp, run_dir / RUN_FILE)
     return spec
+
+
+def check_validation_split(spec: RunSpec, manifest: Manifest, data_dir: Path) -> None:
+    """Refuse a run whose held-out split cannot fill `val_batches` full batches at its seq_len:
+    its nodes would report no validation loss at all (issue 13: seq_len 4096 on 2,048 tokens)."""
+    have = sum(s.tokens for s in manifest.val)
+    need = spec.val_tokens
+    if have < need:
+        raise ValueError(
+            f"{data_dir} holds {have:,} held-out tokens; this run needs {need:,} "
+            f"({spec.val_batches} validation batches of {spec.batch_size} x {spec.seq_len} "
+            f"tokens, plus one): prepare the data again with "
+            f"`gpt5os-coordinator data prepare --val-tokens {need} ...`, or lower --val-batches"
+        )
 
 
 def _init_store(run_dir: Path, config: RunConfig, manifest: Manifest) -> None:
@@ -204,6 +219,7 @@ def update_spec(run_dir: Path, changes: dict[str, str]) -> RunSpec:
     spec.revision += 1
     new = RunConfig(**{**dataclasses.asdict(config), "spec": spec})
     new.validate()
+    check_validation_split(spec, load_manifest(new.data_path(run_dir)), new.data_path(run_dir))
     tmp = Path(run_dir) / (RUN_FILE + ".tmp")
     tmp.write_text(new.to_json())
     os.replace(tmp, Path(run_dir) / RUN_FILE)

@@ -79,6 +79,7 @@ def tree_bytes(out: Path) -> dict[str, bytes]:
 def run(corpus: dict, out: Path, **kw) -> Manifest:
     kw.setdefault("shard_tokens", 256)
     kw.setdefault("val_fraction", 0.2)
+    kw.setdefault("val_tokens", 0)  # the split by hash alone (val_tokens: test_data_order.py)
     return prepare(corpus["inputs"], out, field=corpus["field"], progress=False, **kw)
 
 
@@ -92,6 +93,7 @@ def test_mixed_inputs_report_and_token_round_trip(corpus: dict, tmp_path: Path) 
         "low_alpha": 1,
         "long_lines": 1,
         "duplicate": 1,
+        "near_duplicate": 0,
     }
     assert set(r["dropped"]) == set(FILTER_NAMES)
     kept = len(corpus["expected"])
@@ -219,13 +221,18 @@ def test_val_split_is_by_document_not_by_order(corpus: dict, tmp_path: Path) -> 
 
 
 def test_stdlib_small_corpus_has_train_and_val(tmp_path: Path) -> None:
-    m = prepare(["stdlib"], tmp_path / "out", max_documents=4, progress=False)
+    m = prepare(["stdlib"], tmp_path / "out", max_documents=4, val_tokens=0, progress=False)
     assert m.report["documents"]["kept"] == 4 and m.report["documents"]["val"] == 1
     assert len(m.val) == 1 and len(m.train) >= 1
     assert all(src.startswith("stdlib:") for s in m.shards for src in s.sources)
     assert m.shard_tokens == 65536 and m.tokenizer == "rwkv-world-v20230424"
     none = prepare(
-        ["stdlib"], tmp_path / "noval", max_documents=4, val_fraction=0.0, progress=False
+        ["stdlib"],
+        tmp_path / "noval",
+        max_documents=4,
+        val_fraction=0.0,
+        val_tokens=0,
+        progress=False,
     )
     assert not none.val and none.report["tokens"]["total"] == m.report["tokens"]["total"]
 

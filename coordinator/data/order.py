@@ -43,7 +43,8 @@ def choose_validation(
     if val_tokens > 0:
         cumulative = np.cumsum(lengths[by_hash])
         cap = MAX_VAL_SHARE * float(cumulative[-1])
-        reach = int(np.searchsorted(cumulative, val_tokens)) + 1  # docs to hold val_tokens
+        # documents it takes to hold val_tokens (all of them when the corpus is smaller)
+        reach = min(int(np.searchsorted(cumulative, val_tokens)) + 1, n)
         while reach > take and float(cumulative[reach - 1]) > cap:
             reach -= 1
         take = max(take, reach)
