@@ -256,3 +256,23 @@ def test_bad_inputs_fail_before_touching_the_output(corpus: dict, tmp_path: Path
     assert not out.exists()
     with pytest.raises(ValueError, match="val_fraction"):
         prepare(["stdlib"], out, val_fraction=1.0, progress=False)
+
+
+def test_any_worker_count_gives_byte_identical_output(corpus: dict, tmp_path: Path) -> None:
+    one = run(corpus, tmp_path / "one", workers=1, val_tokens=1000)
+    two = run(corpus, tmp_path / "two", workers=2, val_tokens=1000)
+    assert tree_bytes(tmp_path / "one") == tree_bytes(tmp_path / "two")
+    assert one.to_json() == two.to_json()
+    assert "workers" not in one.report["options"]
+
+
+def test_documents_are_packed_in_seeded_order(corpus: dict, tmp_path: Path) -> None:
+    a = run(corpus, tmp_path / "a", seed=0, val_fraction=0.0)
+    b = run(corpus, tmp_path / "b", seed=1, val_fraction=0.0)
+    assert a.report["options"]["seed"] == 0 and b.report["options"]["seed"] == 1
+    docs_a = split_documents(tmp_path / "a", a, "train")
+    docs_b = split_documents(tmp_path / "b", b, "train")
+    assert sorted(docs_a) == sorted(docs_b)  # the same documents ...
+    assert docs_a != docs_b  # ... in another order
+    reading = [normalize(t) for t in corpus["expected"]]  # the directory's sorted order
+    assert [d for d in docs_a if d in reading] != [d for d in reading if d in docs_a]
