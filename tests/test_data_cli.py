@@ -159,3 +159,38 @@ def test_sigkill_mid_prepare_then_rerun_equals_uninterrupted(tmp_path: Path, pha
     assert files == sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
     for rel in files:
         assert (out / rel).read_bytes() == (ref / rel).read_bytes(), rel
+
+
+def test_staged_prepare_on_separate_processes_equals_one_run(tmp_path: Path) -> None:
+    """The distributed path: scan, then each tokenize task as its own process (as on the
+    machines of a Slurm array sharing the folder), then pack: the same bytes as one prepare."""
+    rows = tmp_path / "rows.jsonl"
+    words = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
+    with rows.open("w") as f:
+        for i in range(700):  # 256 documents a chunk: three chunks
+            text = " ".join(words[(i * 7 + j * (i % 5 + 1)) % 12] for j in range(40 + i % 30))
+            f.write(json.dumps({"text": f"Row {i}: {text}."}) + "\n")
+    args = ["--val-tokens", "2000", "--shard-tokens", "1000", "--no-progress", str(rows)]
+    out = tmp_path / "staged"
+    assert_one_line_error(
+        cli("prepare", "--out", str(out), "--stage", "pack", *args), "holds no scan"
+    )
+    assert cli("prepare", "--out", str(out), "--stage", "scan", *args).returncode == 0
+    tokenize = [*CLI, "prepare", "--out", str(out), "--stage", "tokenize", "--tasks", "2"]
+    first = cli(*tokenize[3:], "--task", "0", *args)
+    assert first.returncode == 0, first.stderr
+    assert_one_line_error(
+        cli("prepare", "--out", str(out), "--stage", "pack", *args),
+        "1 of 3 chunks are not tokenized yet",
+    )
+    second = cli(*tokenize[3:], "--task", "1", *args)
+    assert second.returncode == 0, second.stderr
+    packed = cli("prepare", "--out", str(out), "--stage", "pack", *args)
+    assert packed.returncode == 0, packed.stderr
+    assert "documents: read 700" in packed.stdout
+    ref = tmp_path / "ref"
+    prepare([str(rows)], ref, val_tokens=2000, shard_tokens=1000, progress=False)
+    files = sorted(p.relative_to(ref) for p in ref.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
+    for rel in files:
+        assert (out / rel).read_bytes() == (ref / rel).read_bytes(), rel

@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 from gpt5os.coordinator.data.prepare import (
     DEFAULT_VAL_TOKENS,
+    STAGES,
     PrepareError,
     format_report,
     prepare,
@@ -72,6 +73,15 @@ def data() -> None:
     show_default=True,
     help="Processes for cleaning, MinHash and tokenizing; the output is the same for any number.",
 )
+@click.option(
+    "--stage",
+    type=click.Choice(STAGES),
+    default="all",
+    show_default=True,
+    help="Run one pass as its own job (scan, then tokenize per --task, then pack); see README.",
+)
+@click.option("--task", type=click.IntRange(min=0), default=0, help="With --stage tokenize.")
+@click.option("--tasks", type=click.IntRange(min=1), default=1, help="With --stage tokenize.")
 @click.option("--field", default="text", show_default=True, help="The text field of .jsonl lines.")
 @click.option(
     "--max-documents", type=click.IntRange(min=1), help="Stop after this many kept documents."
@@ -90,6 +100,9 @@ def prepare_cmd(
     seed: int,
     near_dup: bool,
     workers: int,
+    stage: str,
+    task: int,
+    tasks: int,
     field: str,
     max_documents: int | None,
     max_bytes: int | None,
@@ -117,6 +130,9 @@ def prepare_cmd(
             seed=seed,
             near_dup=near_dup,
             workers=workers,
+            stage=stage,
+            task=task,
+            tasks=tasks,
             field=field,
             max_documents=max_documents,
             max_bytes=max_bytes,
@@ -132,6 +148,9 @@ def prepare_cmd(
         raise click.ClickException(
             "interrupted; run the same command again to resume where it stopped"
         ) from None
+    if manifest is None:  # a --stage that writes no manifest
+        click.echo(f"stage {stage} done in {time.monotonic() - started:.1f} s")
+        return
     click.echo(format_report(manifest))
     click.echo(f"wrote {out_dir} in {time.monotonic() - started:.1f} s")
 

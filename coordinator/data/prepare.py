@@ -37,6 +37,7 @@ from gpt5os.coordinator.data import state as data_state
 from gpt5os.coordinator.data.filters import DUPLICATE, FILTER_NAMES, NEAR_DUPLICATE, FilterConfig
 from gpt5os.coordinator.data.neardup import NearDupConfig, NearDupIndex
 from gpt5os.coordinator.data.order import choose_validation, hash_keys, packing_order
+from gpt5os.coordinator.data.plan import DROPPED, KEPT, Plan, load_plan, remove_plan, save_plan
 from gpt5os.coordinator.data.shards import SHARDS_DIR, ShardWriter, SplitState
 from gpt5os.coordinator.data.sources import (
     DataSourceError,
@@ -60,7 +61,7 @@ from tqdm import tqdm
 log = logging.getLogger(__name__)
 
 TRAIN, VAL = "train", "val"
-_DROPPED, _KEPT = 0, 1  # verdict codes in Plan.verdicts
+STAGES = ("all", "scan", "tokenize", "pack")
 _SCAN_BATCH = 64  # documents per scan task
 DEFAULT_VAL_TOKENS = largest_val_tokens()  # enough for every preset's default val batches
 
@@ -103,30 +104,6 @@ class PrepareOptions:
         return {**asdict(self), "near_dup": self.near_dup.to_dict()}
 
 
-@dataclass(kw_only=True)
-class Plan:
-    """The scan's result: what to tokenize, and the counts for the report."""
-
-    # one verdict code per document read, and DIGEST_BYTES per kept document
-    verdicts: bytearray = dataclasses.field(default_factory=bytearray)
-    digests: bytearray = dataclasses.field(default_factory=bytearray)
-    sources: list[str] = dataclasses.field(default_factory=list)  # per kept document
-    bytes_read: int = 0
-    bytes_kept: int = 0
-    dropped: dict[str, int] = dataclasses.field(
-        default_factory=lambda: dict.fromkeys(FILTER_NAMES, 0)
-    )
-    fingerprint: str = ""
-
-    @property
-    def documents_read(self) -> int:
-        return len(self.verdicts)
-
-    @property
-    def documents_kept(self) -> int:
-        return len(self.sources)
-
-
 def _batched(docs: Iterator[RawDocument], size: int) -> Iterator[list[RawDocument]]:
     while batch := list(islice(docs, size)):
         yield batch
@@ -150,6 +127,7 @@ def scan(
             yield [doc.data for doc in batch]
 
     done = False
+    chunk_docs, chunk_bytes = 0, 0  # the current tokenize chunk (see chunks.py)
     with tqdm(desc="scan", unit=" docs", disable=None if progress else True, leave=False) as bar:
         for results in workers.map(scan_batch, tasks()):
             batch = in_flight.pop(0)
@@ -158,10 +136,19 @@ def scan(
                 fingerprint.update(hashlib.sha256(doc.data).digest())
                 plan.bytes_read += len(doc.data)
                 verdict = _decide(scanned, seen, near)
-                plan.verdicts.append(_DROPPED if verdict else _KEPT)
+                plan.verdicts.append(DROPPED if verdict else KEPT)
                 if verdict:
                     plan.dropped[verdict] += 1
                     continue
+                if (
+                    not plan.chunk_starts
+                    or chunk_docs >= chunks.CHUNK_DOCS
+                    or (chunk_bytes >= chunks.CHUNK_BYTES)
+                ):
+                    plan.chunk_starts.append(plan.documents_kept)
+                    chunk_docs, chunk_bytes = 0, 0
+                chunk_docs += 1
+                chunk_bytes += len(doc.data)
                 plan.digests += scanned.digest
                 plan.sources.append(doc.source)
                 plan.bytes_kept += len(doc.data)
@@ -204,10 +191,13 @@ def prepare(
     max_documents: int | None = None,
     max_bytes: int | None = None,
     workers: int = 1,
+    stage: str = "all",
+    task: int = 0,
+    tasks: int = 1,
     progress: bool = True,
     force: bool = False,
     log: Callable[[str], None] | None = None,
-) -> Manifest:
+) -> Manifest | None:
     """Prepare `inputs` into `out_dir` (manifest.json + shards/*.bin) and return the manifest.
 
     :param inputs: text files, directories (recursively, sorted), .jsonl (one document per line,
@@ -221,6 +211,10 @@ def prepare(
     :param max_documents: stop after this many documents passed the filters (small demos/tests).
     :param max_bytes: stop once the kept documents reach this many bytes (as read).
     :param workers: processes for the per-document work; the output is the same for any number.
+    :param stage: "all" (the default), or one pass for running them as separate jobs: "scan"
+        writes the plan, "tokenize" the chunks `task`, `task + tasks`, ... (one job per task,
+        on machines sharing `out_dir`), "pack" the shards and manifest once all chunks exist.
+        The result is byte-identical to "all". Only "all" and "pack" return the manifest.
     :param progress: show tqdm bars on stderr (only when it is a terminal).
     :param force: discard whatever `out_dir` holds from an earlier, different prepare.
     :param log: called with one-line notes (resuming, already prepared).
@@ -246,40 +240,63 @@ def prepare(
     note = log or (lambda _msg: None)
     check_inputs(inputs)
     out_dir = Path(out_dir)
+    if stage not in STAGES:
+        raise PrepareError(f"unknown stage {stage!r}: choose one of {', '.join(STAGES)}")
+    if not 0 <= task < tasks:
+        raise PrepareError(f"need 0 <= task < tasks, got task {task} of {tasks}")
     config = WorkerConfig(options.filters, options.near_dup, options.tokenizer)
+    tokens_dir = out_dir / chunks.TOKENS_DIR
     with Workers(workers, config) as pool:
-        plan = scan(inputs, options, pool, progress=progress)
-        if not plan.documents_kept:
-            raise PrepareError(_nothing_left_message(plan))
-        key = {
-            "inputs": list(inputs),
-            "options": options.to_dict(),
-            "fingerprint": plan.fingerprint,
-        }
-        try:
-            out_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise PrepareError(f"{out_dir}: cannot create the output directory ({e})") from None
-        if force:
-            _clear(out_dir)
-        state = _resume_state(out_dir, key)
-        if state is None:
-            existing = _existing_manifest(out_dir, key)
-            if existing is not None:
-                note(f"{out_dir} already holds this data (same inputs and options); nothing to do")
-                return existing
-            _clear_spill(out_dir)
-            data_state.start(out_dir, key)  # from here on a rerun knows our inputs and options
-            state = {TRAIN: SplitState(), VAL: SplitState()}
+        if stage in ("all", "scan"):
+            plan = scan(inputs, options, pool, progress=progress)
+            if not plan.documents_kept:
+                raise PrepareError(_nothing_left_message(plan))
+            key = _key(inputs, options, plan)
+            try:
+                out_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise PrepareError(f"{out_dir}: cannot create the output directory ({e})") from None
+            if force:
+                _clear(out_dir)
+            state = _resume_state(out_dir, key)
+            if state is None:
+                existing = _existing_manifest(out_dir, key)
+                if existing is not None:
+                    note(
+                        f"{out_dir} already holds this data (same inputs and options); nothing to do"
+                    )
+                    return existing
+                _clear_spill(out_dir)
+                data_state.start(out_dir, key)  # from here on a rerun knows our inputs and options
+                state = {TRAIN: SplitState(), VAL: SplitState()}
+            else:
+                done = sum(len(s.shards) for s in state.values())
+                note(f"resuming an interrupted prepare in {out_dir}: {done} shards already written")
+            save_plan(out_dir, plan)
+            if stage == "scan":
+                note(
+                    f"scanned: {plan.documents_kept} of {plan.documents_read} documents kept, "
+                    f"{len(plan.chunk_starts)} chunks to tokenize; next: --stage tokenize"
+                )
+                return None
         else:
-            done = sum(len(s.shards) for s in state.values())
-            note(f"resuming an interrupted prepare in {out_dir}: {done} shards already written")
-        tokens_dir = out_dir / chunks.TOKENS_DIR
+            plan, key = _staged_plan(inputs, options, out_dir)
+            state = data_state.load(out_dir)
         tokens_dir.mkdir(exist_ok=True)
-        try:
-            n_chunks = _tokenize(inputs, options, plan, pool, tokens_dir, progress)
-        except ChangedInput as e:
-            raise PrepareError(str(e)) from None
+        if stage in ("all", "tokenize"):
+            try:
+                _tokenize(inputs, options, plan, pool, tokens_dir, progress, task=task, tasks=tasks)
+            except ChangedInput as e:
+                raise PrepareError(str(e)) from None
+            if stage == "tokenize":
+                return None
+    n_chunks = len(plan.chunk_starts)
+    missing = [c for c in range(n_chunks) if not chunks.is_done(tokens_dir, c)]
+    if missing:
+        raise PrepareError(
+            f"{len(missing)} of {n_chunks} chunks are not tokenized yet (chunk {missing[0]} "
+            "first): run --stage tokenize for every --task before --stage pack"
+        )
     reader = chunks.ChunkReader(tokens_dir, n_chunks)
     held = choose_validation(
         hash_keys(bytes(plan.digests), DIGEST_BYTES),
@@ -311,6 +328,29 @@ def prepare(
     return manifest
 
 
+def _key(inputs: list[str], options: PrepareOptions, plan: Plan) -> dict:
+    """What a prepared directory (and its resume state) is for: compared on every rerun."""
+    return {"inputs": list(inputs), "options": options.to_dict(), "fingerprint": plan.fingerprint}
+
+
+def _staged_plan(inputs: list[str], options: PrepareOptions, out_dir: Path) -> tuple[Plan, dict]:
+    """The plan `--stage scan` wrote, checked against these inputs and options."""
+    try:
+        saved = data_state.saved_key(out_dir)
+        plan = load_plan(out_dir)
+    except (data_state.StateError, OSError, ValueError, KeyError, TypeError) as e:
+        raise PrepareError(f"{out_dir}: the scan's plan is unreadable ({e}); scan again") from None
+    if saved is None or plan is None:
+        raise PrepareError(f"{out_dir} holds no scan: run `data prepare --stage scan` first")
+    key = _key(inputs, options, plan)
+    if saved != key:
+        raise PrepareError(
+            f"{out_dir} was scanned from other {_what_differs(saved, key)}; give the same "
+            "inputs and options to every stage"
+        )
+    return plan, key
+
+
 def _tokenize(
     inputs: list[str],
     options: PrepareOptions,
@@ -318,10 +358,12 @@ def _tokenize(
     pool: Workers,
     tokens_dir: Path,
     progress: bool,
-) -> int:
-    """Pass 2: tokenize the kept documents into chunk files, skipping chunks already done.
-    Chunks are cut by document count and bytes in reading order (never by worker count)."""
-    n_chunks = 0
+    *,
+    task: int = 0,
+    tasks: int = 1,
+) -> None:
+    """Pass 2: tokenize the kept documents of this task's chunks (chunk % tasks == task) into
+    chunk files, skipping chunks already done."""
     bar = tqdm(
         total=plan.bytes_kept,
         desc="tokenize",
@@ -329,41 +371,37 @@ def _tokenize(
         unit_scale=True,
         disable=None if progress else True,
     )
+    todo = {
+        c for c in range(task, len(plan.chunk_starts), tasks) if not chunks.is_done(tokens_dir, c)
+    }
 
-    def tasks() -> Iterator[tuple[int, list[bytes], list[bytes], str]]:
-        nonlocal n_chunks
+    def work() -> Iterator[tuple[int, list[bytes], list[bytes], str]]:
+        chunk, end = -1, 0  # the chunk being collected, and its end (a kept index)
         datas: list[bytes] = []
         digests: list[bytes] = []
-        size, kept, n_read = 0, 0, plan.documents_read
+        kept, n_read = 0, plan.documents_read
         for ordinal, doc in enumerate(iter_documents(inputs, field=options.field)):
             if ordinal >= n_read:
                 break
-            if plan.verdicts[ordinal] == _DROPPED:
+            if plan.verdicts[ordinal] == DROPPED:
                 continue
-            datas.append(doc.data)
-            digests.append(bytes(plan.digests[kept * DIGEST_BYTES : (kept + 1) * DIGEST_BYTES]))
+            if kept == end:  # the next chunk starts here
+                chunk += 1
+                end = plan.chunk_range(chunk)[1]
+            if chunk in todo:
+                datas.append(doc.data)
+                digests.append(bytes(plan.digests[kept * DIGEST_BYTES : (kept + 1) * DIGEST_BYTES]))
             kept += 1
-            size += len(doc.data)
-            if len(datas) >= chunks.CHUNK_DOCS or size >= chunks.CHUNK_BYTES:
-                yield from _chunk_task(n_chunks, datas, digests, tokens_dir, bar, size)
-                n_chunks += 1
-                datas, digests, size = [], [], 0
+            bar.update(len(doc.data))
+            if kept == end and datas:
+                yield (chunk, datas, digests, str(tokens_dir))
+                datas, digests = [], []
         if kept < plan.documents_kept:  # the stream got shorter since the scan
             raise ChangedInput("the inputs changed while being prepared; run again")
-        if datas:
-            yield from _chunk_task(n_chunks, datas, digests, tokens_dir, bar, size)
-            n_chunks += 1
 
     with bar:
-        for _tokens in pool.map(tokenize_chunk, tasks()):
+        for _tokens in pool.map(tokenize_chunk, work()):
             pass
-    return n_chunks
-
-
-def _chunk_task(index, datas, digests, tokens_dir, bar, size) -> Iterator:
-    bar.update(size)
-    if not chunks.is_done(tokens_dir, index):
-        yield (index, datas, digests, str(tokens_dir))
 
 
 def _pack(
@@ -478,6 +516,8 @@ def _clear(out_dir: Path) -> None:
 
 
 def _clear_spill(out_dir: Path) -> None:
+    """The tokenized chunks and the plan: needed only until the manifest is written."""
+    remove_plan(out_dir)
     spill = out_dir / chunks.TOKENS_DIR
     if spill.is_dir():
         shutil.rmtree(spill)
