@@ -23,11 +23,14 @@ def make_data_dir(
     n_train: int = 8,
     n_val: int = 1,
     shard_tokens: int = 4096,
-    val_tokens: int = 0,
+    val_tokens: int | None = None,
     seed: int = 0,
 ) -> Manifest:
     """Write `n_train` + `n_val` shards of random uint16 tokens (token 0 = document separator);
-    val shards are longer when `val_tokens` (in all) needs it."""
+    val shards are longer when `val_tokens` (in all; default: what a default tiny run needs,
+    so `init` accepts the data) needs it."""
+    if val_tokens is None:
+        val_tokens = preset_spec("tiny", run_id="testkit").val_tokens
     rng = random.Random(seed)
     val_shard_tokens = max(shard_tokens, -(-val_tokens // n_val) if n_val else 0)
     (data_dir / "shards").mkdir(parents=True, exist_ok=True)
