@@ -246,7 +246,7 @@ def test_init_options_and_errors(tmp_path: Path) -> None:
         "lease_seconds",
     )
     assert not (tmp_path / "r3" / "run.json").exists()
-    assert_one_error_line(  # 8 batches of 4 x 256 need 8,193 held-out tokens; the data has 4,096
+    assert_one_error_line(  # 8 batches of 4 x 256 need 8,193 held-out tokens; the data has 4,097
         cli("init", "--dir", str(tmp_path / "r5"), "--data", str(data), "--seq-len", "256"),
         "this run needs 8,193",
         "--val-tokens 8193",
