@@ -22,26 +22,23 @@ identical bytes.
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import logging
 import shutil
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
-from itertools import islice
 from pathlib import Path
 
 import numpy as np
 from gpt5os.coordinator.data import chunks
 from gpt5os.coordinator.data import state as data_state
-from gpt5os.coordinator.data.filters import DUPLICATE, FILTER_NAMES, NEAR_DUPLICATE, FilterConfig
-from gpt5os.coordinator.data.neardup import NearDupConfig, NearDupIndex
+from gpt5os.coordinator.data.filters import FILTER_NAMES
+from gpt5os.coordinator.data.neardup import NearDupConfig
+from gpt5os.coordinator.data.options import DEFAULT_VAL_TOKENS, PrepareOptions
 from gpt5os.coordinator.data.order import choose_validation, hash_keys, packing_order
-from gpt5os.coordinator.data.plan import DROPPED, KEPT, Plan, load_plan, remove_plan, save_plan
+from gpt5os.coordinator.data.plan import DROPPED, Plan, load_plan, remove_plan, save_plan
+from gpt5os.coordinator.data.scan import scan
 from gpt5os.coordinator.data.shards import SHARDS_DIR, ShardWriter, SplitState
 from gpt5os.coordinator.data.sources import (
     DataSourceError,
-    RawDocument,
     check_inputs,
     iter_documents,
 )
@@ -50,132 +47,19 @@ from gpt5os.coordinator.data.workers import (
     ChangedInput,
     WorkerConfig,
     Workers,
-    scan_batch,
     tokenize_chunk,
 )
 from gpt5os.coordinator.manifest import MANIFEST_NAME, Manifest, load_manifest, save_manifest
-from gpt5os.coordinator.run_spec import largest_val_tokens
-from gpt5os.model.tokenizer import TOKENIZER_NAME
 from tqdm import tqdm
 
 log = logging.getLogger(__name__)
 
 TRAIN, VAL = "train", "val"
 STAGES = ("all", "scan", "tokenize", "pack")
-_SCAN_BATCH = 64  # documents per scan task
-DEFAULT_VAL_TOKENS = largest_val_tokens()  # enough for every preset's default val batches
 
 
 class PrepareError(Exception):
     """prepare cannot go on (directory holds other data, nothing left after filters, ...)."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class PrepareOptions:
-    """Everything besides the inputs that decides the output bytes; recorded in the manifest's
-    report and in the resume state, so a rerun can tell whether it may continue. The worker
-    count is not here: it does not change a byte."""
-
-    shard_tokens: int = 65536
-    val_fraction: float = 0.01
-    val_tokens: int = DEFAULT_VAL_TOKENS
-    seed: int = 0
-    field: str = "text"
-    max_documents: int | None = None
-    max_bytes: int | None = None
-    filters: FilterConfig = dataclasses.field(default_factory=FilterConfig)
-    near_dup: NearDupConfig = dataclasses.field(default_factory=NearDupConfig)
-    tokenizer: str = TOKENIZER_NAME
-
-    def validate(self) -> None:
-        if self.shard_tokens < 1:
-            raise ValueError(f"shard_tokens must be >= 1, got {self.shard_tokens}")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
-        if self.val_tokens < 0 or self.seed < 0:
-            raise ValueError("val_tokens and seed must be >= 0")
-        for name in ("max_documents", "max_bytes"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
-        self.near_dup.validate()
-
-    def to_dict(self) -> dict:
-        return {**asdict(self), "near_dup": self.near_dup.to_dict()}
-
-
-def _batched(docs: Iterator[RawDocument], size: int) -> Iterator[list[RawDocument]]:
-    while batch := list(islice(docs, size)):
-        yield batch
-
-
-def scan(
-    inputs: list[str], options: PrepareOptions, workers: Workers, *, progress: bool = False
-) -> Plan:
-    """Pass 1: read, clean, dedup (exact and near) every document; no tokenizer."""
-    plan = Plan()
-    seen: set[bytes] = set()
-    near = NearDupIndex(options.near_dup) if options.near_dup.enabled else None
-    fingerprint = hashlib.sha256()
-    batches = _batched(iter_documents(inputs, field=options.field), _SCAN_BATCH)
-    # the batch's documents travel with their results: tee them through a side list
-    in_flight: list[list[RawDocument]] = []
-
-    def tasks() -> Iterator[list[bytes]]:
-        for batch in batches:
-            in_flight.append(batch)
-            yield [doc.data for doc in batch]
-
-    done = False
-    chunk_docs, chunk_bytes = 0, 0  # the current tokenize chunk (see chunks.py)
-    with tqdm(desc="scan", unit=" docs", disable=None if progress else True, leave=False) as bar:
-        for results in workers.map(scan_batch, tasks()):
-            batch = in_flight.pop(0)
-            for doc, scanned in zip(batch, results, strict=True):
-                fingerprint.update(doc.source.encode("utf-8", "surrogatepass") + b"\0")
-                fingerprint.update(hashlib.sha256(doc.data).digest())
-                plan.bytes_read += len(doc.data)
-                verdict = _decide(scanned, seen, near)
-                plan.verdicts.append(DROPPED if verdict else KEPT)
-                if verdict:
-                    plan.dropped[verdict] += 1
-                    continue
-                if (
-                    not plan.chunk_starts
-                    or chunk_docs >= chunks.CHUNK_DOCS
-                    or (chunk_bytes >= chunks.CHUNK_BYTES)
-                ):
-                    plan.chunk_starts.append(plan.documents_kept)
-                    chunk_docs, chunk_bytes = 0, 0
-                chunk_docs += 1
-                chunk_bytes += len(doc.data)
-                plan.digests += scanned.digest
-                plan.sources.append(doc.source)
-                plan.bytes_kept += len(doc.data)
-                if (
-                    options.max_documents is not None
-                    and plan.documents_kept >= options.max_documents
-                ) or (options.max_bytes is not None and plan.bytes_kept >= options.max_bytes):
-                    done = True
-                    break
-            bar.update(len(batch))
-            if done:
-                break
-    fingerprint.update(str(len(plan.verdicts)).encode())
-    plan.fingerprint = fingerprint.hexdigest()
-    return plan
-
-
-def _decide(scanned, seen: set[bytes], near: NearDupIndex | None) -> str | None:
-    """The filter that drops this document, in reading order (the first copy stays)."""
-    if scanned.dropped_by is not None:
-        return scanned.dropped_by
-    if scanned.digest in seen:
-        return DUPLICATE
-    seen.add(scanned.digest)
-    if near is not None and near.is_near_duplicate(scanned.minhash):
-        return NEAR_DUPLICATE
-    return None
 
 
 def prepare(
