@@ -19,7 +19,7 @@ from typing import Any
 os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
 import click  # noqa: E402
-from gpt5os.coordinator.data_cli import data  # noqa: E402
+from gpt5os.coordinator.data.cli import data  # noqa: E402
 from gpt5os.coordinator.records import ApiError  # noqa: E402
 from gpt5os.coordinator.run_spec import COMPRESSIONS, PRESETS  # noqa: E402
 from gpt5os.coordinator.runs import RUN_FILE, create_run, load_run, update_spec  # noqa: E402
@@ -73,6 +73,12 @@ def _fail(e: BaseException) -> click.ClickException:
 @click.option("--outer-lr", type=click.FloatRange(min=0, min_open=True))
 @click.option("--compression", type=click.Choice(COMPRESSIONS))
 @click.option("--seed", type=click.IntRange(min=0))
+@click.option(
+    "--val-batches",
+    type=click.IntRange(min=1),
+    help="Full batches of held-out data each node evaluates per round (default 8); the data "
+    "must hold val_batches x batch_size x seq_len + 1 held-out tokens.",
+)
 @click.option("--min-node-version", help="Refuse nodes older than this gpt5os version.")
 @click.option("--lease-seconds", type=click.FloatRange(min=0, min_open=True))
 @click.option("--heartbeat-seconds", type=click.FloatRange(min=0, min_open=True))
@@ -158,7 +164,7 @@ def _ensure_run(run_dir: Path) -> None:
             f"{run_dir} is not empty and holds no run ({RUN_FILE} missing): choose an empty "
             f"directory, or create a run with `gpt5os-coordinator init --dir {run_dir} --data DIR`"
         )
-    from gpt5os.coordinator.data_prepare import prepare
+    from gpt5os.coordinator.data.prepare import prepare
 
     click.echo(
         f"gpt5os-coordinator: preparing the default run in {run_dir} (stdlib data, preset tiny)",

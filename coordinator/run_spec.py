@@ -22,6 +22,9 @@ from gpt5os.proto import pb
 SPEC_VERSION = 1
 TOKENIZER = "rwkv-world-v20230424"
 COMPRESSIONS = ("none", "float16")
+# Validation: every node measures the loss of θ_global on the same first `val_batches` full
+# batches (batch_size x seq_len tokens each) of the held-out split after each outer round.
+DEFAULT_VAL_BATCHES = 8
 INNER_OPTIMIZERS = ("adamw", "adamw8bit")
 
 
@@ -85,6 +88,12 @@ class RunSpec:
     min_node_version: str = field(default_factory=running_version)
     matchmaking_time_s: float = 3.0
     averaging_timeout_s: float = 60.0
+    val_batches: int = DEFAULT_VAL_BATCHES
+
+    @property
+    def val_tokens(self) -> int:
+        """Held-out tokens this run needs: see `val_tokens_needed`."""
+        return val_tokens_needed(self.seq_len, self.batch_size, self.val_batches)
 
     def validate(self) -> None:
         """Raise ValueError with the field name and what would be accepted."""
@@ -92,6 +101,7 @@ class RunSpec:
             "seq_len": self.seq_len,
             "batch_size": self.batch_size,
             "tokens_per_round": self.tokens_per_round,
+            "val_batches": self.val_batches,
             "model.n_layer": self.model.n_layer,
             "model.n_embd": self.model.n_embd,
             "model.head_size": self.model.head_size,
@@ -157,12 +167,20 @@ class RunSpec:
             for f in dataclasses.fields(cls)
             if f.name not in ("model", "inner", "outer")
         }
+        if not top["val_batches"]:  # a peer from before the field existed sends 0
+            top["val_batches"] = DEFAULT_VAL_BATCHES
         return cls(
             **top,
             model=ModelSpec(**fields(msg.model, ModelSpec)),
             inner=InnerOptimizerSpec(**fields(msg.inner, InnerOptimizerSpec)),
             outer=OuterOptimizerSpec(**fields(msg.outer, OuterOptimizerSpec)),
         )
+
+
+def val_tokens_needed(seq_len: int, batch_size: int, val_batches: int) -> int:
+    """Tokens of the held-out stream that `val_batches` full batches read: each sequence takes
+    seq_len inputs and the next token as its last target, so one token more than the windows."""
+    return val_batches * batch_size * seq_len + 1
 
 
 # -- presets ---------------------------------------------------------------------------------
@@ -228,4 +246,13 @@ def preset_spec(preset: str, *, run_id: str) -> RunSpec:
         tokens_per_round=tokens_per_step * 500,
         matchmaking_time_s=15.0,
         averaging_timeout_s=600.0,
+    )
+
+
+def largest_val_tokens(val_batches: int = DEFAULT_VAL_BATCHES) -> int:
+    """Held-out tokens that suffice for every preset's defaults: `data prepare`'s default, so
+    data prepared without thinking of a preset can be used by any of them."""
+    return max(
+        val_tokens_needed(seq_len, batch, val_batches)
+        for _l, _e, seq_len, batch, _lr, _min in _PRESETS.values()
     )

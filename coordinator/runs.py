@@ -154,6 +154,7 @@ def create_run(
         spec=spec, data_dir=rel if not rel.startswith("..") else str(data_dir), **settings
     )
     config.validate()
+    check_validation_split(spec, manifest, data_dir)
     try:
         if initial is not None:
             info = _write_round_zero(run_dir, spec, initial)
@@ -198,6 +199,20 @@ def _write_round_zero(run_dir: Path, spec: RunSpec, initial: Any) -> CheckpointI
         run_spec_json=spec.to_json(),
         model_config=initial.config,
     )
+
+
+def check_validation_split(spec: RunSpec, manifest: Manifest, data_dir: Path) -> None:
+    """Refuse a run whose held-out split cannot fill `val_batches` full batches at its seq_len:
+    its nodes would report no validation loss at all (issue 13: seq_len 4096 on 2,048 tokens)."""
+    have = sum(s.tokens for s in manifest.val)
+    need = spec.val_tokens
+    if have < need:
+        raise ValueError(
+            f"{data_dir} holds {have:,} held-out tokens; this run needs {need:,} "
+            f"({spec.val_batches} validation batches of {spec.batch_size} x {spec.seq_len} "
+            f"tokens, plus one): prepare the data again with "
+            f"`gpt5os-coordinator data prepare --val-tokens {need} ...`, or lower --val-batches"
+        )
 
 
 def _init_store(run_dir: Path, config: RunConfig, manifest: Manifest) -> None:
@@ -278,6 +293,7 @@ def update_spec(run_dir: Path, changes: dict[str, str]) -> RunSpec:
     spec.revision += 1
     new = RunConfig(**{**dataclasses.asdict(config), "spec": spec})
     new.validate()
+    check_validation_split(spec, load_manifest(new.data_path(run_dir)), new.data_path(run_dir))
     tmp = Path(run_dir) / (RUN_FILE + ".tmp")
     tmp.write_text(new.to_json())
     os.replace(tmp, Path(run_dir) / RUN_FILE)

@@ -13,28 +13,40 @@ from pathlib import Path
 from typing import Any
 
 from gpt5os.coordinator.manifest import Manifest, ShardInfo, save_manifest
-from gpt5os.coordinator.run_spec import RunSpec
+from gpt5os.coordinator.run_spec import RunSpec, preset_spec, val_tokens_needed
 from gpt5os.coordinator.runs import create_run
 
 
 def make_data_dir(
-    data_dir: Path, *, n_train: int = 8, n_val: int = 1, shard_tokens: int = 4096, seed: int = 0
+    data_dir: Path,
+    *,
+    n_train: int = 8,
+    n_val: int = 1,
+    shard_tokens: int = 4096,
+    val_tokens: int | None = None,
+    seed: int = 0,
 ) -> Manifest:
-    """Write `n_train` + `n_val` shards of random uint16 tokens (token 0 = document separator)."""
+    """Write `n_train` + `n_val` shards of random uint16 tokens (token 0 = document separator);
+    val shards are longer when `val_tokens` (in all; default: what a default tiny run needs,
+    so `init` accepts the data) needs it."""
+    if val_tokens is None:
+        val_tokens = preset_spec("tiny", run_id="testkit").val_tokens
     rng = random.Random(seed)
+    val_shard_tokens = max(shard_tokens, -(-val_tokens // n_val) if n_val else 0)
     (data_dir / "shards").mkdir(parents=True, exist_ok=True)
     shards = []
     for i in range(n_train + n_val):
         split = "train" if i < n_train else "val"
         shard_id = f"{split}-{i:05d}"
-        data = bytes(rng.getrandbits(8) for _ in range(2 * shard_tokens))
+        n_tokens = shard_tokens if split == "train" else val_shard_tokens
+        data = bytes(rng.getrandbits(8) for _ in range(2 * n_tokens))
         rel = f"shards/{shard_id}.bin"
         (data_dir / rel).write_bytes(data)
         shards.append(
             ShardInfo(
                 shard_id=shard_id,
                 split=split,
-                tokens=shard_tokens,
+                tokens=n_tokens,
                 size_bytes=len(data),
                 sha256=hashlib.sha256(data).hexdigest(),
                 path=rel,
@@ -48,6 +60,19 @@ def make_data_dir(
 def make_run(
     run_dir: Path, *, n_train: int = 8, n_val: int = 1, shard_tokens: int = 4096, **spec: Any
 ) -> RunSpec:
-    """A run in `run_dir` over a hand-made data dir in `run_dir/data`."""
-    make_data_dir(run_dir / "data", n_train=n_train, n_val=n_val, shard_tokens=shard_tokens)
+    """A run in `run_dir` over a hand-made data dir in `run_dir/data`, with as many held-out
+    tokens as the run's validation needs."""
+    base = preset_spec(spec.get("preset") or "tiny", run_id="testkit")
+    need = val_tokens_needed(
+        spec.get("seq_len") or base.seq_len,
+        spec.get("batch_size") or base.batch_size,
+        spec.get("val_batches") or base.val_batches,
+    )
+    make_data_dir(
+        run_dir / "data",
+        n_train=n_train,
+        n_val=n_val,
+        shard_tokens=shard_tokens,
+        val_tokens=need if n_val else 0,
+    )
     return create_run(run_dir, run_dir / "data", **spec)

@@ -4,6 +4,12 @@ complete each shard once it has been trained on.
 A background thread keeps the next shard downloaded while the current one trains, so the GPU never
 waits on the network. Shards are cached by sha256 in the node's home: a restarted node that is
 leased the same shard again does not download it twice.
+
+A shard's sequences are trained in a seeded permutation, per shard and epoch (`sequence_order`):
+consecutive inner steps then mix documents instead of walking through one file, a new epoch
+sees the shard in a new order, and every node that is leased the same shard in the same epoch
+trains it in the same order (the order is a function of the run's seed, the shard id and the
+epoch only), so a shard re-leased after a node left is trained the same way.
 """
 
 from __future__ import annotations
@@ -44,16 +50,32 @@ class Batch:
         return self.targets.numel()
 
 
+def sequence_count(n_tokens: int, seq_len: int) -> int:
+    """Windows of seq_len+1 tokens a shard holds (consecutive windows share one token)."""
+    return max(0, (n_tokens - 1) // seq_len)
+
+
+def sequence_order(seed: int, shard_id: str, epoch: int, n_seq: int) -> np.ndarray:
+    """The order a shard's sequences are trained in: a permutation seeded by the run's seed, the
+    shard and the epoch (sha256 of the shard id: Python's hash() differs between processes)."""
+    shard_key = int.from_bytes(hashlib.sha256(shard_id.encode()).digest()[:8], "big")
+    rng = np.random.default_rng(np.random.SeedSequence([seed, shard_key, epoch]))
+    return rng.permutation(n_seq)
+
+
 def cut_batches(
-    tokens: np.ndarray, seq_len: int, batch_size: int
+    tokens: np.ndarray, seq_len: int, batch_size: int, order: np.ndarray | None = None
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Consecutive windows of seq_len+1 tokens (inputs and next-token targets), batch_size at a time.
+    """Windows of seq_len+1 tokens (inputs and next-token targets), batch_size at a time, in
+    `order` (window indices; consecutive windows when None).
 
     The last batch of a shard may be smaller; the tail shorter than one window is dropped.
     """
-    n_seq = max(0, (len(tokens) - 1) // seq_len)
+    n_seq = sequence_count(len(tokens), seq_len)
+    if order is None:
+        order = np.arange(n_seq)
     for start in range(0, n_seq, batch_size):
-        rows = range(start, min(start + batch_size, n_seq))
+        rows = order[start : start + batch_size]
         window = np.stack([tokens[i * seq_len : i * seq_len + seq_len + 1] for i in rows])
         window = window.astype(np.int64)
         yield window[:, :-1], window[:, 1:]
@@ -81,8 +103,10 @@ class ShardFeed:
         seq_len: int,
         batch_size: int,
         stop: threading.Event,
+        seed: int = 0,
     ) -> None:
         self.client = client
+        self.seed = seed
         self.cache_dir = Path(cache_dir)
         self.seq_len = seq_len
         self.batch_size = batch_size
@@ -107,7 +131,17 @@ class ShardFeed:
             if shard is None:
                 return
             self._loss_sum, self._loss_tokens = 0.0, 0
-            for inputs, targets in cut_batches(shard.tokens, self.seq_len, self.batch_size):
+            lease = shard.lease
+            order = sequence_order(
+                self.seed,
+                lease.shard_id,
+                lease.epoch,
+                sequence_count(len(shard.tokens), self.seq_len),
+            )
+            log.debug(
+                "training shard %s (epoch %d) in seeded sequence order", lease.shard_id, lease.epoch
+            )
+            for inputs, targets in cut_batches(shard.tokens, self.seq_len, self.batch_size, order):
                 if self.stop.is_set():
                     return  # the unfinished shard goes back to the queue when the node leaves
                 yield Batch(

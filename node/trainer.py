@@ -150,6 +150,7 @@ class Trainer:
             seq_len=self.spec.seq_len,
             batch_size=self.spec.batch_size,
             stop=stop,
+            seed=self.spec.seed,
         )
         self.validator = Validator(
             client,
@@ -157,6 +158,7 @@ class Trainer:
             config.cache_dir,
             seq_len=self.spec.seq_len,
             batch_size=self.spec.batch_size,
+            val_batches=self.spec.val_batches,
         )
         self.heartbeat = Heartbeat(
             client,

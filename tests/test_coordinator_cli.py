@@ -224,7 +224,8 @@ def test_init_options_and_errors(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     r = cli("init", "--dir", str(run_dir), "--data", str(data), "--preset", "tiny", "--seq-len", "256",
             "--tokens-per-round", "8192", "--inner-lr", "0.001", "--compression", "none", "--seed", "7",
-            "--lease-seconds", "30", "--heartbeat-seconds", "3", "--run-id", "my-run")  # fmt: skip
+            "--lease-seconds", "30", "--heartbeat-seconds", "3", "--run-id", "my-run",
+            "--val-batches", "3")  # fmt: skip
     assert r.returncode == 0, r.stderr
     spec = json.loads((run_dir / "run.json").read_text())
     assert spec["spec"]["run_id"] == "my-run" and spec["spec"]["seq_len"] == 256
@@ -232,6 +233,7 @@ def test_init_options_and_errors(tmp_path: Path) -> None:
     assert (
         spec["spec"]["seed"] == 7 and spec["lease_seconds"] == 30 and spec["heartbeat_seconds"] == 3
     )
+    assert spec["spec"]["val_batches"] == 3
     assert_one_error_line(
         cli("init", "--dir", str(run_dir), "--data", str(data)), "already holds a run"
     )
@@ -244,6 +246,11 @@ def test_init_options_and_errors(tmp_path: Path) -> None:
         "lease_seconds",
     )
     assert not (tmp_path / "r3" / "run.json").exists()
+    assert_one_error_line(  # 8 batches of 4 x 256 need 8,193 held-out tokens; the data has 4,097
+        cli("init", "--dir", str(tmp_path / "r5"), "--data", str(data), "--seq-len", "256"),
+        "this run needs 8,193",
+        "--val-tokens 8193",
+    )
     bad = cli("init", "--dir", str(tmp_path / "r4"), "--data", str(data), "--compression", "zip")
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
 

@@ -138,7 +138,7 @@ async def resume_after_restart(address: str, acked: dict) -> None:
 
 def test_kill_9_loses_no_acknowledged_lease_or_completion(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    make_run(run_dir, n_train=N_TRAIN, n_val=0, shard_tokens=64)
+    make_run(run_dir, n_train=N_TRAIN, n_val=1, shard_tokens=64)
     acked: dict = {"auth": {}, "leases": {}, "done": {}}
     coord = Coordinator(run_dir, tmp_path / "coordinator.log")
     try:

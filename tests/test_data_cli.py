@@ -3,6 +3,7 @@ errors without tracebacks, and a prepare killed with SIGKILL that resumes to ide
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -12,10 +13,11 @@ import time
 from pathlib import Path
 
 import pytest
-from gpt5os.coordinator.data_prepare import prepare
-from gpt5os.coordinator.data_state import JOURNAL_NAME, STATE_NAME
+from gpt5os.coordinator.data.chunks import TOKENS_DIR
+from gpt5os.coordinator.data.prepare import prepare
+from gpt5os.coordinator.data.state import JOURNAL_NAME, STATE_NAME
 
-CLI = [sys.executable, "-m", "gpt5os.coordinator.data_cli"]
+CLI = [sys.executable, "-m", "gpt5os.coordinator.data.cli"]
 
 
 def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -35,7 +37,7 @@ def assert_one_line_error(res: subprocess.CompletedProcess[str], *fragments: str
 
 def test_cli_import_is_torch_free() -> None:
     code = (
-        "import sys, gpt5os.coordinator.data_cli as m; "
+        "import sys, gpt5os.coordinator.data.cli as m; "
         "assert m.data.name == 'data'; "
         "assert 'torch' not in sys.modules and 'rwkv' not in sys.modules"
     )
@@ -74,10 +76,14 @@ def test_prepare_report_refusal_and_verify(tmp_path: Path) -> None:
         "prepare", "--out", str(out), "--max-documents", "3", "--shard-tokens", "4096", "stdlib"
     )
     assert res.returncode == 0, res.stderr
-    assert "documents: read 3, kept 3 (train 2, val 1)" in res.stdout
+    manifest = json.loads((out / "manifest.json").read_text())
+    docs = manifest["report"]["documents"]
+    assert f"documents: read 3, kept 3 (train {docs['train']}, val {docs['val']})" in res.stdout
+    assert docs["train"] >= 1 and docs["val"] >= 1
+    # three documents cannot hold the default --val-tokens: said on stderr, in one line
+    assert "fewer than --val-tokens 262,145" in res.stderr
     for name in ("non_text 0", "too_short 0", "low_alpha 0", "long_lines 0", "duplicate 0"):
         assert name in res.stdout
-    manifest = json.loads((out / "manifest.json").read_text())
     n_train = manifest["report"]["shards"]["train"]
     assert f"shards: train {n_train}, val 1 of 4096 tokens" in res.stdout
     assert_one_line_error(
@@ -94,25 +100,34 @@ def test_prepare_report_refusal_and_verify(tmp_path: Path) -> None:
     assert "Traceback" not in bad.stderr
 
 
-def test_sigkill_mid_prepare_then_rerun_equals_uninterrupted(tmp_path: Path) -> None:
-    args = ["--max-bytes", "1500000", "--shard-tokens", "512", "--no-progress", "stdlib"]
+def _killed_at(out: Path, phase: str) -> bool:
+    """Whether the prepare writing `out` is in the middle of `phase`: some tokenized chunks
+    durable (tokenize), or some shards journaled (pack)."""
+    try:
+        if phase == "tokenize":
+            return any((out / TOKENS_DIR).glob("*.len"))
+        return (out / JOURNAL_NAME).read_bytes().count(b"\n") >= 5
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("phase", ["tokenize", "pack"])
+def test_sigkill_mid_prepare_then_rerun_equals_uninterrupted(tmp_path: Path, phase: str) -> None:
+    """SIGKILL a 2-worker prepare mid-pass; the rerun resumes and writes exactly the bytes of an
+    uninterrupted 1-worker run (so resume and the worker count both leave the output alone)."""
+    args = ["--max-bytes", "1500000", "--shard-tokens", "512", "--val-tokens", "20000"]
+    args += ["--no-progress", "--workers", "2", "stdlib"]
     out = tmp_path / "killed"
     proc = subprocess.Popen(
         [*CLI, "prepare", "--out", str(out), *args],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
+        start_new_session=True,  # its spawned workers share its process group: killed with it
     )
     try:
-        deadline = time.monotonic() + 60
-        shards_written = 0
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                shards_written = (out / JOURNAL_NAME).read_bytes().count(b"\n")
-            except OSError:
-                pass
-            if shards_written >= 5:
-                break
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None and not _killed_at(out, phase):
             time.sleep(0.005)
         if proc.poll() is not None:
             pytest.fail(f"prepare ended before it could be killed: {proc.stderr.read()!r}")
@@ -122,13 +137,59 @@ def test_sigkill_mid_prepare_then_rerun_equals_uninterrupted(tmp_path: Path) -> 
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=30)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # the workers, if the kill left any
         proc.stderr.close()
     assert not (out / "manifest.json").exists() and (out / STATE_NAME).exists()
-    res = cli("prepare", "--out", str(out), *args)
+    res = cli("prepare", "--out", str(out), *args, timeout=120)
     assert res.returncode == 0, res.stderr
     assert "resuming an interrupted prepare" in res.stderr
+    assert not (out / TOKENS_DIR).exists()
     ref = tmp_path / "ref"
-    prepare(["stdlib"], ref, max_bytes=1_500_000, shard_tokens=512, progress=False)
+    prepare(
+        ["stdlib"],
+        ref,
+        max_bytes=1_500_000,
+        shard_tokens=512,
+        val_tokens=20000,
+        workers=1,
+        progress=False,
+    )
+    files = sorted(p.relative_to(ref) for p in ref.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
+    for rel in files:
+        assert (out / rel).read_bytes() == (ref / rel).read_bytes(), rel
+
+
+def test_staged_prepare_on_separate_processes_equals_one_run(tmp_path: Path) -> None:
+    """The distributed path: scan, then each tokenize task as its own process (as on the
+    machines of a Slurm array sharing the folder), then pack: the same bytes as one prepare."""
+    rows = tmp_path / "rows.jsonl"
+    words = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
+    with rows.open("w") as f:
+        for i in range(700):  # 256 documents a chunk: three chunks
+            text = " ".join(words[(i * 7 + j * (i % 5 + 1)) % 12] for j in range(40 + i % 30))
+            f.write(json.dumps({"text": f"Row {i}: {text}."}) + "\n")
+    args = ["--val-tokens", "2000", "--shard-tokens", "1000", "--no-progress", str(rows)]
+    out = tmp_path / "staged"
+    assert_one_line_error(
+        cli("prepare", "--out", str(out), "--stage", "pack", *args), "holds no scan"
+    )
+    assert cli("prepare", "--out", str(out), "--stage", "scan", *args).returncode == 0
+    tokenize = [*CLI, "prepare", "--out", str(out), "--stage", "tokenize", "--tasks", "2"]
+    first = cli(*tokenize[3:], "--task", "0", *args)
+    assert first.returncode == 0, first.stderr
+    assert_one_line_error(
+        cli("prepare", "--out", str(out), "--stage", "pack", *args),
+        "1 of 3 chunks are not tokenized yet",
+    )
+    second = cli(*tokenize[3:], "--task", "1", *args)
+    assert second.returncode == 0, second.stderr
+    packed = cli("prepare", "--out", str(out), "--stage", "pack", *args)
+    assert packed.returncode == 0, packed.stderr
+    assert "documents: read 700" in packed.stdout
+    ref = tmp_path / "ref"
+    prepare([str(rows)], ref, val_tokens=2000, shard_tokens=1000, progress=False)
     files = sorted(p.relative_to(ref) for p in ref.rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
     for rel in files:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from gpt5os.coordinator.data_filters import (
+from gpt5os.coordinator.data.filters import (
     DUPLICATE,
+    EMAIL_MASK,
+    IP_MASK,
     LONG_LINES,
     LOW_ALPHA,
     NON_TEXT,
@@ -13,6 +15,7 @@ from gpt5os.coordinator.data_filters import (
     FilterConfig,
     count_letters,
     digest_of,
+    mask_pii,
     normalize,
 )
 
@@ -71,3 +74,31 @@ def test_exact_duplicates_after_normalization_are_dropped_first_kept() -> None:
     assert f.check(b"short").dropped_by == TOO_SHORT
     # A fresh filter has no memory of another pass.
     assert DocumentFilter().check(PROSE.encode()).dropped_by is None
+
+
+def test_pii_emails_and_public_ips_are_masked() -> None:
+    text = (
+        "Contact guido.van.rossum@python.org or Jane_Doe+list@mail.example.co.uk today.\n"
+        "server = '203.0.113.77' if prod else '8.8.8.8'  # not ours\n"
+    )
+    masked = mask_pii(text)
+    assert "python.org" not in masked and "mail.example.co.uk" not in masked
+    assert masked.count(EMAIL_MASK) == 2
+    assert "8.8.8.8" not in masked and masked.count(IP_MASK) == 1  # 203.0.113.x: documentation
+    assert "'203.0.113.77'" in masked
+
+
+def test_pii_leaves_code_addresses_and_versions_alone() -> None:
+    text = (
+        "HOST = '127.0.0.1'; LAN = '192.168.1.20'; NET = '10.0.0.0/8'\n"
+        "version = '1.2.3.4.5'; sample = 'user@example.com'; decorator = '@property'\n"
+        "ip = '999.1.1.1'\n"
+    )
+    assert mask_pii(text) == text
+
+
+def test_kept_documents_come_out_masked() -> None:
+    v = DocumentFilter().check((PROSE + "Mail me at someone@gmail.com or 1.1.1.1.\n").encode())
+    assert v.dropped_by is None
+    assert "someone@gmail.com" not in v.text and EMAIL_MASK in v.text and IP_MASK in v.text
+    assert v.digest == digest_of(v.text)

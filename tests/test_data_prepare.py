@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from gpt5os.coordinator import data_shards
-from gpt5os.coordinator.data_filters import FILTER_NAMES, normalize
-from gpt5os.coordinator.data_prepare import PrepareError, prepare
-from gpt5os.coordinator.data_sources import DataSourceError
-from gpt5os.coordinator.data_state import STATE_NAME
+from gpt5os.coordinator.data import shards as data_shards
+from gpt5os.coordinator.data.filters import FILTER_NAMES, normalize
+from gpt5os.coordinator.data.prepare import PrepareError, prepare
+from gpt5os.coordinator.data.sources import DataSourceError
+from gpt5os.coordinator.data.state import STATE_NAME
 from gpt5os.coordinator.manifest import Manifest, load_manifest
 from gpt5os.model.tokenizer import load_tokenizer
 
@@ -79,6 +79,7 @@ def tree_bytes(out: Path) -> dict[str, bytes]:
 def run(corpus: dict, out: Path, **kw) -> Manifest:
     kw.setdefault("shard_tokens", 256)
     kw.setdefault("val_fraction", 0.2)
+    kw.setdefault("val_tokens", 0)  # the split by hash alone (val_tokens: test_data_order.py)
     return prepare(corpus["inputs"], out, field=corpus["field"], progress=False, **kw)
 
 
@@ -92,6 +93,7 @@ def test_mixed_inputs_report_and_token_round_trip(corpus: dict, tmp_path: Path) 
         "low_alpha": 1,
         "long_lines": 1,
         "duplicate": 1,
+        "near_duplicate": 0,
     }
     assert set(r["dropped"]) == set(FILTER_NAMES)
     kept = len(corpus["expected"])
@@ -219,13 +221,18 @@ def test_val_split_is_by_document_not_by_order(corpus: dict, tmp_path: Path) -> 
 
 
 def test_stdlib_small_corpus_has_train_and_val(tmp_path: Path) -> None:
-    m = prepare(["stdlib"], tmp_path / "out", max_documents=4, progress=False)
+    m = prepare(["stdlib"], tmp_path / "out", max_documents=4, val_tokens=0, progress=False)
     assert m.report["documents"]["kept"] == 4 and m.report["documents"]["val"] == 1
     assert len(m.val) == 1 and len(m.train) >= 1
     assert all(src.startswith("stdlib:") for s in m.shards for src in s.sources)
     assert m.shard_tokens == 65536 and m.tokenizer == "rwkv-world-v20230424"
     none = prepare(
-        ["stdlib"], tmp_path / "noval", max_documents=4, val_fraction=0.0, progress=False
+        ["stdlib"],
+        tmp_path / "noval",
+        max_documents=4,
+        val_fraction=0.0,
+        val_tokens=0,
+        progress=False,
     )
     assert not none.val and none.report["tokens"]["total"] == m.report["tokens"]["total"]
 
@@ -249,3 +256,23 @@ def test_bad_inputs_fail_before_touching_the_output(corpus: dict, tmp_path: Path
     assert not out.exists()
     with pytest.raises(ValueError, match="val_fraction"):
         prepare(["stdlib"], out, val_fraction=1.0, progress=False)
+
+
+def test_any_worker_count_gives_byte_identical_output(corpus: dict, tmp_path: Path) -> None:
+    one = run(corpus, tmp_path / "one", workers=1, val_tokens=1000)
+    two = run(corpus, tmp_path / "two", workers=2, val_tokens=1000)
+    assert tree_bytes(tmp_path / "one") == tree_bytes(tmp_path / "two")
+    assert one.to_json() == two.to_json()
+    assert "workers" not in one.report["options"]
+
+
+def test_documents_are_packed_in_seeded_order(corpus: dict, tmp_path: Path) -> None:
+    a = run(corpus, tmp_path / "a", seed=0, val_fraction=0.0)
+    b = run(corpus, tmp_path / "b", seed=1, val_fraction=0.0)
+    assert a.report["options"]["seed"] == 0 and b.report["options"]["seed"] == 1
+    docs_a = split_documents(tmp_path / "a", a, "train")
+    docs_b = split_documents(tmp_path / "b", b, "train")
+    assert sorted(docs_a) == sorted(docs_b)  # the same documents ...
+    assert docs_a != docs_b  # ... in another order
+    reading = [normalize(t) for t in corpus["expected"]]  # the directory's sorted order
+    assert [d for d in docs_a if d in reading] != [d for d in reading if d in docs_a]

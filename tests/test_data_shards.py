@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from gpt5os.coordinator import data_shards
-from gpt5os.coordinator.data_shards import ShardWriter, SplitState, add_source
+from gpt5os.coordinator.data import shards as data_shards
+from gpt5os.coordinator.data.shards import ShardWriter, SplitState, add_source
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
-from gpt5os.coordinator.data_sources import (
+from gpt5os.coordinator.data.sources import (
     DataSourceError,
     check_inputs,
     iter_documents,

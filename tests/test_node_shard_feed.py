@@ -4,6 +4,9 @@ shards are leased, downloaded, verified, cut into batches and completed exactly 
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +17,7 @@ from gpt5os.coordinator.server import CoordinatorServer
 from gpt5os.coordinator.testkit import make_run
 from gpt5os.node.coordinator_client import CoordinatorClient, ShardCorrupt
 from gpt5os.node.identity import load_or_create_identity
-from gpt5os.node.shard_feed import ShardFeed, is_intact
+from gpt5os.node.shard_feed import ShardFeed, cut_batches, is_intact, sequence_order
 from gpt5os.proto import pb
 
 N_SHARDS = 3
@@ -78,11 +81,16 @@ def test_every_shard_is_trained_on_whole_and_completed_once(
     watchdog.cancel()
 
     assert len(seen) == N_SHARDS, order
+    n_seq = (SHARD_TOKENS - 1) // 64
     for shard_id, inputs in seen.items():
         original = np.fromfile(run_dir / "data" / "shards" / f"{shard_id}.bin", dtype="<u2")
         windows = np.concatenate(inputs)
-        assert windows.shape == ((SHARD_TOKENS - 1) // 64, 64)
-        assert (windows.reshape(-1) == original[: windows.size]).all()
+        assert windows.shape == (n_seq, 64)
+        # every window once, in the shard's seeded order for epoch 0 (seed 0: make_run's)
+        seq = sequence_order(0, shard_id, 0, n_seq)
+        assert not (seq == np.arange(n_seq)).all()
+        expected = np.stack([original[i * 64 : i * 64 + 64] for i in seq])
+        assert (windows == expected).all()
 
     assert sorted(order[:N_SHARDS]) == sorted(seen)  # each shard once per epoch
     status = client._stub.GetStatus(pb.GetStatusRequest(), timeout=10)
@@ -107,3 +115,45 @@ def test_a_corrupt_download_is_refused_and_leaves_nothing(client, tmp_path: Path
     dest.write_bytes(bytes(data))
     assert not is_intact(dest, lease.sha256)
     assert not dest.exists()
+
+
+def test_sequence_order_is_a_permutation_new_each_epoch_and_per_shard() -> None:
+    n = 500
+    first = sequence_order(7, "train-00003", 0, n)
+    assert sorted(first.tolist()) == list(range(n))
+    assert (first == sequence_order(7, "train-00003", 0, n)).all()  # a function of its inputs
+    assert not (first == sequence_order(7, "train-00003", 1, n)).all()  # next epoch
+    assert not (first == sequence_order(7, "train-00004", 0, n)).all()  # another shard
+    assert not (first == sequence_order(8, "train-00003", 0, n)).all()  # another run seed
+    assert not (first == np.arange(n)).all()
+    assert sequence_order(7, "train-00003", 0, 0).size == 0
+
+
+def test_sequence_order_is_the_same_on_every_node() -> None:
+    """Two fresh interpreters with different hash seeds (two nodes) compute the same order."""
+    code = (
+        "from gpt5os.node.shard_feed import sequence_order; "
+        "print(sequence_order(3, 'train-00042', 5, 64).tolist())"
+    )
+    outs = [
+        subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "PYTHONHASHSEED": str(hash_seed)},
+            check=True,
+        ).stdout
+        for hash_seed in (1, 2)
+    ]
+    assert outs[0] == outs[1] == str(sequence_order(3, "train-00042", 5, 64).tolist()) + "\n"
+
+
+def test_cut_batches_follows_the_order() -> None:
+    tokens = np.arange(41, dtype=np.uint16)
+    order = np.array([3, 0, 2, 1])
+    batches = list(cut_batches(tokens, seq_len=10, batch_size=3, order=order))
+    inputs = np.concatenate([b[0] for b in batches])
+    targets = np.concatenate([b[1] for b in batches])
+    assert [len(b[0]) for b in batches] == [3, 1]
+    assert (inputs[:, 0] == order * 10).all() and (targets == inputs + 1).all()

@@ -1,7 +1,7 @@
 """`gpt5os-coordinator data ...`: prepare a corpus into shards, check prepared shards.
 
 The `data` group is added to the coordinator's CLI (`main.add_command(data)`); it also runs on
-its own as `python -m gpt5os.coordinator.data_cli`. Importing it loads neither torch nor the
+its own as `python -m gpt5os.coordinator.data.cli`. Importing it loads neither torch nor the
 tokenizer (the tokenizer loads only once inputs have been checked). Every failure a person can
 fix ends as one `Error: ...` line on stderr and exit code 1, never a traceback.
 """
@@ -13,8 +13,14 @@ import time
 from pathlib import Path
 
 import click
-from gpt5os.coordinator.data_prepare import PrepareError, format_report, prepare
-from gpt5os.coordinator.data_sources import DataSourceError
+from gpt5os.coordinator.data.prepare import (
+    DEFAULT_VAL_TOKENS,
+    STAGES,
+    PrepareError,
+    format_report,
+    prepare,
+)
+from gpt5os.coordinator.data.sources import DataSourceError
 from gpt5os.coordinator.manifest import load_manifest
 
 
@@ -39,6 +45,43 @@ def data() -> None:
     show_default=True,
     help="Share of documents held out for validation (chosen by document hash).",
 )
+@click.option(
+    "--val-tokens",
+    type=click.IntRange(min=0),
+    default=DEFAULT_VAL_TOKENS,
+    show_default=True,
+    help="Hold out at least this many tokens (up to half the corpus); the default suffices for "
+    "every preset's default --val-batches.",
+)
+@click.option(
+    "--seed",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Seeds the order documents are packed in (recorded in the manifest).",
+)
+@click.option(
+    "--near-dup/--no-near-dup",
+    default=True,
+    show_default=True,
+    help="Drop near-duplicates (MinHash LSH, Jaccard >= 0.8 on word 5-grams).",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Processes for cleaning, MinHash and tokenizing; the output is the same for any number.",
+)
+@click.option(
+    "--stage",
+    type=click.Choice(STAGES),
+    default="all",
+    show_default=True,
+    help="Run one pass as its own job (scan, then tokenize per --task, then pack); see README.",
+)
+@click.option("--task", type=click.IntRange(min=0), default=0, help="With --stage tokenize.")
+@click.option("--tasks", type=click.IntRange(min=1), default=1, help="With --stage tokenize.")
 @click.option("--field", default="text", show_default=True, help="The text field of .jsonl lines.")
 @click.option(
     "--max-documents", type=click.IntRange(min=1), help="Stop after this many kept documents."
@@ -53,6 +96,13 @@ def prepare_cmd(
     out_dir: Path,
     shard_tokens: int,
     val_fraction: float,
+    val_tokens: int,
+    seed: int,
+    near_dup: bool,
+    workers: int,
+    stage: str,
+    task: int,
+    tasks: int,
     field: str,
     max_documents: int | None,
     max_bytes: int | None,
@@ -64,9 +114,10 @@ def prepare_cmd(
 
     INPUT is a text file, a directory (its files, recursively, in sorted order), a .jsonl file
     (one document per line, its --field value), gzip of either (.gz), or the word `stdlib`
-    (this Python's standard library sources). Exact duplicates and documents failing the
-    quality filters are dropped and counted. An interrupted run resumes when the same command
-    is run again.
+    (this Python's standard library sources). Documents failing the quality filters, exact
+    and near duplicates are dropped and counted; emails and public IP addresses are masked;
+    documents are packed in a seeded random order. An interrupted run resumes when the same
+    command is run again (with any --workers).
     """
     started = time.monotonic()
     try:
@@ -75,6 +126,13 @@ def prepare_cmd(
             out_dir,
             shard_tokens=shard_tokens,
             val_fraction=val_fraction,
+            val_tokens=val_tokens,
+            seed=seed,
+            near_dup=near_dup,
+            workers=workers,
+            stage=stage,
+            task=task,
+            tasks=tasks,
             field=field,
             max_documents=max_documents,
             max_bytes=max_bytes,
@@ -90,6 +148,9 @@ def prepare_cmd(
         raise click.ClickException(
             "interrupted; run the same command again to resume where it stopped"
         ) from None
+    if manifest is None:  # a --stage that writes no manifest
+        click.echo(f"stage {stage} done in {time.monotonic() - started:.1f} s")
+        return
     click.echo(format_report(manifest))
     click.echo(f"wrote {out_dir} in {time.monotonic() - started:.1f} s")
 

@@ -17,7 +17,7 @@ import os
 from dataclasses import asdict
 from pathlib import Path
 
-from gpt5os.coordinator.data_shards import SplitState, write_file_atomically
+from gpt5os.coordinator.data.shards import SplitState, write_file_atomically
 from gpt5os.coordinator.manifest import ShardInfo
 
 STATE_NAME = ".prepare-state.json"
