@@ -7,9 +7,11 @@ checkpoint intact, never a torn one.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,18 @@ from .rwkv7 import RWKV7
 
 FORMAT = "gpt5os-rwkv7"
 FORMAT_VERSION = "1"
+
+
+def tensors_sha256(tensors: Iterable[torch.Tensor]) -> str:
+    """sha256 over the tensors' bytes in order: equal on two peers iff the tensors are.
+
+    The one digest of θ_global: nodes (OuterState.digest), the keeper and run checkpoints
+    (`params_sha256`) all hash fp32 CPU tensors in `model.named_parameters()` order with it.
+    """
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 def atomic_write(path: str | os.PathLike, write: Any) -> None:

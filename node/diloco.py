@@ -8,20 +8,14 @@ pseudo-gradient Δ = θ_global − θ_local to its θ_global with SGD(lr, moment
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from collections.abc import Sequence
 
 import torch
+from gpt5os.model.checkpoint import tensors_sha256
 from gpt5os.proto import pb
 
-
-def tensors_sha256(tensors: Sequence[torch.Tensor]) -> str:
-    """sha256 over the tensors' bytes in order: equal on two peers iff the tensors are."""
-    h = hashlib.sha256()
-    for t in tensors:
-        h.update(t.detach().contiguous().numpy().tobytes())
-    return h.hexdigest()
+__all__ = ["OuterState", "tensors_sha256"]
 
 
 class OuterState:
