@@ -193,7 +193,7 @@ class Servicer(pb_grpc.CoordinatorServicer):
             spec=self.sw.spec_pb,
             initial_peers=self.sw.initial_peers(self.server.dht_maddrs, "", self.now()),
             dht_prefix=f"gpt5os/{self.sw.run_id}",
-            certified=latest.to_pb(),
+            certified=latest.to_pb() if latest is not None else None,
         )
 
     @_rpc

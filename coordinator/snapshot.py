@@ -132,6 +132,7 @@ def keeper_status(sw: Swarm, now: float) -> pb.KeeperStatus:
         last_round=sw.keeper_last_round,
         last_report_unix=sw.keeper_last_unix,
         certified=latest.to_pb() if latest is not None else None,
+        checkpoint_round=sw.keeper_checkpoint_round,
     )
 
 
@@ -312,6 +313,7 @@ def snapshot_dict(
             "live": snap.keeper.live,
             "last_round": snap.keeper.last_round if snap.keeper.last_report_unix else None,
             "last_report_unix": snap.keeper.last_report_unix or None,
+            "checkpoint_round": snap.keeper.checkpoint_round or None,
             "certified": (
                 {
                     "round": snap.keeper.certified.round,

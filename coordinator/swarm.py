@@ -114,6 +114,8 @@ class Swarm:
         self.keeper_last_unix = float(store.get_meta("keeper_last_unix") or 0.0)
         self.keeper_last_round = int(store.get_meta("keeper_last_round") or 0)
         self.keeper_maddrs: list[str] = []
+        self.keeper_checkpoint_error = ""
+        self.keeper_checkpoint_round = int(store.get_meta("keeper_checkpoint_round") or 0)
         self._last_lost_check = 0.0
         self._pending_events: list[tuple[int, float, str, str, str]] = []
         self._dirty_nodes: set[str] = set()
@@ -389,46 +391,43 @@ class Swarm:
     def keeper_live(self, now: float) -> bool:
         return self.keeper_last_unix > 0 and now - self.keeper_last_unix <= certify.KEEPER_LIVE_S
 
-    def keeper_report(self, rep: dict[str, Any], now: float) -> Certified:
-        """Record a (verified) keeper report as its round's certificate; returns the latest one."""
-        r = rep["round"]
-        old = self.certified.get(r)
-        cert = Certified(r, rep["tokens"], rep["params_sha256"], certify.KEEPER, now)
+    def keeper_report(self, rep: dict[str, Any], now: float) -> Certified | None:
+        """Record a (verified) keeper report; its state becomes its round's certificate (a
+        keeper's word overrides the nodes' majority). Returns the latest certificate."""
         self.keeper_last_unix = now
-        self.keeper_last_round = r
         if rep["dht_maddrs"]:
             self.keeper_maddrs = rep["dht_maddrs"]
-        if old is None or old.params_sha256 != cert.params_sha256 or old.source != certify.KEEPER:
-            self.certified[r] = cert
-            if old is not None and old.params_sha256 != cert.params_sha256:
-                self._event(
-                    now,
-                    "round_certified",
-                    "",
-                    f"round {r}: the keeper's digest {cert.params_sha256[:12]} replaces the "
-                    f"{old.source}'s {old.params_sha256[:12]}",
-                )
-            elif old is None and not rep["hello"]:
-                self._event(
-                    now,
-                    "round_certified",
-                    "",
-                    f"round {r} certified by the keeper ({cert.params_sha256[:12]})",
-                )
+        if rep["checkpoint_error"] and rep["checkpoint_error"] != self.keeper_checkpoint_error:
+            self._event(now, "checkpoint_failed", "", f"keeper: {rep['checkpoint_error']}")
+        self.keeper_checkpoint_error = rep["checkpoint_error"]
+        self.keeper_checkpoint_round = rep["checkpoint_round"]
         if rep["hello"]:
-            self._event(
-                now, "keeper", "", f"keeper started at round {r} ({rep['params_sha256'][:12]})"
-            )
+            self._event(now, "keeper", "", "keeper started")
+        cert = None
+        if rep["params_sha256"]:
+            r = rep["round"]
+            self.keeper_last_round = r
+            old = self.certified.get(r)
+            if old is None or old.params_sha256 != rep["params_sha256"] or old.source != "keeper":
+                cert = Certified(r, rep["tokens"], rep["params_sha256"], certify.KEEPER, now)
+                self.certified[r] = cert
+                if old is not None and old.params_sha256 != cert.params_sha256:
+                    why = (
+                        f"round {r}: the keeper's digest {cert.params_sha256[:12]} replaces the "
+                        f"{old.source}'s {old.params_sha256[:12]}"
+                    )
+                else:
+                    why = f"round {r} certified by the keeper ({cert.params_sha256[:12]})"
+                self._event(now, "round_certified", "", why)
         with self.store.tx():
-            if self.certified.get(r) is cert:
+            if cert is not None:
                 self.store.put_certified(cert.row())
             self.store.set_meta("keeper_last_unix", now)
-            self.store.set_meta("keeper_last_round", r)
+            self.store.set_meta("keeper_last_round", self.keeper_last_round)
+            self.store.set_meta("keeper_checkpoint_round", self.keeper_checkpoint_round)
             self._write_events()
         self.version += 1
-        latest = self.latest_certified()
-        assert latest is not None
-        return latest
+        return self.latest_certified()
 
     def _certify_by_majority(self, now: float) -> bool:
         """Finished rounds the keeper did not certify fall back to the nodes' majority."""

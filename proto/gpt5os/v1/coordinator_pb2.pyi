@@ -505,7 +505,7 @@ class CertifiedRound(_message.Message):
     def __init__(self, round: _Optional[int] = ..., tokens: _Optional[int] = ..., params_sha256: _Optional[str] = ..., source: _Optional[str] = ...) -> None: ...
 
 class KeeperReportRequest(_message.Message):
-    __slots__ = ("round", "tokens", "params_sha256", "unix", "nonce", "dht_maddrs", "hello", "signature")
+    __slots__ = ("round", "tokens", "params_sha256", "unix", "nonce", "dht_maddrs", "hello", "signature", "checkpoint_error", "checkpoint_round")
     ROUND_FIELD_NUMBER: _ClassVar[int]
     TOKENS_FIELD_NUMBER: _ClassVar[int]
     PARAMS_SHA256_FIELD_NUMBER: _ClassVar[int]
@@ -514,6 +514,8 @@ class KeeperReportRequest(_message.Message):
     DHT_MADDRS_FIELD_NUMBER: _ClassVar[int]
     HELLO_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_ERROR_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_ROUND_FIELD_NUMBER: _ClassVar[int]
     round: int
     tokens: int
     params_sha256: str
@@ -522,7 +524,9 @@ class KeeperReportRequest(_message.Message):
     dht_maddrs: _containers.RepeatedScalarFieldContainer[str]
     hello: bool
     signature: bytes
-    def __init__(self, round: _Optional[int] = ..., tokens: _Optional[int] = ..., params_sha256: _Optional[str] = ..., unix: _Optional[float] = ..., nonce: _Optional[bytes] = ..., dht_maddrs: _Optional[_Iterable[str]] = ..., hello: _Optional[bool] = ..., signature: _Optional[bytes] = ...) -> None: ...
+    checkpoint_error: str
+    checkpoint_round: int
+    def __init__(self, round: _Optional[int] = ..., tokens: _Optional[int] = ..., params_sha256: _Optional[str] = ..., unix: _Optional[float] = ..., nonce: _Optional[bytes] = ..., dht_maddrs: _Optional[_Iterable[str]] = ..., hello: _Optional[bool] = ..., signature: _Optional[bytes] = ..., checkpoint_error: _Optional[str] = ..., checkpoint_round: _Optional[int] = ...) -> None: ...
 
 class KeeperReportResponse(_message.Message):
     __slots__ = ("spec", "initial_peers", "dht_prefix", "certified")
@@ -537,13 +541,15 @@ class KeeperReportResponse(_message.Message):
     def __init__(self, spec: _Optional[_Union[RunSpec, _Mapping]] = ..., initial_peers: _Optional[_Iterable[str]] = ..., dht_prefix: _Optional[str] = ..., certified: _Optional[_Union[CertifiedRound, _Mapping]] = ...) -> None: ...
 
 class KeeperStatus(_message.Message):
-    __slots__ = ("live", "last_round", "last_report_unix", "certified")
+    __slots__ = ("live", "last_round", "last_report_unix", "certified", "checkpoint_round")
     LIVE_FIELD_NUMBER: _ClassVar[int]
     LAST_ROUND_FIELD_NUMBER: _ClassVar[int]
     LAST_REPORT_UNIX_FIELD_NUMBER: _ClassVar[int]
     CERTIFIED_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_ROUND_FIELD_NUMBER: _ClassVar[int]
     live: bool
     last_round: int
     last_report_unix: float
     certified: CertifiedRound
-    def __init__(self, live: _Optional[bool] = ..., last_round: _Optional[int] = ..., last_report_unix: _Optional[float] = ..., certified: _Optional[_Union[CertifiedRound, _Mapping]] = ...) -> None: ...
+    checkpoint_round: int
+    def __init__(self, live: _Optional[bool] = ..., last_round: _Optional[int] = ..., last_report_unix: _Optional[float] = ..., certified: _Optional[_Union[CertifiedRound, _Mapping]] = ..., checkpoint_round: _Optional[int] = ...) -> None: ...

@@ -1,0 +1,134 @@
+"""End to end: the keeper holds the run's model when every volunteer has left.
+
+Real processes on 127.0.0.1: `gpt5os-coordinator serve` (which starts the keeper as its child),
+two `gpt5os-node join` that train three outer rounds and leave, then a third node that joins an
+empty swarm and must continue at round 4 from the keeper's state."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+from e2e_support import Proc, coordinator_status, process_env, start_coordinator, tool, wait_for
+from gpt5os.coordinator.checkpoints import CheckpointDir
+
+pytestmark = pytest.mark.e2e
+
+ROUNDS = 3
+
+
+@pytest.fixture(scope="module")
+def small_corpus(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("data") / "stdlib"
+    subprocess.run(
+        [tool("gpt5os-coordinator"), "data", "prepare", "--out", str(out), "--shard-tokens", "4096",
+         "--max-documents", "120", "stdlib"],
+        check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    return out
+
+
+def _init_run(run_dir: Path, data: Path) -> None:
+    subprocess.run(
+        [tool("gpt5os-coordinator"), "init", "--dir", str(run_dir), "--data", str(data),
+         "--preset", "tiny", "--tokens-per-round", "4096", "--compression", "none",
+         "--heartbeat-seconds", "1", "--lease-seconds", "30"],
+        check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+
+
+def _node(address: str, home: Path, log: Path, *extra: str) -> Proc:
+    args = [tool("gpt5os-node"), "join", "--coordinator", address, "--device", "cpu",
+            "--threads", "1", "--home", str(home), *extra]  # fmt: skip
+    return Proc(args, log, process_env(home))
+
+
+def _keeper_at(run_dir: Path, round_number: int):
+    def check() -> dict | None:
+        status = coordinator_status(run_dir)
+        keeper = status["keeper"]
+        return status if keeper["live"] and (keeper["last_round"] or 0) >= round_number else None
+
+    return check
+
+
+def _keeper_pid(coordinator_log: str) -> int:
+    lines = [line for line in coordinator_log.splitlines() if "keeper started (pid" in line]
+    return int(lines[-1].split("pid ")[1].rstrip(")"))
+
+
+def test_the_keeper_carries_the_model_across_an_empty_swarm(
+    tmp_path: Path, small_corpus: Path
+) -> None:
+    run_dir = tmp_path / "run"
+    _init_run(run_dir, small_corpus)
+    coordinator, address = start_coordinator(
+        run_dir, tmp_path / "coord-home", tmp_path / "coordinator.log"
+    )
+    procs: list[Proc] = []
+    try:
+        wait_for(_keeper_at(run_dir, 0), 180, "the keeper's first report", interval=1.0)
+        for name in ("a", "b"):
+            procs.append(
+                _node(
+                    address,
+                    tmp_path / f"node-{name}",
+                    tmp_path / f"node-{name}.log",
+                    "--max-rounds",
+                    str(ROUNDS),
+                    "--min-peers",
+                    "2",
+                )  # fmt: skip
+            )
+        for node in procs:
+            assert node.wait(timeout=900) == 0, node.tail()
+
+        status = wait_for(_keeper_at(run_dir, ROUNDS), 120, "the keeper at round 3", interval=1.0)
+        rounds = {r["round"]: r for r in status["rounds"]}
+        assert sorted(rounds) == [1, 2, 3], status["rounds"]
+        last = {r["params_sha256"] for r in rounds[ROUNDS]["reports"]}
+        assert len(last) == 1, last
+        [digest] = last
+        certified = status["keeper"]["certified"]
+        assert certified["round"] == ROUNDS and certified["source"] == "keeper"
+        assert certified["params_sha256"] == digest
+        info = CheckpointDir(run_dir).latest()
+        assert info is not None and info.round == ROUNDS
+        assert info.params_sha256 == digest
+        for r in rounds.values():  # the keeper is a member, never a contributor
+            for report in r["reports"]:
+                assert "keeper" not in report["peer_node_ids"]
+
+        # Every volunteer left. A new one continues from the keeper at round 4.
+        late = _node(address, tmp_path / "node-c", tmp_path / "node-c.log", "--max-rounds", "1")
+        procs.append(late)
+        assert late.wait(timeout=600) == 0, late.tail()
+        assert f"adopted the certified state of round {ROUNDS}" in late.output()
+        status = coordinator_status(run_dir)
+        rounds = {r["round"]: r for r in status["rounds"]}
+        assert sorted(rounds) == [1, 2, 3, 4], status["rounds"]  # no gap, no restart at 1
+        val = {n: r["val_loss"] for n, r in rounds.items()}
+        assert val[4] < val[1], val
+        assert abs(val[4] - val[3]) < 0.25 * (val[1] - val[3]) + 0.05, val
+
+        # kill -9 of the keeper: the coordinator restarts it, it loads its newest checkpoint
+        # (a torn temp file beside it, as a write cut short leaves, is ignored) and catches up.
+        wait_for(_keeper_at(run_dir, 4), 120, "the keeper at round 4", interval=1.0)
+        ckpt_dir = run_dir / "checkpoints"
+        os.kill(_keeper_pid(coordinator.output()), signal.SIGKILL)
+        (ckpt_dir / ".round-00000005.safetensors.torn.tmp").write_bytes(b"\x00" * 100)
+        wait_for(
+            lambda: coordinator.output().count("keeper started (pid") >= 2,
+            60,
+            "the keeper's restart",
+        )
+        wait_for(_keeper_at(run_dir, 4), 180, "the restarted keeper", interval=1.0)
+        assert "loaded checkpoint" in coordinator.output()
+        assert CheckpointDir(run_dir).latest().round == 4
+    finally:
+        for proc in procs:
+            proc.stop()
+        coordinator.stop()
