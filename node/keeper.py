@@ -45,6 +45,11 @@ REPORT_EVERY_S = 10.0  # liveness: the coordinator calls a keeper live for 60 s 
 POLL_S = 0.2
 CALL_TIMEOUT_S = 30.0
 SYNC_RETRY_S = 5.0
+# hivemind's ProgressTracker publishes a peer's progress only once it has reported samples
+# (`last_report_epoch`, optim/progress_tracker.py): with 0 the keeper would be invisible and a
+# lone node would never average with it. One token per round moves when a round ends by 1 token
+# in tokens_per_round; the average itself counts the keeper's 0 tokens.
+PRESENCE_SAMPLES = 1
 
 
 class KeeperError(RuntimeError):
@@ -200,7 +205,7 @@ class Keeper:
     def step(self) -> None:
         """One pass of the loop: report when due, catch up, or take part in a round."""
         tracker = self.peer.tracker
-        tracker.report_local_progress(self.outer.round, 0)
+        tracker.report_local_progress(self.outer.round, PRESENCE_SAMPLES)
         if time.monotonic() >= self._next_report:
             self._report_quietly()
         target = self.certified
@@ -224,12 +229,16 @@ class Keeper:
         finally:
             self.peer.averager.allow_state_sharing = True
         if not isinstance(outcome, Adopted):
-            log.warning("catch-up to round %d failed: %s", target.round, "; ".join(outcome.reasons))
+            log.warning(
+                "catch-up to round %d failed: %s",
+                target.round,
+                "; ".join(outcome.reasons) or "no peer shares its state",
+            )
             return False
         with self.outer.lock:
             self.outer.swarm_tokens = target.tokens
         self._digest = target.params_sha256
-        self.peer.tracker.report_local_progress(self.outer.round, 0)
+        self.peer.tracker.report_local_progress(self.outer.round, PRESENCE_SAMPLES)
         self.publish_claim()
         log.info("keeper caught up: round %d from %s", target.round, outcome.source[:12])
         self.after_round()
