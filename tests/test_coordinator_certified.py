@@ -184,3 +184,13 @@ def test_the_keeper_signs_the_bytes_the_coordinator_checks(tmp_path: Path) -> No
     reporter.close()
     [request] = seen
     key.public_key().verify(request.signature, report_payload(request))
+
+
+async def test_a_failed_checkpoint_write_lands_in_the_event_log(server, stub) -> None:
+    key = keeper_key(server)
+    await stub.KeeperReport(signed(key, round=3, params_sha256=D1, checkpoint_round=2,
+                                   checkpoint_error="checkpoint of round 3 failed: ENOSPC"))  # fmt: skip
+    events = [(e[2], e[4]) for e in server.swarm.events]
+    assert ("checkpoint_failed", "keeper: checkpoint of round 3 failed: ENOSPC") in events
+    status = await stub.GetStatus(pb.GetStatusRequest())
+    assert status.keeper.checkpoint_round == 2

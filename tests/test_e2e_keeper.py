@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,12 @@ from gpt5os.coordinator.checkpoints import CheckpointDir
 pytestmark = pytest.mark.e2e
 
 ROUNDS = 3
+ROGUE = str(Path(__file__).with_name("rogue_peer.py"))
+
+
+def _dead(proc: Proc) -> None:
+    if not proc.alive():
+        raise RuntimeError(f"process exited:\n{proc.tail()}")
 
 
 @pytest.fixture(scope="module")
@@ -102,11 +109,22 @@ def test_the_keeper_carries_the_model_across_an_empty_swarm(
             for report in r["reports"]:
                 assert "keeper" not in report["peer_node_ids"]
 
-        # Every volunteer left. A new one continues from the keeper at round 4.
+        # Every volunteer left; a hostile peer serves a tampered model under a forged claim of
+        # the certified digest. A new node rejects it and continues from the keeper at round 4.
+        rogue = Proc(
+            [sys.executable, ROGUE, "--coordinator", address, "--home", str(tmp_path / "rogue")],
+            tmp_path / "rogue.log",
+            process_env(tmp_path / "rogue"),
+        )
+        procs.append(rogue)
+        wait_for(lambda: "rogue ready" in rogue.output() or _dead(rogue), 180, "the rogue peer")
         late = _node(address, tmp_path / "node-c", tmp_path / "node-c.log", "--max-rounds", "1")
         procs.append(late)
         assert late.wait(timeout=600) == 0, late.tail()
-        assert f"adopted the certified state of round {ROUNDS}" in late.output()
+        log = late.output()
+        assert f"adopted the certified state of round {ROUNDS}" in log
+        assert "rejected: sha256" in log, "the forged claim's tampered state was not tried"
+        rogue.stop()
         status = coordinator_status(run_dir)
         rounds = {r["round"]: r for r in status["rounds"]}
         assert sorted(rounds) == [1, 2, 3, 4], status["rounds"]  # no gap, no restart at 1
