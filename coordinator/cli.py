@@ -313,6 +313,18 @@ def _summary(s: dict[str, Any]) -> str:
         f"nodes {len(active)} active / {len(s['nodes'])} known  tokens {s['tokens_trained']:,}  "
         f"{s['tokens_per_second']:,.0f} tokens/s  loss {'-' if last is None else f'{last:.4f}'}",
     ]
+    keeper = s.get("keeper") or {}
+    cert = keeper.get("certified")
+    if keeper.get("last_report_unix"):
+        state = "live" if keeper["live"] else "DOWN"
+        line = f"keeper {state}, last round {keeper['last_round']}"
+        if keeper.get("checkpoint_round") is not None:
+            line += f", checkpoint round {keeper['checkpoint_round']}"
+        lines.append(line)
+    if cert:
+        lines.append(
+            f"certified round {cert['round']} ({cert['source']}) sha256 {cert['params_sha256'][:16]}"
+        )
     for n in active[:20]:
         loss = "-" if n["last_loss"] is None else f"{n['last_loss']:.4f}"
         lines.append(

@@ -280,10 +280,10 @@ class Keeper:
         return True
 
     def after_round(self) -> None:
-        """Checkpoint when due, then certify the new state."""
-        if self.outer.round % self.checkpoint_every == 0:
-            self.write_checkpoint()
+        """Certify the new state at once (nodes wait for it), then checkpoint when due."""
         self._report_quietly()
+        if self.outer.round % self.checkpoint_every == 0 and self.write_checkpoint():
+            self._report_quietly()  # the coordinator learns the new checkpoint round
 
     def write_checkpoint(self) -> bool:
         """One checkpoint of the state we hold; a failed write keeps the older ones and is

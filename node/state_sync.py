@@ -82,6 +82,11 @@ def order_sources(
     return matching + keepers + rest
 
 
+def _label(peer: bytes) -> str:
+    """A short, distinct label for logs (peer ids share their multihash prefix)."""
+    return "…" + peer.hex()[-10:]
+
+
 def rejection(meta: object, tensors: Sequence[torch.Tensor], n_params: int, target: Target) -> str:
     """Why a downloaded state is not the certified one ("" when it is)."""
     if not isinstance(meta, dict) or "round" not in meta:
@@ -131,14 +136,14 @@ class StateSync:
         for tried, peer in enumerate(order[: self.max_sources], start=1):
             loaded = self.download(peer)
             if loaded is None:
-                reasons.append(f"{peer.hex()[:12]}: no state")
+                reasons.append(f"{_label(peer)}: no state")
                 continue
             meta, tensors = loaded
             why = rejection(meta, tensors, self.n_params, target)
             if why:
-                log.warning("state from peer %s rejected: %s", peer.hex()[:12], why)
-                reasons.append(f"{peer.hex()[:12]}: {why}")
+                log.warning("state from peer %s rejected: %s", _label(peer), why)
+                reasons.append(f"{_label(peer)}: {why}")
                 continue
             self.adopt(meta, tensors)
-            return Adopted(source=peer.hex(), round=target.round, tried=tried)
+            return Adopted(source=_label(peer), round=target.round, tried=tried)
         return NotAdopted(tried=min(len(order), self.max_sources), reasons=reasons)

@@ -33,6 +33,7 @@ log = logging.getLogger("gpt5os.node")
 
 CERTIFICATE_CHECK_EVERY_S = 3.0  # how often a node that may be behind asks for the certificate
 JOIN_SYNC_TIMEOUT_S = 600.0  # a joiner that finds no source of the certified state gives up
+HANDOVER_TIMEOUT_S = 60.0  # a node done with its rounds waits this long for the keeper's copy
 
 
 def resolve_device(choice: str) -> torch.device:
@@ -239,7 +240,25 @@ class Trainer:
                 self.check_certificate()
             if self._done():
                 break
+        if self.rounds and not self.stop.is_set():
+            self._hand_over()
         return self.rounds
+
+    def _hand_over(self) -> None:
+        """Before leaving after --max-rounds: stay (sharing our state) until the keeper has
+        certified our last round, so a keeper that missed it can still catch up from us; the
+        last volunteer to leave must not take the model with it."""
+        deadline = time.monotonic() + HANDOVER_TIMEOUT_S
+        while time.monotonic() < deadline and not self.stop.is_set():
+            try:
+                self.heartbeat.beat()
+            except CoordinatorError as e:
+                log.debug("certificate refresh failed: %s", e)
+            cert = self.heartbeat.certified
+            if cert is not None and cert.round >= self.outer.round and cert.source == "keeper":
+                return
+            self.stop.wait(1.0)
+        log.info("leaving before the keeper certified round %d", self.outer.round)
 
     def _done(self) -> bool:
         max_rounds = self.config.max_rounds

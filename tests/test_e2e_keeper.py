@@ -102,8 +102,11 @@ def test_the_keeper_carries_the_model_across_an_empty_swarm(
         certified = status["keeper"]["certified"]
         assert certified["round"] == ROUNDS and certified["source"] == "keeper"
         assert certified["params_sha256"] == digest
-        info = CheckpointDir(run_dir).latest()
-        assert info is not None and info.round == ROUNDS
+        info = wait_for(
+            lambda: (i := CheckpointDir(run_dir).latest()) is not None and i.round == ROUNDS and i,
+            60,
+            "the keeper's round 3 checkpoint",
+        )
         assert info.params_sha256 == digest
         for r in rounds.values():  # the keeper is a member, never a contributor
             for report in r["reports"]:
@@ -129,8 +132,9 @@ def test_the_keeper_carries_the_model_across_an_empty_swarm(
         rounds = {r["round"]: r for r in status["rounds"]}
         assert sorted(rounds) == [1, 2, 3, 4], status["rounds"]  # no gap, no restart at 1
         val = {n: r["val_loss"] for n, r in rounds.items()}
-        assert val[4] < val[1], val
-        assert abs(val[4] - val[3]) < 0.25 * (val[1] - val[3]) + 0.05, val
+        # continued, not restarted: no worse than round 3 by more than a quarter of what the
+        # run had learnt since round 1 (a restart from the initial model is far above round 1)
+        assert val[4] < val[3] + 0.25 * (val[1] - val[3]), val
 
         # kill -9 of the keeper: the coordinator restarts it, it loads its newest checkpoint
         # (a torn temp file beside it, as a write cut short leaves, is ignored) and catches up.
