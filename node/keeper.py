@@ -282,8 +282,9 @@ class Keeper:
     def after_round(self) -> None:
         """Certify the new state at once (nodes wait for it), then checkpoint when due."""
         self._report_quietly()
-        if self.outer.round % self.checkpoint_every == 0 and self.write_checkpoint():
-            self._report_quietly()  # the coordinator learns the new checkpoint round
+        if self.outer.round % self.checkpoint_every == 0:
+            self.write_checkpoint()
+            self._report_quietly()  # the coordinator learns the checkpoint round, or the error
 
     def write_checkpoint(self) -> bool:
         """One checkpoint of the state we hold; a failed write keeps the older ones and is
