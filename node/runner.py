@@ -64,7 +64,11 @@ def run_node(config: NodeConfig, stop: threading.Event) -> int:
             prefix=session.join.dht_prefix or f"gpt5os_{spec.run_id}",
             node_id=session.node_id,
         )
-        trainer = Trainer(config, client, session, stop, model=model, outer=outer, peer=peer)
+        try:
+            trainer = Trainer(config, client, session, stop, model=model, outer=outer, peer=peer)
+        except BaseException:
+            peer.close()  # the trainer would have closed it; without one, nobody else does
+            raise
         rounds = trainer.train()
         if config.max_rounds is not None and len(rounds) >= config.max_rounds:
             reason = f"finished {len(rounds)} rounds"
