@@ -188,10 +188,12 @@ class GroupAverage:
         prefix: str,
         config: GroupAverageConfig,
         exact: bool,
+        min_group_size: Callable[[], int] | None = None,
     ) -> None:
         self.averager = averager
         self.config = config
         self.exact = exact
+        self.min_group_size = min_group_size  # re-read before every attempt (swarm.py)
         self.verdicts = VerdictBoard(dht, prefix)
         self._contribution: checksum.Contribution | None = None  # this round's, once encoded
 
@@ -304,6 +306,11 @@ class GroupAverage:
     def _step(self, round_number, gather, tokens, cancel) -> dict | None:
         """hivemind's all-reduce; {} when no group formed, None when cancelled while matching."""
         self.averager.set_group_bits(group_bits(round_number))
+        if self.min_group_size is not None:
+            try:
+                self.averager.set_min_group_size(self.min_group_size())
+            except Exception as e:  # a DHT hiccup: keep the previous floor
+                log.warning("could not update the minimum group size: %r", e)
         timeout = self.config.matchmaking_time_s + 15.0
         try:
             control = self.averager.step(

@@ -107,6 +107,16 @@ class PseudoGradientAverager(hivemind.DecentralizedAverager):
         infos = [CompressionInfo.from_tensor(t, key=i) for i, t in enumerate(tensors)]
         return meta, tensors, infos
 
+    def set_min_group_size(self, size: int) -> None:
+        """hivemind's matchmaking reads min_group_size on every assembly: change it per round."""
+        future = MPFuture()
+        self._outer_pipe.send(("_set_min_group_size", [size], dict(future=future)))
+        future.result(timeout=30)
+
+    async def _set_min_group_size(self, size: int, future: MPFuture) -> None:
+        self._matchmaking.min_group_size = size
+        future.set_result(None)
+
     # -- downloading state from one chosen peer (hivemind only offers "the highest priority") ---
 
     def state_sources(self) -> list[bytes]:
@@ -149,6 +159,15 @@ class PseudoGradientAverager(hivemind.DecentralizedAverager):
                 future.set_result(None)
 
 
+def min_group_size(num_peers: int, keeper_present: bool) -> int:
+    """The smallest group that may average a round: two nodes when the swarm has two, a node and
+    the keeper when it has one. The keeper contributes nothing, so it must not let one fast node
+    finish a round without the others (their work would be thrown away by the re-sync).
+    `num_peers` is the tracker's count, self and the keeper included."""
+    nodes = num_peers - (1 if keeper_present else 0)
+    return 3 if keeper_present and nodes >= 2 else 2
+
+
 @dataclass
 class SwarmPeer:
     """Everything that ties one process to the run's hivemind swarm, as one object the trainer
@@ -178,6 +197,12 @@ class SwarmPeer:
         dht = start_dht(initial_peers, listen)
         averager = PseudoGradientAverager(outer, dht, prefix=f"{prefix}_diloco", spec=spec)
         tracker = make_tracker(dht, f"{prefix}_diloco", spec.tokens_per_round)
+        claims = ClaimBoard(dht, f"{prefix}_claims")
+
+        def group_floor() -> int:
+            keeper_seen = keeper or any(c.is_keeper for c in claims.fetch().values())
+            return min_group_size(tracker.global_progress.num_peers, keeper_seen)
+
         group_average = GroupAverage(
             averager,
             dht,
@@ -189,13 +214,14 @@ class SwarmPeer:
                 keeper=keeper,
             ),
             exact=averager.exact,
+            min_group_size=group_floor,
         )
         return cls(
             dht=dht,
             averager=averager,
             tracker=tracker,
             group_average=group_average,
-            claims=ClaimBoard(dht, f"{prefix}_claims"),
+            claims=claims,
             membership=Membership(dht, f"{prefix}_members", node_id),
         )
 
