@@ -45,6 +45,7 @@ REPORT_EVERY_S = 10.0  # liveness: the coordinator calls a keeper live for 60 s 
 POLL_S = 0.2
 CALL_TIMEOUT_S = 30.0
 SYNC_RETRY_S = 5.0
+BEHIND_REPORT_EVERY_S = 2.0  # how often a keeper behind the swarm asks for the certificate
 # hivemind's ProgressTracker publishes a peer's progress only once it has reported samples
 # (`last_report_epoch`, optim/progress_tracker.py): with 0 the keeper would be invisible and a
 # lone node would never average with it. One token per round moves when a round ends by 1 token
@@ -212,7 +213,8 @@ class Keeper:
         if target is not None and target.round > self.outer.round:
             self.catch_up(target)
         elif tracker.global_epoch > self.outer.round:
-            return  # the swarm is past us but not yet certified: wait for the certificate
+            # the swarm is past us but we hold no certificate of it yet: ask sooner than usual
+            self._next_report = min(self._next_report, time.monotonic() + BEHIND_REPORT_EVERY_S)
         elif tracker.ready_to_update_epoch and tracker.global_progress.num_peers > 1:
             self.average_round()
 
