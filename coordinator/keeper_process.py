@@ -47,10 +47,14 @@ class KeeperOptions:
 
 
 def dht_listen(host: str) -> str:
+    """The keeper's hivemind listen address: where the coordinator listens (a host name: all
+    interfaces, since nodes elsewhere must reach the keeper; "localhost": loopback)."""
+    if host == "localhost":
+        return "/ip4/127.0.0.1/tcp/0"
     try:
         addr = ipaddress.ip_address(host)
     except ValueError:
-        return "/ip4/127.0.0.1/tcp/0"
+        return "/ip4/0.0.0.0/tcp/0"
     return f"/ip{addr.version}/{host}/tcp/0"
 
 
