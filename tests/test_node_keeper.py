@@ -108,7 +108,9 @@ def test_a_full_disk_keeps_the_previous_checkpoint_and_is_reported(tmp_path: Pat
     assert "No space left" in keeper.checkpoint_error
     assert keeper.reporter.reports[-1].checkpoint_error == keeper.checkpoint_error
     assert keeper.reporter.reports[-1].checkpoint_round == 0
-    assert CheckpointDir(tmp_path / "run").latest().round == 0  # still loadable
+    ckpts = CheckpointDir(tmp_path / "run")
+    assert ckpts.latest().round == 0
+    assert ckpts.load(ckpts.latest()).round == 0  # the previous checkpoint still loads
 
 
 def test_a_keeper_behind_the_certificate_catches_up_from_a_peer(tmp_path: Path) -> None:
