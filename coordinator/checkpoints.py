@@ -201,6 +201,7 @@ class CheckpointDir:
             if m[MOMENTUM_PREFIX + n].shape != p[n].shape:
                 raise ValueError(f"momentum {n} has shape {tuple(m[MOMENTUM_PREFIX + n].shape)}")
         digest = tensors_sha256(p[n] for n in names)
+        momentum_digest = tensors_sha256(m[MOMENTUM_PREFIX + n] for n in names)
         written_at = time.time()
         meta = {
             "format": FORMAT,
@@ -208,6 +209,7 @@ class CheckpointDir:
             "round": str(round),
             "tokens": str(tokens),
             "params_sha256": digest,
+            "momentum_sha256": momentum_digest,
             "written_at": repr(written_at),
             "run_spec": run_spec_json,
             "config": json.dumps(model_config.to_dict()),
@@ -217,7 +219,7 @@ class CheckpointDir:
         self.dir.mkdir(parents=True, exist_ok=True)
         self._remove_stale_temps()
         try:
-            atomic_write(path, lambda tmp: _save(save_file, {**p, **m}, tmp, meta))
+            atomic_write(path, lambda tmp: save_file({**p, **m}, tmp, metadata=meta))
         except OSError as e:
             log.error("checkpoint of round %d not written (%s); older ones kept", round, e)
             raise
@@ -308,6 +310,8 @@ def load_file(path: Path) -> LoadedCheckpoint:
             f"{path} is corrupt: its parameters hash to {digest[:16]}…, "
             f"the header says {info.params_sha256[:16]}…"
         )
+    if tensors_sha256(momentum.values()) != meta.get("momentum_sha256"):
+        raise ValueError(f"{path} is corrupt: its outer momentum does not match its sha256")
     return LoadedCheckpoint(
         params=params,
         momentum=momentum,
@@ -328,13 +332,45 @@ def _check_names(what: str, tensors: dict[str, Any], names: list[str]) -> None:
         )
 
 
-def _save(save_file: Any, tensors: dict[str, Any], tmp: str, meta: dict[str, str]) -> None:
-    """safetensors' writer reports I/O failures (ENOSPC...) as its own error: make them OSError."""
-    try:
-        save_file(tensors, tmp, metadata=meta)
-    except OSError:
-        raise
-    except Exception as e:
-        if type(e).__name__ == "SafetensorError":
-            raise OSError(f"cannot write {tmp}: {e}") from e
-        raise
+class LatestCheckpoint:
+    """The newest intact checkpoint, re-read only when the folder's listing changes.
+
+    The server asks every tick (GetStatus and WatchSwarm then carry it); a folder of a few
+    checkpoints costs one scandir per call, headers are read only after the keeper wrote or
+    removed one.
+    """
+
+    def __init__(self, ckpts: CheckpointDir) -> None:
+        self.ckpts = ckpts
+        self.info: CheckpointInfo | None = None
+        self._key: tuple[tuple[str, int, int], ...] | None = None
+
+    def refresh(self) -> CheckpointInfo | None:
+        try:
+            key = self._listing()
+        except OSError as e:  # unreadable folder: keep what we knew, say why once per change
+            if self._key is not None:
+                log.warning("cannot list %s: %s", self.ckpts.dir, e)
+                self._key = None
+            return self.info
+        if key != self._key:
+            self._key = key
+            self.info = self.ckpts.latest() if key else None
+            if self.info is not None:
+                log.info("latest checkpoint: round %d (%s)", self.info.round, self.info.path.name)
+        return self.info
+
+    def _listing(self) -> tuple[tuple[str, int, int], ...]:
+        if not self.ckpts.dir.is_dir():
+            return ()
+        found = []
+        with os.scandir(self.ckpts.dir) as it:
+            for entry in it:
+                if not _NAME.match(entry.name):
+                    continue
+                try:
+                    st = entry.stat()
+                except FileNotFoundError:  # pruned while we looked
+                    continue
+                found.append((entry.name, st.st_mtime_ns, st.st_size))
+        return tuple(sorted(found))

@@ -53,7 +53,18 @@ def _fail(e: BaseException) -> click.ClickException:
 @click.option(
     "--data", "data_dir", required=True, type=click.Path(path_type=Path), help="Prepared data."
 )
-@click.option("--preset", type=click.Choice(PRESETS), default="tiny", show_default=True)
+@click.option(
+    "--preset",
+    type=click.Choice(PRESETS),
+    help="Model shape and training settings [default: tiny, or with --from-checkpoint the preset "
+    "of the checkpoint's shape].",
+)
+@click.option(
+    "--from-checkpoint",
+    type=click.Path(path_type=Path),
+    help="Start from this model: our .safetensors or an official RWKV-7 .pth (its shape decides "
+    "the model); it becomes the run's round-0 checkpoint.",
+)
 @click.option("--run-id", help="Default: <preset>-<random hex>.")
 @click.option("--seq-len", type=click.IntRange(min=1))
 @click.option("--batch-size", type=click.IntRange(min=1))
@@ -76,10 +87,56 @@ def init(run_dir: Path, data_dir: Path, **options: Any) -> None:
         ensure_keeper_key(run_dir)
     except EXPECTED as e:
         raise _fail(e) from None
+    start = ""
+    if options.get("from_checkpoint") is not None:
+        start = f" from {options['from_checkpoint']} (round-0 checkpoint in {run_dir}/checkpoints)"
     click.echo(
-        f"gpt5os-coordinator: created run {spec.run_id} (preset {spec.model.preset}) in {run_dir}; "
-        f"serve it with `gpt5os-coordinator serve --dir {run_dir}`"
+        f"gpt5os-coordinator: created run {spec.run_id} (preset {spec.model.preset}) in {run_dir}"
+        f"{start}; serve it with `gpt5os-coordinator serve --dir {run_dir}`"
     )
+
+
+# -- export ----------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option(
+    "--dir", "run_dir", required=True, type=click.Path(path_type=Path), help="Run directory."
+)
+@click.option(
+    "--format",
+    "fmt",
+    required=True,
+    metavar="safetensors|rwkv-pth",
+    help="safetensors: loads with gpt5os.model.load_checkpoint; rwkv-pth: the official RWKV-7 "
+    "layout (the `rwkv` package, ChatRWKV, RWKV-Runner).",
+)
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="File to write.")
+@click.option("--round", "round_", type=click.IntRange(min=0), help="Default: the latest.")
+@click.option(
+    "--dtype",
+    default="fp32",
+    show_default=True,
+    metavar="fp32|bf16",
+    help="Tensor type of an rwkv-pth file (official releases are bf16).",
+)
+def export(run_dir: Path, fmt: str, out: Path, round_: int | None, dtype: str) -> None:
+    """Write the run's latest (or --round N's) checkpoint as a model file."""
+    from gpt5os.coordinator.model_files import export_checkpoint
+
+    if not run_dir.is_dir():
+        raise click.ClickException(f"run directory {run_dir} does not exist")
+    try:
+        info = export_checkpoint(run_dir, fmt, out, round=round_, pth_dtype=dtype)
+    except (*EXPECTED, LookupError) as e:
+        raise _fail(e) from None
+    click.echo(
+        f"gpt5os-coordinator: exported round {info.round} ({info.tokens:,} tokens, params sha256 "
+        f"{info.params_sha256[:16]}) as {fmt} to {out}"
+    )
+    if fmt == "rwkv-pth" and out.suffix == ".pth":
+        # rwkv.model.RWKV appends ".pth" to the name it is given (rwkv 0.8.32)
+        click.echo(f"load it with rwkv: RWKV(model={str(out.with_suffix(''))!r}, ...)")
 
 
 # -- serve -----------------------------------------------------------------------------------
@@ -272,13 +329,14 @@ def keeper(
 
 
 def _status_from_dir(run_dir: Path) -> dict[str, Any]:
+    from gpt5os.coordinator.checkpoints import CheckpointDir
     from gpt5os.coordinator.snapshot import status_dict
     from gpt5os.coordinator.swarm import open_swarm
 
     config = load_run(run_dir)
     sw = open_swarm(run_dir, config, now=time.time(), readonly=True)
     try:
-        return status_dict(sw, time.time())
+        return status_dict(sw, time.time(), CheckpointDir(run_dir).latest())
     finally:
         sw.store.close()
 
@@ -312,6 +370,7 @@ def _summary(s: dict[str, Any]) -> str:
         f"shards done {sh['done']}/{sh['total']} (leased {sh['leased']}, pending {sh['pending']})",
         f"nodes {len(active)} active / {len(s['nodes'])} known  tokens {s['tokens_trained']:,}  "
         f"{s['tokens_per_second']:,.0f} tokens/s  loss {'-' if last is None else f'{last:.4f}'}",
+        _checkpoint_line(s["checkpoint"], s["server_unix"]),
     ]
     keeper = s.get("keeper") or {}
     cert = keeper.get("certified")
@@ -332,6 +391,16 @@ def _summary(s: dict[str, Any]) -> str:
             f"{n['tokens_trained']:>12,} tokens  loss {loss}"
         )
     return "\n".join(lines)
+
+
+def _checkpoint_line(c: dict[str, Any] | None, now: float) -> str:
+    if c is None:
+        return "checkpoint: none yet"
+    age = max(0.0, now - c["written_at"])
+    return (
+        f"checkpoint: round {c['round']}  {c['tokens']:,} tokens  {age:,.0f}s ago  "
+        f"sha256 {c['params_sha256'][:16]}  {c['path']}"
+    )
 
 
 @main.command()

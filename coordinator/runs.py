@@ -5,6 +5,8 @@ A run directory holds:
     RUN_DIR/run.json             RunConfig: the RunSpec plus coordinator settings and data dir
     RUN_DIR/coordinator.sqlite   the store (leases, completions, nodes, rounds, events)
     RUN_DIR/data/                prepared data, for the embedded default run (any path works)
+    RUN_DIR/checkpoints/         θ_global checkpoints (coordinator/checkpoints.py); a run made
+                                 with `init --from-checkpoint` starts with round 0's there
 
 `create_run` is what `gpt5os-coordinator init` calls; `load_run` what `serve` and `status` call.
 """
@@ -13,19 +15,25 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import secrets
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gpt5os.coordinator.checkpoints import CHECKPOINTS_SUBDIR, CheckpointDir, CheckpointInfo
 from gpt5os.coordinator.manifest import Manifest, load_manifest
-from gpt5os.coordinator.run_spec import RunSpec, preset_spec
+from gpt5os.coordinator.run_spec import PRESETS, ModelSpec, RunSpec, preset_spec
 from gpt5os.coordinator.scheduler import ShardRef, ShardScheduler
 from gpt5os.coordinator.store import DB_NAME, Store
 
 RUN_FILE = "run.json"
+CUSTOM_PRESET = "custom"  # ModelSpec.preset of a model whose shape is no preset's
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(kw_only=True)
@@ -86,25 +94,52 @@ def _apply_overrides(spec: RunSpec, overrides: dict[str, Any]) -> None:
             raise ValueError(f"unknown run setting {key!r}")
 
 
-def create_run(run_dir: Path, data_dir: Path, **spec_overrides: Any) -> RunSpec:
+def create_run(
+    run_dir: Path, data_dir: Path, *, from_checkpoint: Path | None = None, **spec_overrides: Any
+) -> RunSpec:
     """Create a run in `run_dir` from prepared data in `data_dir` and return its spec.
 
+    :param from_checkpoint: start from this model (our safetensors, a run checkpoint or an
+        official RWKV-7 `.pth`): its shape becomes the spec's model, its weights the run's round-0
+        checkpoint; without `preset`, the preset of the same shape (else "tiny") gives the
+        training settings
     :param spec_overrides: `preset` (default "tiny"), any RunSpec field (`seq_len=256`), nested
         fields as `inner_lr=1e-3` / `outer_momentum=0.8` / `model_n_layer=4`, and the coordinator
         settings `lease_seconds`, `heartbeat_seconds`, `max_leases_per_node`.
     :raises FileExistsError: the directory already holds a run
-    :raises FileNotFoundError / ValueError: no usable prepared data, or a bad setting
+    :raises FileNotFoundError / ValueError: no usable prepared data or checkpoint, a bad setting
     """
     run_dir = Path(run_dir)
     if (run_dir / RUN_FILE).exists() or (run_dir / DB_NAME).exists():
         raise FileExistsError(f"{run_dir} already holds a run: choose an empty directory")
+    if (run_dir / CHECKPOINTS_SUBDIR).exists():
+        raise FileExistsError(f"{run_dir} already holds checkpoints: choose an empty directory")
     overrides = dict(spec_overrides)
-    preset = overrides.pop("preset", None) or "tiny"
+    initial = None
+    if from_checkpoint is not None:
+        from gpt5os.coordinator.model_files import check_fits_run_spec, read_model_file
+
+        initial = read_model_file(Path(from_checkpoint))
+        check_fits_run_spec(initial.config, Path(from_checkpoint))
+        shaped = [k for k, v in overrides.items() if k.startswith("model_") and v is not None]
+        if shaped:
+            raise ValueError(f"--from-checkpoint decides the model's shape: drop {shaped}")
+    shape_preset = _preset_of_shape(initial.config) if initial else None
+    preset = overrides.pop("preset", None) or shape_preset or "tiny"
     run_id = overrides.pop("run_id", None) or f"{preset}-{secrets.token_hex(4)}"
     settings = {k: overrides.pop(k) for k in list(overrides) if k in _SETTINGS}
     settings = {k: v for k, v in settings.items() if v is not None}
     spec = preset_spec(preset, run_id=run_id)
     _apply_overrides(spec, overrides)
+    if initial is not None:
+        c = initial.config
+        spec.model = ModelSpec(
+            preset=shape_preset or CUSTOM_PRESET,
+            vocab_size=c.vocab_size,
+            n_layer=c.n_layer,
+            n_embd=c.n_embd,
+            head_size=c.head_size,
+        )
 
     data_dir = Path(data_dir).resolve()
     manifest = load_manifest(data_dir)
@@ -119,11 +154,50 @@ def create_run(run_dir: Path, data_dir: Path, **spec_overrides: Any) -> RunSpec:
         spec=spec, data_dir=rel if not rel.startswith("..") else str(data_dir), **settings
     )
     config.validate()
-    _init_store(run_dir, config, manifest)
-    tmp = run_dir / (RUN_FILE + ".tmp")
-    tmp.write_text(config.to_json())
-    os.replace(tmp, run_dir / RUN_FILE)
+    try:
+        if initial is not None:
+            info = _write_round_zero(run_dir, spec, initial)
+            log.info(
+                "run %s starts from %s (%s): round-0 checkpoint %s, params sha256 %s",
+                spec.run_id,
+                from_checkpoint,
+                initial.kind,
+                info.path,
+                info.params_sha256,
+            )
+        _init_store(run_dir, config, manifest)
+        tmp = run_dir / (RUN_FILE + ".tmp")
+        tmp.write_text(config.to_json())
+        os.replace(tmp, run_dir / RUN_FILE)
+    except BaseException:
+        # a half-made run would block `init` in this directory: take back what this call wrote
+        shutil.rmtree(run_dir / CHECKPOINTS_SUBDIR, ignore_errors=True)
+        for name in (DB_NAME, DB_NAME + "-wal", DB_NAME + "-shm", RUN_FILE + ".tmp"):
+            (run_dir / name).unlink(missing_ok=True)
+        raise
     return spec
+
+
+def _preset_of_shape(config: Any) -> str | None:
+    """The preset whose model has this shape, if any."""
+    for name in PRESETS:
+        m = preset_spec(name, run_id="probe").model
+        shape = (m.vocab_size, m.n_layer, m.n_embd, m.head_size)
+        if shape == (config.vocab_size, config.n_layer, config.n_embd, config.head_size):
+            return name
+    return None
+
+
+def _write_round_zero(run_dir: Path, spec: RunSpec, initial: Any) -> CheckpointInfo:
+    """The imported weights as the run's round-0 checkpoint: the keeper starts from it."""
+    return CheckpointDir(run_dir).write(
+        params=initial.params,
+        momentum={},
+        round=0,
+        tokens=0,
+        run_spec_json=spec.to_json(),
+        model_config=initial.config,
+    )
 
 
 def _init_store(run_dir: Path, config: RunConfig, manifest: Manifest) -> None:

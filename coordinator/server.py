@@ -21,6 +21,7 @@ from typing import Any
 import grpc
 from gpt5os.coordinator import snapshot as snap
 from gpt5os.coordinator import validate as v
+from gpt5os.coordinator.checkpoints import CheckpointDir, LatestCheckpoint
 from gpt5os.coordinator.dht import BootstrapPeer
 from gpt5os.coordinator.keeper_auth import KeeperVerifier, ensure_keeper_key
 from gpt5os.coordinator.metrics import Metrics
@@ -204,7 +205,7 @@ class Servicer(pb_grpc.CoordinatorServicer):
 
     @_rpc
     def GetStatus(self, req: pb.GetStatusRequest, ctx: Any) -> pb.SwarmSnapshot:
-        return snap.snapshot(self.sw, self.now())
+        return snap.with_checkpoint(snap.snapshot(self.sw, self.now()), self.server.checkpoint.info)
 
     @_rpc
     def GetNode(self, req: pb.GetNodeRequest, ctx: Any) -> pb.NodeDetail:
@@ -220,7 +221,9 @@ class Servicer(pb_grpc.CoordinatorServicer):
             self.metrics.rpcs.labels("WatchSwarm", e.code.name).inc()
             await ctx.abort(e.code, e.message)
         self.metrics.rpcs.labels("WatchSwarm", "OK").inc()
-        yield pb.SwarmUpdate(snapshot=snap.snapshot(self.sw, self.now()))
+        sent_checkpoint = self.server.checkpoint.info
+        first = snap.with_checkpoint(snap.snapshot(self.sw, self.now()), sent_checkpoint)
+        yield pb.SwarmUpdate(snapshot=first)
         cursor = snap.Cursor.after_snapshot(self.sw)
         last_sent = time.monotonic()
         while not self.server.stopping.is_set():
@@ -230,10 +233,13 @@ class Servicer(pb_grpc.CoordinatorServicer):
                 return
             if (
                 self.sw.version == cursor.version
+                and self.server.checkpoint.info == sent_checkpoint
                 and time.monotonic() - last_sent < WATCH_KEEPALIVE_S
             ):
                 continue
-            yield pb.SwarmUpdate(delta=snap.delta(self.sw, cursor, self.now()))
+            sent_checkpoint = self.server.checkpoint.info
+            update = snap.delta(self.sw, cursor, self.now())
+            yield pb.SwarmUpdate(delta=snap.with_checkpoint(update, sent_checkpoint))
             last_sent = time.monotonic()
 
 
@@ -271,6 +277,7 @@ class CoordinatorServer:
         self.start_dht = start_dht
         self.clock = clock
         self.metrics = Metrics()
+        self.checkpoint = LatestCheckpoint(CheckpointDir(self.run_dir))  # polled each tick
         self.dht_maddrs: list[str] = []
         self.swarm: Swarm = None  # type: ignore[assignment]
         self.stopping = asyncio.Event()
@@ -302,6 +309,7 @@ class CoordinatorServer:
                 await self._cleanup_dht()
                 raise ServeError(f"cannot start the hivemind DHT bootstrap peer: {e}") from e
         self.swarm.store.start_checkpointer()  # a thread: after the DHT's fork
+        self.checkpoint.refresh()  # the newest model checkpoint, before the first GetStatus
         server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", MAX_RECEIVE),
@@ -390,6 +398,7 @@ class CoordinatorServer:
                 if ticks % 2 == 0:
                     self.swarm.poll_control(now)
                     self._poll_spec(now)
+                self.checkpoint.refresh()
                 if ticks % METRICS_EVERY_TICKS == 0:
                     self.metrics.refresh(self.swarm)
             except Exception as e:  # keep serving; a locked database clears on the next tick

@@ -9,8 +9,9 @@ last ROUNDS_SHOWN rounds, histories downsampled to at most HISTORY_SHOWN points.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
+from gpt5os.coordinator.checkpoints import CheckpointInfo
 from gpt5os.coordinator.records import NodeRecord, RoundAgg
 from gpt5os.coordinator.scheduler import LeaseInfo
 from gpt5os.coordinator.swarm import Swarm
@@ -19,6 +20,7 @@ from gpt5os.proto import pb
 HISTORY_SHOWN = 1000
 ROUNDS_SHOWN = 500
 INACTIVE_SHOWN = 1000  # left/lost/banned nodes in a snapshot, most recently seen first
+SnapshotOrDelta = TypeVar("SnapshotOrDelta", pb.SwarmSnapshot, pb.SwarmDelta)
 
 
 def downsample(points: list[Any], limit: int = HISTORY_SHOWN) -> list[Any]:
@@ -28,6 +30,41 @@ def downsample(points: list[Any], limit: int = HISTORY_SHOWN) -> list[Any]:
         return list(points)
     step = (n - 1) / (limit - 1)
     return [points[round(i * step)] for i in range(limit)]
+
+
+def checkpoint_summary(info: CheckpointInfo | None) -> pb.CheckpointSummary | None:
+    if info is None:
+        return None
+    return pb.CheckpointSummary(
+        round=info.round,
+        tokens=info.tokens,
+        params_sha256=info.params_sha256,
+        path=str(info.path),
+        written_at=info.written_at,
+    )
+
+
+def checkpoint_dict(run: pb.RunStatus) -> dict[str, Any] | None:
+    """`status --json`'s "checkpoint": the same keys as CheckpointInfo.to_json(), or null."""
+    if not run.HasField("checkpoint"):
+        return None
+    c = run.checkpoint
+    return {
+        "round": c.round,
+        "tokens": c.tokens,
+        "params_sha256": c.params_sha256,
+        "path": c.path,
+        "written_at": c.written_at,
+    }
+
+
+def with_checkpoint(msg: SnapshotOrDelta, info: CheckpointInfo | None) -> SnapshotOrDelta:
+    """Put the run's newest checkpoint (the server's LatestCheckpoint, or the run dir's) into
+    a SwarmSnapshot's or SwarmDelta's RunStatus; unset when there is none yet."""
+    summary = checkpoint_summary(info)
+    if summary is not None:
+        msg.run.checkpoint.CopyFrom(summary)
+    return msg
 
 
 def run_status(sw: Swarm) -> pb.RunStatus:
@@ -208,7 +245,7 @@ def node_detail(sw: Swarm, node: NodeRecord) -> pb.NodeDetail:
     )
 
 
-def status_dict(sw: Swarm, now: float) -> dict[str, Any]:
+def status_dict(sw: Swarm, now: float, checkpoint: CheckpointInfo | None = None) -> dict[str, Any]:
     """`gpt5os-coordinator status --dir --json`: the snapshot plus each round's node reports."""
     reports = {
         a.round: [
@@ -226,7 +263,8 @@ def status_dict(sw: Swarm, now: float) -> dict[str, Any]:
         for a in _recent_rounds(sw)
     }
     losses = {n.node_id: n.last_loss for n in sw.nodes.values()}
-    return snapshot_dict(snapshot(sw, now), reports=reports, last_losses=losses)
+    msg = with_checkpoint(snapshot(sw, now), checkpoint)
+    return snapshot_dict(msg, reports=reports, last_losses=losses)
 
 
 def snapshot_dict(
@@ -277,6 +315,7 @@ def snapshot_dict(
         "eta_s": run.eta_s,
         "active_nodes": run.active_nodes,
         "started_unix": run.started_unix,
+        "checkpoint": checkpoint_dict(run),
         "shards": {
             "total": run.shards.total,
             "pending": run.shards.pending,

@@ -56,6 +56,7 @@ class MainScreen(Screen):
         self.query_text = ""
         self._view: SwarmView | None = None
         self._server_now = 0.0
+        self._connection: Connection | None = None
 
     def compose(self) -> ComposeResult:
         yield RunHeader(id="header")
@@ -97,7 +98,8 @@ class MainScreen(Screen):
         self._show_nodes()
 
     def show_header(self, view: SwarmView, connection: Connection) -> None:
-        self.query_one(RunHeader).show(view, connection.text, connection.ok)
+        self._connection = connection
+        self.query_one(RunHeader).show(view, connection.text, connection.ok, self._server_now)
 
     def _show_nodes(self) -> None:
         view = self._view
@@ -129,8 +131,10 @@ class MainScreen(Screen):
         )
 
     def refresh_ages(self, server_now: float) -> None:
-        """'last seen' moves on between updates."""
+        """'last seen' and the checkpoint's age move on between updates."""
         self._server_now = server_now
+        if self._view is not None and self._connection is not None:
+            self.show_header(self._view, self._connection)
         self._show_nodes()
 
     # -- sorting and filtering -----------------------------------------------------------------

@@ -203,6 +203,16 @@ def format_ago(seconds: float) -> str:
     return f"{seconds // 86400:.0f}d ago"
 
 
+def checkpoint_text(run: pb.RunStatus | None, server_now: float) -> str:
+    """The header's 'is the model safe' line: the newest checkpoint's round and age."""
+    if run is None:
+        return ""
+    if not run.HasField("checkpoint"):
+        return "no checkpoint yet"
+    c = run.checkpoint
+    return f"checkpoint round {c.round}, {format_ago(server_now - c.written_at)}"
+
+
 def format_duration(seconds: float) -> str:
     """ETA text; a negative value is the coordinator's 'unknown'."""
     if seconds < 0:

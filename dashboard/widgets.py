@@ -11,6 +11,7 @@ from collections.abc import Callable
 from gpt5os.dashboard.swarm_view import (
     SortKey,
     SwarmView,
+    checkpoint_text,
     format_ago,
     format_count,
     format_duration,
@@ -25,9 +26,12 @@ from textual_plotext import PlotextPlot
 
 
 class RunHeader(Static):
-    """Run id, preset, epoch, round, tokens, coverage, tokens/s, ETA, and the connection line."""
+    """Run id, preset, epoch, round, tokens, coverage, tokens/s, ETA; the connection line with the
+    newest checkpoint's round and age."""
 
-    def show(self, view: SwarmView, connection: str, connection_ok: bool) -> None:
+    def show(
+        self, view: SwarmView, connection: str, connection_ok: bool, server_now: float = 0.0
+    ) -> None:
         text = Text()
         text.append(" gpt5os ", style="bold reverse")
         run = view.run
@@ -66,6 +70,11 @@ class RunHeader(Static):
         style = "green" if connection_ok else "bold red"
         text.append(" ● " if connection_ok else " ✖ ", style=style)
         text.append(connection, style=None if connection_ok else style)
+        ckpt = checkpoint_text(view.run, server_now) if view.has_snapshot else ""
+        if ckpt:
+            text.append(" · ", style="dim")
+            saved = view.run is not None and view.run.HasField("checkpoint")
+            text.append(ckpt, style="bold" if saved else "yellow")
         self.update(text)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -34,18 +35,30 @@ def tensors_sha256(tensors: Iterable[torch.Tensor]) -> str:
     """
     h = hashlib.sha256()
     for t in tensors:
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        # a byte view, not .tobytes(): no copy of each tensor (same digest)
+        h.update(t.detach().cpu().contiguous().numpy().reshape(-1).view("u1"))
     return h.hexdigest()
 
 
 def atomic_write(path: str | os.PathLike, write: Any) -> None:
-    """Call ``write(tmp_path)``, then fsync and rename it over `path`."""
+    """Call ``write(tmp_path)``, then fsync and rename it over `path`.
+
+    Any failure removes the temp file and leaves `path` as it was. Writers report a full disk in
+    their own types (safetensors: SafetensorError "I/O error: No space left on device"; torch.save:
+    RuntimeError "unexpected pos"), so every failure of `write` is raised as OSError: callers
+    handle one type.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        write(tmp)
+        try:
+            write(tmp)
+        except OSError:
+            raise
+        except Exception as e:
+            raise OSError(f"cannot write {path}: {e}{_full_disk_note(path.parent)}") from e
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; a checkpoint is meant to be shared
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
@@ -58,6 +71,18 @@ def atomic_write(path: str | os.PathLike, write: Any) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+FULL_DISK_BYTES = 1 << 20
+
+
+def _full_disk_note(folder: Path) -> str:
+    """torch.save says only "unexpected pos" when the disk is full: name the likely cause."""
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return ""
+    return f" (the disk is full: {free:,} bytes free)" if free < FULL_DISK_BYTES else ""
 
 
 def save_checkpoint(

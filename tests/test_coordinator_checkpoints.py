@@ -4,12 +4,12 @@ a failed write (injected OSError, a real full tmpfs) leaves the previous one loa
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
 import os
-import shutil
 import subprocess
 import sys
-import uuid
+import time
 from pathlib import Path
 
 import pytest
@@ -23,6 +23,7 @@ from gpt5os.coordinator.checkpoints import (
 )
 from gpt5os.model import RWKV7, ModelConfig
 from gpt5os.model.checkpoint import tensors_sha256
+from tmpfs_support import small_tmpfs
 
 CONFIG = ModelConfig(vocab_size=97, n_layer=2, n_embd=64, head_size=32)
 SPEC_JSON = '{"run_id": "test"}'
@@ -63,6 +64,9 @@ def test_write_then_load_round_trips_everything(tmp_path):
     )
     assert info.path == tmp_path / CHECKPOINTS_SUBDIR / "round-00000005.safetensors"
     assert info.params_sha256 == tensors_sha256(params.values())
+    # the definition, pinned: sha256 of the fp32 bytes in named_parameters() order
+    raw = b"".join(t.numpy().tobytes() for t in params.values())
+    assert info.params_sha256 == hashlib.sha256(raw).hexdigest()
     loaded = ckpts.load(info)
     assert list(loaded.params) == list(params)
     assert all(torch.equal(loaded.params[n], params[n]) for n in params)
@@ -136,6 +140,16 @@ def test_corrupted_tensor_bytes_fail_the_digest_check(tmp_path):
         ckpts.load(ckpts.latest())
 
 
+def test_corrupted_momentum_fails_its_digest_check(tmp_path):
+    ckpts = CheckpointDir(tmp_path)
+    info = write(ckpts, 1)
+    raw = bytearray(info.path.read_bytes())
+    raw[-3] ^= 0xFF  # the momentum tensors come last in the file
+    info.path.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="momentum"):
+        ckpts.load(ckpts.latest())
+
+
 def test_wrong_param_names_are_refused(tmp_path):
     params, momentum = make_state(0)
     params.pop("head.weight")
@@ -182,36 +196,14 @@ def test_stale_temp_file_of_a_killed_writer_is_ignored_then_removed(tmp_path):
     assert not stale.exists()
 
 
-@pytest.fixture
-def mount_tmpfs(tmp_path):
-    """Mounts a real small tmpfs (root only), unmounted even when the test fails."""
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("needs root to mount a tmpfs (the injected-OSError test covers the logic)")
-    mounted: list[Path] = []
-
-    def mount(size_bytes: int) -> Path:
-        mnt = tmp_path / f"tmpfs-{uuid.uuid4().hex[:6]}"
-        mnt.mkdir()
-        opts = f"size={size_bytes}"
-        done = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(mnt)], capture_output=True
-        )
-        if done.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-        mounted.append(mnt)
-        return mnt
-
-    try:
-        yield mount
-    finally:
-        for mnt in mounted:
-            subprocess.run(["umount", str(mnt)], check=False)
-
-
-def test_full_disk_keeps_the_previous_checkpoint(tmp_path, mount_tmpfs):
+def test_full_disk_keeps_the_previous_checkpoint(tmp_path):
     """A tmpfs with room for one and a half checkpoints: the second write hits ENOSPC."""
     size = write(CheckpointDir(tmp_path / "probe"), 1).path.stat().st_size
-    ckpts = CheckpointDir(mount_tmpfs(size * 3 // 2))
+    with small_tmpfs(tmp_path, size * 3 // 2) as mnt:
+        _check_full_disk(CheckpointDir(mnt))
+
+
+def _check_full_disk(ckpts: CheckpointDir) -> None:
     first = write(ckpts, 1)
     with pytest.raises(OSError) as err:
         write(ckpts, 2)
@@ -236,3 +228,49 @@ def test_listing_does_not_import_torch(tmp_path):
 def test_keep_must_be_positive(tmp_path):
     with pytest.raises(ValueError):
         CheckpointDir(Path(tmp_path), keep=0)
+
+
+WRITER = """
+import sys, torch
+from pathlib import Path
+from gpt5os.coordinator.checkpoints import CheckpointDir
+from gpt5os.model import RWKV7, ModelConfig
+config = ModelConfig(n_layer=1, n_embd=64, head_size=64)  # ~8M params: a write takes a while
+with torch.device("meta"):
+    shapes = {n: p.shape for n, p in RWKV7(config, init_weights=False).named_parameters()}
+params = {n: torch.rand(s) for n, s in shapes.items()}
+ckpts = CheckpointDir(Path(sys.argv[1]), keep=2)
+for r in range(1, 1000):
+    ckpts.write(params=params, momentum={}, round=r, tokens=r, run_spec_json="{}",
+                model_config=config)
+    print(r, flush=True)
+"""
+
+
+def test_kill_9_while_writing_leaves_the_newest_finished_checkpoint_loadable(tmp_path):
+    """A real writer process killed with SIGKILL mid-write (its temp file exists)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout.readline().strip() == "1"  # one checkpoint finished
+        ckpt_dir = tmp_path / CHECKPOINTS_SUBDIR
+        while not any(p.name.endswith(".tmp") for p in ckpt_dir.iterdir()):
+            assert proc.poll() is None, "writer ended"
+            time.sleep(0.002)  # poll, leaving the CPU to the writer
+        proc.kill()  # SIGKILL while a temp file is being written
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+    ckpts = CheckpointDir(tmp_path, keep=2)
+    latest = ckpts.latest()
+    assert latest is not None and latest.round >= 1
+    loaded = ckpts.load(latest)
+    assert loaded.params_sha256 == latest.params_sha256
+    # the restarted writer goes on and clears what the killed one left
+    info = ckpts.write(params=loaded.params, momentum=loaded.momentum, round=latest.round + 1,
+                       tokens=0, run_spec_json="{}", model_config=loaded.model_config)  # fmt: skip
+    assert sorted(p.name for p in ckpt_dir.iterdir())[-1] == info.path.name
+    assert not [p for p in ckpt_dir.iterdir() if p.name.endswith(".tmp")]

@@ -90,6 +90,9 @@ def sample_snapshot() -> pb.SwarmSnapshot:
         started_unix=NOW - 7200,
         epoch_tokens=24_400_000,
         active_nodes=3,
+        checkpoint=pb.CheckpointSummary(
+            round=6, tokens=10_792_000, params_sha256="ab" * 32, written_at=NOW - 240
+        ),
     )
     return pb.SwarmSnapshot(
         run=run,

@@ -301,7 +301,7 @@ class ShardProgress(_message.Message):
     def __init__(self, total: _Optional[int] = ..., pending: _Optional[int] = ..., leased: _Optional[int] = ..., done: _Optional[int] = ...) -> None: ...
 
 class RunStatus(_message.Message):
-    __slots__ = ("run_id", "preset", "epoch", "outer_round", "tokens_trained", "tokens_per_second", "shards", "epoch_coverage", "eta_s", "paused", "spec_revision", "started_unix", "epoch_tokens", "active_nodes")
+    __slots__ = ("run_id", "preset", "epoch", "outer_round", "tokens_trained", "tokens_per_second", "shards", "epoch_coverage", "eta_s", "paused", "spec_revision", "started_unix", "epoch_tokens", "active_nodes", "checkpoint")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     PRESET_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
@@ -316,6 +316,7 @@ class RunStatus(_message.Message):
     STARTED_UNIX_FIELD_NUMBER: _ClassVar[int]
     EPOCH_TOKENS_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_NODES_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     preset: str
     epoch: int
@@ -330,7 +331,22 @@ class RunStatus(_message.Message):
     started_unix: float
     epoch_tokens: int
     active_nodes: int
-    def __init__(self, run_id: _Optional[str] = ..., preset: _Optional[str] = ..., epoch: _Optional[int] = ..., outer_round: _Optional[int] = ..., tokens_trained: _Optional[int] = ..., tokens_per_second: _Optional[float] = ..., shards: _Optional[_Union[ShardProgress, _Mapping]] = ..., epoch_coverage: _Optional[float] = ..., eta_s: _Optional[float] = ..., paused: _Optional[bool] = ..., spec_revision: _Optional[int] = ..., started_unix: _Optional[float] = ..., epoch_tokens: _Optional[int] = ..., active_nodes: _Optional[int] = ...) -> None: ...
+    checkpoint: CheckpointSummary
+    def __init__(self, run_id: _Optional[str] = ..., preset: _Optional[str] = ..., epoch: _Optional[int] = ..., outer_round: _Optional[int] = ..., tokens_trained: _Optional[int] = ..., tokens_per_second: _Optional[float] = ..., shards: _Optional[_Union[ShardProgress, _Mapping]] = ..., epoch_coverage: _Optional[float] = ..., eta_s: _Optional[float] = ..., paused: _Optional[bool] = ..., spec_revision: _Optional[int] = ..., started_unix: _Optional[float] = ..., epoch_tokens: _Optional[int] = ..., active_nodes: _Optional[int] = ..., checkpoint: _Optional[_Union[CheckpointSummary, _Mapping]] = ...) -> None: ...
+
+class CheckpointSummary(_message.Message):
+    __slots__ = ("round", "tokens", "params_sha256", "path", "written_at")
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_SHA256_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    WRITTEN_AT_FIELD_NUMBER: _ClassVar[int]
+    round: int
+    tokens: int
+    params_sha256: str
+    path: str
+    written_at: float
+    def __init__(self, round: _Optional[int] = ..., tokens: _Optional[int] = ..., params_sha256: _Optional[str] = ..., path: _Optional[str] = ..., written_at: _Optional[float] = ...) -> None: ...
 
 class NodeStatus(_message.Message):
     __slots__ = ("node_id", "display_name", "device", "state", "tokens_per_second", "tokens_trained", "last_loss", "last_seen_unix", "joined_unix", "shards_done", "rounds", "software_version")
