@@ -61,12 +61,12 @@ def main() -> None:
     from gpt5os.node.diloco import OuterState, tensors_sha256
     from gpt5os.node.swarm import CHUNK_TIMEOUT_S, PseudoGradientAverager, start_dht
 
-    ctx = mp.get_context("spawn")
+    ctx = mp.get_context("fork")  # hivemind forks its own children: spawn would pickle them
     maddrs_q, stop = ctx.Queue(), ctx.Event()
-    server = ctx.Process(target=serve, args=(args.params, maddrs_q, stop), daemon=True)
+    server = ctx.Process(target=serve, args=(args.params, maddrs_q, stop))  # has children
     server.start()
     try:
-        maddrs, peer, digest = maddrs_q.get(timeout=600)
+        maddrs, peer, digest = maddrs_q.get(timeout=300)
         outer = OuterState(Flat(args.params), spec().outer)
         dht = start_dht(maddrs, "/ip4/127.0.0.1/tcp/0")
         averager = PseudoGradientAverager(outer, dht, prefix="bench_diloco", spec=spec())
