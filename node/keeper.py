@@ -24,6 +24,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 import torch
@@ -36,6 +37,10 @@ from .diloco import OuterState
 from .group_average import Settled
 from .state_sync import Adopted, StateSync, Target
 from .swarm import CHUNK_TIMEOUT_S, SwarmPeer
+
+if TYPE_CHECKING:
+    from gpt5os.coordinator.checkpoints import CheckpointDir, LoadedCheckpoint
+    from gpt5os.model import ModelConfig
 
 log = logging.getLogger("gpt5os.keeper")
 
@@ -110,7 +115,7 @@ class KeeperReporter:
         self._channel.close()
 
 
-def import_checkpoint(outer: OuterState, names: list[str], loaded) -> None:
+def import_checkpoint(outer: OuterState, names: list[str], loaded: LoadedCheckpoint) -> None:
     """Load a LoadedCheckpoint (coordinator/checkpoints.py) into `outer`."""
     tensors = [loaded.params[n] for n in names] + [loaded.momentum[n] for n in names]
     outer.import_state({"round": loaded.round, "swarm_tokens": loaded.tokens}, tensors)
@@ -126,10 +131,10 @@ class Keeper:
         names: list[str],
         peer: SwarmPeer,
         reporter: KeeperReporter,
-        checkpoints,  # coordinator.checkpoints.CheckpointDir
+        checkpoints: CheckpointDir,
         checkpoint_every: int,
         spec_json: str,
-        model_config,
+        model_config: ModelConfig,
         stop: threading.Event,
     ) -> None:
         self.outer = outer
