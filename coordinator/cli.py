@@ -7,6 +7,7 @@ ClickException), never a traceback: expected errors are caught where they happen
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -20,6 +21,7 @@ os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
 import click  # noqa: E402
 from gpt5os.coordinator.data.cli import data  # noqa: E402
+from gpt5os.coordinator.keeper_auth import ensure_keeper_key  # noqa: E402
 from gpt5os.coordinator.records import ApiError  # noqa: E402
 from gpt5os.coordinator.run_spec import COMPRESSIONS, PRESETS  # noqa: E402
 from gpt5os.coordinator.runs import RUN_FILE, create_run, load_run, update_spec  # noqa: E402
@@ -88,6 +90,7 @@ def init(run_dir: Path, data_dir: Path, **options: Any) -> None:
     options["inner_name"] = options.pop("inner_name")
     try:
         spec = create_run(run_dir, data_dir, **options)
+        ensure_keeper_key(run_dir)
     except EXPECTED as e:
         raise _fail(e) from None
     start = ""
@@ -195,20 +198,58 @@ def _write_port_file(path: Path, port: int) -> None:
 @click.option("--port-file", type=click.Path(path_type=Path), help="Write the bound port here.")
 @click.option("--metrics-port", type=click.IntRange(0, 65535), help="Serve Prometheus metrics.")
 @click.option("--dht/--no-dht", default=True, show_default=True, help="Run a DHT bootstrap peer.")
+@click.option(
+    "--keeper/--no-keeper",
+    default=True,
+    show_default=True,
+    help="Run the keeper (the run's checkpointed replica of the model) as a child process.",
+)
+@click.option(
+    "--checkpoint-every", type=click.IntRange(min=1), help="Default: 1 for tiny, else 10."
+)
+@click.option("--keep-checkpoints", type=click.IntRange(min=1), default=3, show_default=True)
 def serve(
-    run_dir: Path, host: str, port: int, port_file: Path | None, metrics_port: int | None, dht: bool
+    run_dir: Path,
+    host: str,
+    port: int,
+    port_file: Path | None,
+    metrics_port: int | None,
+    dht: bool,
+    keeper: bool,
+    checkpoint_every: int | None,
+    keep_checkpoints: int,
 ) -> None:
     """Serve the run in --dir (an empty or missing --dir gets the default stdlib run)."""
     _ensure_run(run_dir)
+    keeper_options = None
+    if keeper:
+        from gpt5os.coordinator.keeper_process import KeeperOptions
+
+        keeper_options = KeeperOptions(
+            run_dir=run_dir,
+            coordinator="",  # filled in once the port is bound
+            host=host,
+            checkpoint_every=checkpoint_every,
+            keep_checkpoints=keep_checkpoints,
+        )
     try:
-        asyncio.run(_serve(run_dir, host, port, port_file, metrics_port, dht))
+        asyncio.run(_serve(run_dir, host, port, port_file, metrics_port, dht, keeper_options))
     except KeyboardInterrupt:  # a second Ctrl-C during shutdown
         pass
 
 
 async def _serve(
-    run_dir: Path, host: str, port: int, port_file: Path | None, metrics_port: int | None, dht: bool
+    run_dir: Path,
+    host: str,
+    port: int,
+    port_file: Path | None,
+    metrics_port: int | None,
+    dht: bool,
+    keeper_options: Any,
 ) -> None:
+    import dataclasses
+
+    from gpt5os.coordinator.keeper_process import KeeperSupervisor
     from gpt5os.coordinator.server import CoordinatorServer, ServeError
 
     server = CoordinatorServer(
@@ -223,7 +264,13 @@ async def _serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    supervisor = None
     try:
+        if keeper_options is not None:
+            reach = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+            options = dataclasses.replace(keeper_options, coordinator=f"{reach}:{bound}")
+            supervisor = KeeperSupervisor(options)
+            supervisor.start()
         if port_file is not None:
             _write_port_file(port_file, bound)
         extra = f", metrics on {host}:{server.metrics_port}" if metrics_port is not None else ""
@@ -234,12 +281,54 @@ async def _serve(
             f"gpt5os-coordinator: serving run {server.swarm.run_id} on {host}:{bound}{extra}"
         )
         sys.stdout.flush()
-        await stop.wait()
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)
+            if supervisor is not None:
+                supervisor.poll()
         click.echo("gpt5os-coordinator: shutting down", err=True)
     except OSError as e:
         raise click.ClickException(f"cannot write port file {port_file}: {e.strerror}") from None
     finally:
+        if supervisor is not None:
+            await asyncio.to_thread(supervisor.stop)
         await server.stop(grace=1.0)
+
+
+@main.command()
+@click.option("--dir", "run_dir", required=True, type=click.Path(path_type=Path, file_okay=False))
+@click.option("--coordinator", default="127.0.0.1:50051", show_default=True, help="HOST:PORT.")
+@click.option(
+    "--checkpoint-every", type=click.IntRange(min=1), help="Default: 1 for tiny, else 10."
+)
+@click.option("--keep-checkpoints", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--dht-listen", default="/ip4/0.0.0.0/tcp/0", show_default=True)
+@click.option("-v", "--verbose", is_flag=True)
+def keeper(
+    run_dir: Path,
+    coordinator: str,
+    checkpoint_every: int | None,
+    keep_checkpoints: int,
+    dht_listen: str,
+    verbose: bool,
+) -> None:
+    """Run the keeper for the run in --dir against a coordinator (e.g. on another machine; it
+    needs the run directory's keeper_key.pem). `serve` starts one itself unless --no-keeper."""
+    if not (run_dir / "keeper_key.pem").exists():
+        raise click.ClickException(
+            f"{run_dir / 'keeper_key.pem'} not found: copy the run directory's keeper key here"
+        )
+    args = [
+        sys.executable, "-m", "gpt5os.node.keeper_cli", "--dir", str(run_dir),
+        "--coordinator", coordinator, "--keep-checkpoints", str(keep_checkpoints),
+        "--dht-listen", dht_listen,
+    ]  # fmt: skip
+    if checkpoint_every is not None:
+        args += ["--checkpoint-every", str(checkpoint_every)]
+    if verbose:
+        args.append("-v")
+    sys.stdout.flush()
+    os.execv(sys.executable, args)  # the keeper is node code: a process of its own
 
 
 # -- status ----------------------------------------------------------------------------------
@@ -289,6 +378,18 @@ def _summary(s: dict[str, Any]) -> str:
         f"{s['tokens_per_second']:,.0f} tokens/s  loss {'-' if last is None else f'{last:.4f}'}",
         _checkpoint_line(s["checkpoint"], s["server_unix"]),
     ]
+    keeper = s.get("keeper") or {}
+    cert = keeper.get("certified")
+    if keeper.get("last_report_unix"):
+        state = "live" if keeper["live"] else "DOWN"
+        line = f"keeper {state}, last round {keeper['last_round']}"
+        if keeper.get("checkpoint_round") is not None:
+            line += f", checkpoint round {keeper['checkpoint_round']}"
+        lines.append(line)
+    if cert:
+        lines.append(
+            f"certified round {cert['round']} ({cert['source']}) sha256 {cert['params_sha256'][:16]}"
+        )
     for n in active[:20]:
         loss = "-" if n["last_loss"] is None else f"{n['last_loss']:.4f}"
         lines.append(

@@ -23,6 +23,7 @@ from gpt5os.coordinator import snapshot as snap
 from gpt5os.coordinator import validate as v
 from gpt5os.coordinator.checkpoints import CheckpointDir, LatestCheckpoint
 from gpt5os.coordinator.dht import BootstrapPeer
+from gpt5os.coordinator.keeper_auth import KeeperVerifier, ensure_keeper_key
 from gpt5os.coordinator.metrics import Metrics
 from gpt5os.coordinator.records import ApiError
 from gpt5os.coordinator.runs import RUN_FILE, load_run
@@ -101,7 +102,12 @@ class Servicer(pb_grpc.CoordinatorServicer):
             outer_round=self.sw.outer_round,
             dht_prefix=f"gpt5os/{self.sw.run_id}",
             validation_shards=self.sw.validation_shards(),
+            certified=self._certified(),
         )
+
+    def _certified(self) -> pb.CertifiedRound | None:
+        latest = self.sw.latest_certified()
+        return latest.to_pb() if latest is not None else None
 
     @_rpc
     def Heartbeat(self, req: pb.HeartbeatRequest, ctx: Any) -> pb.HeartbeatResponse:
@@ -112,6 +118,7 @@ class Servicer(pb_grpc.CoordinatorServicer):
             leases=[snap.lease_msg(lease) for lease in leases],
             paused=self.sw.paused,
             spec_revision=self.sw.spec.revision,
+            certified=self._certified(),
         )
 
     @_rpc
@@ -178,6 +185,18 @@ class Servicer(pb_grpc.CoordinatorServicer):
         node = self._node(req.auth)
         self.sw.report_round(node, v.report(req), self.now())
         return pb.ReportRoundResponse()
+
+    @_rpc
+    def KeeperReport(self, req: pb.KeeperReportRequest, ctx: Any) -> pb.KeeperReportResponse:
+        rep = v.keeper_report(req)  # shape first: a malformed report is not even verified
+        self.server.keeper_verifier.verify(req, self.now())
+        latest = self.sw.keeper_report(rep, self.now())
+        return pb.KeeperReportResponse(
+            spec=self.sw.spec_pb,
+            initial_peers=self.sw.initial_peers(self.server.dht_maddrs, "", self.now()),
+            dht_prefix=f"gpt5os/{self.sw.run_id}",
+            certified=latest.to_pb() if latest is not None else None,
+        )
 
     @_rpc
     def Leave(self, req: pb.LeaveRequest, ctx: Any) -> pb.LeaveResponse:
@@ -268,6 +287,7 @@ class CoordinatorServer:
         self._dht: BootstrapPeer | None = None
         self._tick_task: asyncio.Task[None] | None = None
         self._spec_mtime = 0
+        self.keeper_verifier = KeeperVerifier(None)
 
     @property
     def address(self) -> str:
@@ -278,6 +298,7 @@ class CoordinatorServer:
             config = load_run(self.run_dir)
             self.swarm = open_swarm(self.run_dir, config, now=self.clock())
             self._spec_mtime = (self.run_dir / RUN_FILE).stat().st_mtime_ns
+            self.keeper_verifier = KeeperVerifier(ensure_keeper_key(self.run_dir))
         except (OSError, ValueError, RuntimeError) as e:
             raise ServeError(f"cannot open run directory {self.run_dir}: {e}") from e
         if self.start_dht:  # first: the DHT forks, and must not inherit gRPC threads (dht.py)

@@ -162,9 +162,21 @@ def _recent_rounds(sw: Swarm) -> list[RoundAgg]:
     return [sw.rounds[r] for r in sorted(sw.rounds)[-ROUNDS_SHOWN:]]
 
 
+def keeper_status(sw: Swarm, now: float) -> pb.KeeperStatus:
+    latest = sw.latest_certified()
+    return pb.KeeperStatus(
+        live=sw.keeper_live(now),
+        last_round=sw.keeper_last_round,
+        last_report_unix=sw.keeper_last_unix,
+        certified=latest.to_pb() if latest is not None else None,
+        checkpoint_round=sw.keeper_checkpoint_round,
+    )
+
+
 def snapshot(sw: Swarm, now: float) -> pb.SwarmSnapshot:
     return pb.SwarmSnapshot(
         run=run_status(sw),
+        keeper=keeper_status(sw, now),
         nodes=[node_status(n) for n in nodes_shown(sw)],
         rounds=[round_status(a) for a in _recent_rounds(sw)],
         loss_history=_loss(downsample(sw.loss_points)),
@@ -200,6 +212,7 @@ def delta(sw: Swarm, cur: Cursor, now: float) -> pb.SwarmDelta:
     """What changed since `cur` (which is advanced). RunStatus is always included."""
     msg = pb.SwarmDelta(
         run=run_status(sw),
+        keeper=keeper_status(sw, now),
         nodes=[node_status(n) for n in sw.nodes.values() if n.version > cur.version],
         rounds=[round_status(a) for a in _recent_rounds(sw) if a.version > cur.version],
         loss_history=_loss([p for p in sw.loss_points if p[0] > cur.loss_seq]),
@@ -335,4 +348,20 @@ def snapshot_dict(
             for e in snap.events
         ],
         "server_unix": snap.server_unix,
+        "keeper": {
+            "live": snap.keeper.live,
+            "last_round": snap.keeper.last_round if snap.keeper.last_report_unix else None,
+            "last_report_unix": snap.keeper.last_report_unix or None,
+            "checkpoint_round": snap.keeper.checkpoint_round or None,
+            "certified": (
+                {
+                    "round": snap.keeper.certified.round,
+                    "tokens": snap.keeper.certified.tokens,
+                    "params_sha256": snap.keeper.certified.params_sha256,
+                    "source": snap.keeper.certified.source,
+                }
+                if snap.keeper.HasField("certified")
+                else None
+            ),
+        },
     }

@@ -29,7 +29,7 @@ from typing import Any
 from gpt5os.coordinator.scheduler import ShardState, ShardStatus
 
 DB_NAME = "coordinator.sqlite"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # MIGRATIONS[i] takes a database from schema version i to i+1. Never edit a released entry:
 # append a new one (and bump SCHEMA_VERSION) so existing run directories upgrade in place.
@@ -67,6 +67,12 @@ MIGRATIONS: list[str] = [
         id INTEGER PRIMARY KEY, unix REAL NOT NULL, kind TEXT NOT NULL, node_id TEXT NOT NULL,
         message TEXT NOT NULL);
     CREATE TABLE throughput (unix REAL PRIMARY KEY, tokens_per_second REAL NOT NULL);
+    """,
+    # 1 -> 2: certified round digests (the keeper's reports, or the nodes' majority)
+    """
+    CREATE TABLE certified (
+        round INTEGER PRIMARY KEY, tokens INTEGER NOT NULL, params_sha256 TEXT NOT NULL,
+        source TEXT NOT NULL, unix REAL NOT NULL);
     """,
 ]
 
@@ -311,3 +317,15 @@ class Store:
 
     def throughput(self) -> list[tuple[float, float]]:
         return [(r[0], r[1]) for r in self.db.execute("SELECT * FROM throughput ORDER BY unix")]
+
+    # -- certified rounds ------------------------------------------------------------------
+
+    def put_certified(self, row: dict[str, Any]) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO certified VALUES (:round, :tokens, :params_sha256, :source, "
+            ":unix)",
+            row,
+        )
+
+    def certified(self) -> list[dict[str, Any]]:
+        return [dict(r) for r in self.db.execute("SELECT * FROM certified ORDER BY round")]

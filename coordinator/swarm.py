@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from gpt5os.coordinator import certify
+from gpt5os.coordinator.certify import Certified
 from gpt5os.coordinator.records import ApiError, NodeRecord, RoundAgg
 from gpt5os.coordinator.runs import RunConfig, shard_ref
 from gpt5os.coordinator.scheduler import Completion, LeaseInfo, ShardRef, ShardScheduler
@@ -106,6 +108,14 @@ class Swarm:
             if n.dht_maddrs
         )
         self._open_rounds = {r for r, a in self.rounds.items() if not a.finished}
+        self.certified: dict[int, Certified] = {
+            r["round"]: Certified(**r) for r in store.certified()
+        }
+        self.keeper_last_unix = float(store.get_meta("keeper_last_unix") or 0.0)
+        self.keeper_last_round = int(store.get_meta("keeper_last_round") or 0)
+        self.keeper_maddrs: list[str] = []
+        self.keeper_checkpoint_error = ""
+        self.keeper_checkpoint_round = int(store.get_meta("keeper_checkpoint_round") or 0)
         self._last_lost_check = 0.0
         self._pending_events: list[tuple[int, float, str, str, str]] = []
         self._dirty_nodes: set[str] = set()
@@ -314,6 +324,12 @@ class Swarm:
 
     def report_round(self, node: NodeRecord, rep: dict[str, Any], now: float) -> None:
         r = rep["round"]
+        if certify.report_conflicts(self.certified.get(r), rep["params_sha256"]):
+            raise ApiError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"round {r} is certified with a different global model "
+                f"({self.certified[r].params_sha256[:12]}): this node must re-sync; report ignored",
+            )
         agg = self.rounds.get(r)
         if agg is None:
             agg = self.rounds[r] = RoundAgg(round=r, first_unix=now)
@@ -367,6 +383,81 @@ class Swarm:
     def outer_round(self) -> int:
         return max(self.rounds, default=0)
 
+    # -- certified rounds ------------------------------------------------------------------
+
+    def latest_certified(self) -> Certified | None:
+        return self.certified[max(self.certified)] if self.certified else None
+
+    def keeper_live(self, now: float) -> bool:
+        return self.keeper_last_unix > 0 and now - self.keeper_last_unix <= certify.KEEPER_LIVE_S
+
+    def keeper_report(self, rep: dict[str, Any], now: float) -> Certified | None:
+        """Record a (verified) keeper report; its state becomes its round's certificate (a
+        keeper's word overrides the nodes' majority). Returns the latest certificate."""
+        self.keeper_last_unix = now
+        if rep["dht_maddrs"]:
+            self.keeper_maddrs = rep["dht_maddrs"]
+        if rep["checkpoint_error"] and rep["checkpoint_error"] != self.keeper_checkpoint_error:
+            self._event(now, "checkpoint_failed", "", f"keeper: {rep['checkpoint_error']}")
+        self.keeper_checkpoint_error = rep["checkpoint_error"]
+        self.keeper_checkpoint_round = rep["checkpoint_round"]
+        if rep["hello"]:
+            self._event(now, "keeper", "", "keeper started")
+        cert = None
+        if rep["params_sha256"]:
+            r = rep["round"]
+            self.keeper_last_round = r
+            old = self.certified.get(r)
+            if old is None or old.params_sha256 != rep["params_sha256"] or old.source != "keeper":
+                cert = Certified(r, rep["tokens"], rep["params_sha256"], certify.KEEPER, now)
+                self.certified[r] = cert
+                if old is not None and old.params_sha256 != cert.params_sha256:
+                    why = (
+                        f"round {r}: the keeper's digest {cert.params_sha256[:12]} replaces the "
+                        f"{old.source}'s {old.params_sha256[:12]}"
+                    )
+                else:
+                    why = f"round {r} certified by the keeper ({cert.params_sha256[:12]})"
+                self._event(now, "round_certified", "", why)
+        with self.store.tx():
+            if cert is not None:
+                self.store.put_certified(cert.row())
+            self.store.set_meta("keeper_last_unix", now)
+            self.store.set_meta("keeper_last_round", self.keeper_last_round)
+            self.store.set_meta("keeper_checkpoint_round", self.keeper_checkpoint_round)
+            self._write_events()
+        self.version += 1
+        return self.latest_certified()
+
+    def _certify_by_majority(self, now: float) -> bool:
+        """Finished rounds the keeper did not certify fall back to the nodes' majority."""
+        changed = False
+        for agg in self.rounds.values():
+            if (
+                agg.round in self.certified
+                or not agg.finished
+                or not certify.majority_due(agg.finished_unix, self.keeper_last_unix, now)
+            ):
+                continue
+            verdict = certify.majority(rep["params_sha256"] for rep in agg.reports.values())
+            if verdict.digest is None:
+                continue  # no majority (yet): a later report may make one
+            tokens = sum(a.tokens for a in self.rounds.values() if a.round <= agg.round)
+            cert = Certified(agg.round, tokens, verdict.digest, certify.MAJORITY, now)
+            self.certified[agg.round] = cert
+            self._event(
+                now,
+                "round_certified",
+                "",
+                f"round {agg.round} certified by the majority of nodes ({verdict.votes} of "
+                f"{verdict.voters}): the keeper did not report it",
+            )
+            with self.store.tx():
+                self.store.put_certified(cert.row())
+                self._write_events()
+            changed = True
+        return changed
+
     # -- periodic work ---------------------------------------------------------------------
 
     def tick(self, now: float, *, flush: bool = True) -> None:
@@ -395,6 +486,7 @@ class Swarm:
                 with self.store.tx():
                     self.store.put_round(agg.row())
                 changed = True
+        changed |= self._certify_by_majority(now)
         if now - self._last_sample >= THROUGHPUT_EVERY_S:
             self._last_sample = now
             seq = self.throughput[-1][0] + 1 if self.throughput else 1
@@ -465,7 +557,7 @@ class Swarm:
 
         O(1) per Join: heartbeats keep `_recent_peers` ordered by last report (see heartbeat).
         """
-        peers = list(own)
+        peers = list(own) + [m for m in self.keeper_maddrs[:2] if m not in own]
         for node_id in reversed(self._recent_peers):
             if len(peers) >= INITIAL_PEERS_MAX + len(own):
                 break

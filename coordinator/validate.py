@@ -134,6 +134,24 @@ def report(req: pb.ReportRoundRequest) -> dict[str, Any]:
     }
 
 
+def keeper_report(req: pb.KeeperReportRequest) -> dict[str, Any]:
+    if not SHA256_RE.match(req.params_sha256) and not (req.hello and not req.params_sha256):
+        raise bad("params_sha256", "must be 64 lowercase hex characters")
+    if req.round > 2**40 or req.tokens > 2**62:
+        raise bad("round", "round or tokens out of range")
+    if len(req.dht_maddrs) > MAX_MADDRS or any(len(m) > MAX_MADDR_LEN for m in req.dht_maddrs):
+        raise bad("dht_maddrs", f"at most {MAX_MADDRS} addresses of {MAX_MADDR_LEN} characters")
+    return {
+        "round": int(req.round),
+        "tokens": int(req.tokens),
+        "params_sha256": req.params_sha256,
+        "dht_maddrs": list(req.dht_maddrs),
+        "hello": bool(req.hello),
+        "checkpoint_error": text(req.checkpoint_error, "checkpoint_error", limit=1024),
+        "checkpoint_round": int(req.checkpoint_round),
+    }
+
+
 def min_interval(value: float, default: float) -> float:
     if value == 0:
         return default

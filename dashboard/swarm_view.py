@@ -42,6 +42,7 @@ class SwarmView:
     throughput_history: deque[tuple[float, float]] = field(init=False)
     events: deque[pb.Event] = field(init=False)
     server_unix: float = 0.0
+    keeper: pb.KeeperStatus | None = None  # None: the coordinator reports no keeper (older one)
     # server clock minus local clock at receipt: "last seen 12s ago" must not depend on skew.
     clock_offset: float = 0.0
     has_snapshot: bool = False
@@ -67,6 +68,7 @@ class SwarmView:
     def apply_snapshot(self, snap: pb.SwarmSnapshot, *, local_now: float) -> None:
         """A snapshot replaces everything: after a reconnect the old picture may be wrong."""
         self.run = _copy(snap.run) if snap.HasField("run") else None
+        self.keeper = _copy(snap.keeper) if snap.HasField("keeper") else None
         self.nodes = {n.node_id: _copy(n) for n in snap.nodes}
         self.rounds = {}
         self.loss_history.clear()
@@ -83,6 +85,8 @@ class SwarmView:
             return
         if delta.HasField("run"):
             self.run = _copy(delta.run)
+        if delta.HasField("keeper"):
+            self.keeper = _copy(delta.keeper)
         for node in delta.nodes:
             self.nodes[node.node_id] = _copy(node)
         self._merge(delta, local_now=local_now)

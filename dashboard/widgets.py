@@ -56,6 +56,16 @@ class RunHeader(Static):
                 text.append(after, style="dim")
             if run.paused:
                 text.append(" · PAUSED", style="bold yellow")
+            keeper = view.keeper
+            if keeper is not None and keeper.last_report_unix > 0:
+                text.append(" · ", style="dim")
+                if keeper.live:
+                    text.append("keeper ", style="dim")
+                    text.append(f"round {keeper.last_round}", style="bold green")
+                else:
+                    text.append("keeper DOWN", style="bold red")
+                if keeper.checkpoint_round:
+                    text.append(f" (checkpoint round {keeper.checkpoint_round})", style="dim")
         text.append("\n")
         style = "green" if connection_ok else "bold red"
         text.append(" ● " if connection_ok else " ✖ ", style=style)

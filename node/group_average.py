@@ -40,8 +40,8 @@ from hivemind.averaging.control import AveragingStage
 from hivemind.utils import get_dht_time
 
 from . import checksum, fixed_point
+from .dht_records import dht_records
 from .diloco import tensors_sha256
-from .swarm import dht_records
 
 log = logging.getLogger(__name__)
 
@@ -68,17 +68,68 @@ class GroupAverageConfig:
     verdict_timeout_s: float = 30.0
     group_patience_s: float = 60.0  # how long to keep looking for a group before going alone
     poll_s: float = 0.2
+    keeper: bool = False  # a member that contributes nothing and only receives the result
 
 
-@dataclass
-class GroupResult:
-    """How a round's averaging ended for this peer."""
+# -- how a round's averaging ended for this peer ------------------------------------------------
 
-    averaged: list[torch.Tensor] | None  # the group's token-weighted mean Δ; None: none settled
-    node_ids: list[str]  # the group's members (just us when no group formed)
+
+@dataclass(frozen=True)
+class Settled:
+    """Every member holds the same checked average: apply it."""
+
+    averaged: list[torch.Tensor]  # the group's token-weighted mean Δ
+    node_ids: list[str]  # the contributing members (keepers are members but not contributors)
     group_tokens: int
     attempts: int = 1
-    complete: bool = True  # False: a group formed but this peer never got a checked average
+
+
+@dataclass(frozen=True)
+class Alone:
+    """No group formed although we looked for `group_patience_s`: step with our own Δ."""
+
+
+@dataclass(frozen=True)
+class Cancelled:
+    """`cancel()` turned true while we were still looking for a group (the swarm finished the
+    round without us, or the node is stopping)."""
+
+
+@dataclass(frozen=True)
+class Incomplete:
+    """Groups formed but this peer never got a checked average (certified rounds repair it)."""
+
+    attempts: int
+
+
+GroupOutcome = Settled | Alone | Cancelled | Incomplete
+
+
+# -- one attempt's outcome (internal to run()) ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Redo:
+    """The all-reduce ran but a member's (or our) check failed: the group averages again."""
+
+
+@dataclass(frozen=True)
+class _NoGroup:
+    """No group formed this time."""
+
+
+def settled(ok: bool, digest: str, verdicts: dict[str, Verdict], members: list[str]) -> bool:
+    """The settle rule: our checked result stands when every member agrees with it, or when some
+    member never spoke (it left, or never really joined: it must not block us; a member whose
+    own check failed averages again without us, and certified rounds repair it)."""
+    everyone_spoke = len(verdicts) == len(members)
+    agreed = all(v.ok and v.digest == digest for v in verdicts.values())
+    return ok and (agreed or not everyone_spoke)
+
+
+def contributors(group: list[dict]) -> list[str]:
+    """The node ids of the members that contributed work (keepers receive the result only)."""
+    return [str(g["node_id"]) for g in group if not g.get("keeper")]
 
 
 @dataclass(frozen=True)
@@ -137,10 +188,12 @@ class GroupAverage:
         prefix: str,
         config: GroupAverageConfig,
         exact: bool,
+        min_group_size: Callable[[], int] | None = None,
     ) -> None:
         self.averager = averager
         self.config = config
         self.exact = exact
+        self.min_group_size = min_group_size  # re-read before every attempt (swarm.py)
         self.verdicts = VerdictBoard(dht, prefix)
         self._contribution: checksum.Contribution | None = None  # this round's, once encoded
 
@@ -151,40 +204,32 @@ class GroupAverage:
         tokens: int,
         *,
         cancel: Callable[[], bool],
-    ) -> GroupResult | None:
-        """Average `deltas` (this peer's Δ over `tokens` tokens) with the round's group.
-
-        Returns None when `cancel()` turned true while we were still looking for a group (the
-        swarm finished the round without us, or the node is stopping)."""
+    ) -> GroupOutcome:
+        """Average `deltas` (this peer's Δ over `tokens` tokens) with the round's group."""
         self._contribution = None
-        alone = GroupResult(None, [self.config.node_id], tokens)
         attempts = self.config.max_attempts if self.exact else 1
         patience_ends = time.monotonic() + self.config.group_patience_s
         attempt = 0
         while attempt < attempts:
             outcome = self._attempt(round_number, attempt, deltas, tokens, cancel)
-            if outcome is None:
-                return None
-            if isinstance(outcome, GroupResult):
+            if isinstance(outcome, Cancelled | Settled):
                 return outcome
-            if outcome is False:  # no group formed
+            if isinstance(outcome, _NoGroup):
                 if cancel():
-                    return None
+                    return Cancelled()
                 if time.monotonic() < patience_ends:
                     # Peers are in the swarm (the trainer checked), so look again rather than
                     # step alone: a lost matchmaking race must not split the round in two.
                     log.info("round %d: no group yet; looking again", round_number + 1)
                     continue
-                if attempt == 0:
-                    return alone
-                return GroupResult(None, [self.config.node_id], tokens, attempt + 1, False)
+                return Alone() if attempt == 0 else Incomplete(attempt + 1)
             attempt += 1
             log.warning(
                 "round %d: the group's all-reduce was incomplete (attempt %d); averaging again",
                 round_number + 1,
                 attempt,
             )
-        return GroupResult(None, [self.config.node_id], tokens, attempts, complete=False)
+        return Incomplete(attempts)
 
     # -- one attempt --------------------------------------------------------------------------
 
@@ -195,8 +240,7 @@ class GroupAverage:
         deltas: Sequence[torch.Tensor],
         tokens: int,
         cancel: Callable[[], bool],
-    ) -> GroupResult | bool | None:
-        """A settled GroupResult; True: the group must redo it; False: no group; None: cancelled."""
+    ) -> Settled | _Redo | _NoGroup | Cancelled:
         seed = round_number  # the same probe for every retry: peers may be at different tries
         weight = tokens / max(1, self.config.tokens_per_round)
         with self.averager.get_tensors() as buffers:
@@ -214,35 +258,38 @@ class GroupAverage:
             "round": round_number,
             "nonce": secrets.token_hex(8),
         }
+        if self.config.keeper:
+            gather["keeper"] = True
         if mine is not None:
             gather.update(probe=mine.probe, norm2=mine.norm2)
 
         gathered = self._step(round_number, gather, tokens, cancel)
         if gathered is None:
-            return None
+            return Cancelled()
         if not gathered:
-            return False
+            return _NoGroup()
         group = list(gathered.values())
-        node_ids = [str(g["node_id"]) for g in group]
+        members = [str(g["node_id"]) for g in group]
+        node_ids = contributors(group)
         group_tokens = sum(int(g["tokens"]) for g in group)
         rounds = {int(g["round"]) for g in group}
         if len(rounds) > 1:  # cannot happen with round group keys; never apply a mixed average
             log.error("averaged with peers in different rounds %s: discarded", sorted(rounds))
-            return False
+            return _NoGroup()
+        if not node_ids or group_tokens <= 0:  # only keepers: nothing was averaged
+            return _NoGroup()
         name = group_name([str(g.get("nonce", "")) for g in group])
         with self.averager.get_tensors() as buffers:
             if not self.exact:
-                return GroupResult([b.clone() for b in buffers], node_ids, group_tokens, 1)
+                return Settled([b.clone() for b in buffers], node_ids, group_tokens, 1)
             total, ok = self._check(buffers, group, seed)
 
         digest = tensors_sha256(total) if ok else ""
         self.verdicts.publish(round_number, Verdict(self.config.node_id, name, ok, digest))
-        verdicts = self._collect_verdicts(round_number, name, node_ids)
-        others_ok = all(v.ok and v.digest == digest for v in verdicts.values())
-        everyone_spoke = len(verdicts) == len(node_ids)
-        if ok and (others_ok or not everyone_spoke):
-            if not everyone_spoke:
-                missing = sorted(set(node_ids) - set(verdicts))
+        verdicts = self._collect_verdicts(round_number, name, members)
+        if settled(ok, digest, verdicts, members):
+            if len(verdicts) < len(members):
+                missing = sorted(set(members) - set(verdicts))
                 log.warning(
                     "round %d: no verdict from %s; keeping our checked average",
                     round_number + 1,
@@ -250,15 +297,20 @@ class GroupAverage:
                 )
             total_weight = group_tokens / max(1, self.config.tokens_per_round)
             averaged = [t.div_(total_weight) for t in total]
-            return GroupResult(averaged, node_ids, group_tokens, attempt + 1)
+            return Settled(averaged, node_ids, group_tokens, attempt + 1)
         # Our result is wrong, or a member's is: redo it. A member whose verdict never came either
         # left (the redo then runs without it) or was never really in the group (a matchmaking
         # race under load), and is looking for a group under the old key.
-        return True
+        return _Redo()
 
     def _step(self, round_number, gather, tokens, cancel) -> dict | None:
         """hivemind's all-reduce; {} when no group formed, None when cancelled while matching."""
         self.averager.set_group_bits(group_bits(round_number))
+        if self.min_group_size is not None:
+            try:
+                self.averager.set_min_group_size(self.min_group_size())
+            except Exception as e:  # a DHT hiccup: keep the previous floor
+                log.warning("could not update the minimum group size: %r", e)
         timeout = self.config.matchmaking_time_s + 15.0
         try:
             control = self.averager.step(

@@ -32,6 +32,7 @@ class Heartbeat(threading.Thread):
         self.stop_event = stop
         self.paused = False
         self.spec_revision: int | None = None
+        self.certified: pb.CertifiedRound | None = None  # the latest round the swarm certified
 
     def beat(self) -> None:
         stats = pb.NodeStats(
@@ -52,6 +53,8 @@ class Heartbeat(threading.Thread):
                 response.spec_revision,
             )
         self.spec_revision = response.spec_revision
+        if response.HasField("certified"):
+            self.certified = response.certified
 
     def run(self) -> None:
         while not self.stop_event.wait(self.interval_s):

@@ -30,7 +30,8 @@ def run_node(config: NodeConfig, stop: threading.Event) -> int:
 
     import torch  # after the cheap checks: a typo is reported without waiting for torch
 
-    from .trainer import Trainer, describe_device, resolve_device
+    from .swarm import SwarmPeer
+    from .trainer import Trainer, build_training_state, describe_device, resolve_device
 
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -54,7 +55,20 @@ def run_node(config: NodeConfig, stop: threading.Event) -> int:
             len(session.join.initial_peers),
             device,
         )
-        trainer = Trainer(config, client, session, stop)
+        model, outer = build_training_state(spec, device)
+        peer = SwarmPeer.start(
+            outer,
+            spec,
+            initial_peers=list(session.join.initial_peers),
+            listen=config.resolved_dht_listen(),
+            prefix=session.join.dht_prefix or f"gpt5os_{spec.run_id}",
+            node_id=session.node_id,
+        )
+        try:
+            trainer = Trainer(config, client, session, stop, model=model, outer=outer, peer=peer)
+        except BaseException:
+            peer.close()  # the trainer would have closed it; without one, nobody else does
+            raise
         rounds = trainer.train()
         if config.max_rounds is not None and len(rounds) >= config.max_rounds:
             reason = f"finished {len(rounds)} rounds"

@@ -15,11 +15,23 @@ from dataclasses import dataclass
 import hivemind
 import torch
 from gpt5os.proto import pb
-from hivemind.compression import CompressionInfo, Float16Compression, NoCompression
+from hivemind.compression import (
+    CompressionInfo,
+    Float16Compression,
+    NoCompression,
+    deserialize_torch_tensor,
+)
 from hivemind.optim.progress_tracker import ProgressTracker
-from hivemind.utils import get_dht_time
+from hivemind.p2p import PeerID
+from hivemind.proto import averaging_pb2
+from hivemind.utils import MPFuture, get_dht_time
+from hivemind.utils.asyncio import aiter_with_timeout
+from hivemind.utils.streaming import combine_from_streaming
 
+from .claims import ClaimBoard
+from .dht_records import dht_records
 from .diloco import OuterState
+from .group_average import GroupAverage, GroupAverageConfig
 
 log = logging.getLogger(__name__)
 
@@ -34,19 +46,6 @@ def start_dht(initial_peers: list[str], listen: str) -> hivemind.DHT:
 
 def visible_maddrs(dht: hivemind.DHT) -> list[str]:
     return [str(m) for m in dht.get_visible_maddrs()]
-
-
-def dht_records(dht: hivemind.DHT, key: str) -> dict:
-    """{subkey: value} of a DHT dictionary record (empty when absent or not a dictionary);
-    values are whatever peers stored, so callers validate them."""
-    found = dht.get(key, latest=True)
-    if found is None or not isinstance(found.value, dict):
-        return {}
-    return {
-        subkey: entry.value
-        for subkey, entry in found.value.items()
-        if getattr(entry, "value", None) is not None
-    }
 
 
 class PseudoGradientAverager(hivemind.DecentralizedAverager):
@@ -107,6 +106,139 @@ class PseudoGradientAverager(hivemind.DecentralizedAverager):
         meta, tensors = self.outer.export()
         infos = [CompressionInfo.from_tensor(t, key=i) for i, t in enumerate(tensors)]
         return meta, tensors, infos
+
+    def set_min_group_size(self, size: int) -> None:
+        """hivemind's matchmaking reads min_group_size on every assembly: change it per round."""
+        future = MPFuture()
+        self._outer_pipe.send(("_set_min_group_size", [size], dict(future=future)))
+        future.result(timeout=30)
+
+    async def _set_min_group_size(self, size: int, future: MPFuture) -> None:
+        self._matchmaking.min_group_size = size
+        future.set_result(None)
+
+    # -- downloading state from one chosen peer (hivemind only offers "the highest priority") ---
+
+    def state_sources(self) -> list[bytes]:
+        """Peer ids (bytes) that declare their state downloadable now, self excluded."""
+        key = f"{self.prefix}.all_averagers"
+        return [
+            subkey
+            for subkey, value in dht_records(self.dht, key).items()
+            if isinstance(value, float | int)
+            and isinstance(subkey, bytes)
+            and subkey != self.peer_id.to_bytes()
+        ]
+
+    def download_state(self, peer: bytes, timeout: float) -> tuple[dict, list[torch.Tensor]] | None:
+        """(meta, tensors) as `peer` serves them, or None when it refused or failed. Nothing is
+        checked here: the caller compares the tensors with the certified digest."""
+        future = MPFuture()
+        self._outer_pipe.send(("_download_state_from", [peer, timeout], dict(future=future)))
+        return future.result(timeout=timeout * 4 + 30)
+
+    async def _download_state_from(self, peer: bytes, timeout: float, future: MPFuture) -> None:
+        """In the averager process: stream one peer's state (per-chunk `timeout`)."""
+        try:
+            stub = self.get_stub(self._p2p, PeerID(peer), namespace=self.prefix)
+            stream = await stub.rpc_download_state(averaging_pb2.DownloadRequest())
+            meta, parts, tensors = None, [], []
+            async for message in aiter_with_timeout(stream, timeout=timeout):
+                if message.metadata:
+                    meta = self.serializer.loads(message.metadata)
+                if message.tensor_part.dtype and parts:
+                    tensors.append(deserialize_torch_tensor(combine_from_streaming(parts)))
+                    parts = []
+                parts.append(message.tensor_part)
+            if parts:
+                tensors.append(deserialize_torch_tensor(combine_from_streaming(parts)))
+            future.set_result((meta, tensors) if isinstance(meta, dict) else None)
+        except Exception as e:  # a peer that vanished or sent garbage: the caller tries the next
+            log.info("state download from %s failed: %r", PeerID(peer), e)
+            if not future.done():
+                future.set_result(None)
+
+
+def min_group_size(num_peers: int, keeper_present: bool) -> int:
+    """The smallest group that may average a round: two nodes when the swarm has two, a node and
+    the keeper when it has one. The keeper contributes nothing, so it must not let one fast node
+    finish a round without the others (their work would be thrown away by the re-sync).
+    `num_peers` is the tracker's count, self and the keeper included."""
+    nodes = num_peers - (1 if keeper_present else 0)
+    return 3 if keeper_present and nodes >= 2 else 2
+
+
+@dataclass
+class SwarmPeer:
+    """Everything that ties one process to the run's hivemind swarm, as one object the trainer
+    (and the keeper) is handed: the DHT peer, the pseudo-gradient averager, the tracker that
+    says when a round ends, the round's group averaging, and the boards peers publish on.
+    Unit tests hand the trainer a fake with the same attributes."""
+
+    dht: hivemind.DHT
+    averager: PseudoGradientAverager
+    tracker: ProgressTracker
+    group_average: GroupAverage
+    claims: ClaimBoard
+    membership: Membership
+
+    @classmethod
+    def start(
+        cls,
+        outer: OuterState,
+        spec: pb.RunSpec,
+        *,
+        initial_peers: list[str],
+        listen: str,
+        prefix: str,
+        node_id: str,
+        keeper: bool = False,
+    ) -> SwarmPeer:
+        dht = start_dht(initial_peers, listen)
+        averager = PseudoGradientAverager(outer, dht, prefix=f"{prefix}_diloco", spec=spec)
+        tracker = make_tracker(dht, f"{prefix}_diloco", spec.tokens_per_round)
+        claims = ClaimBoard(dht, f"{prefix}_claims")
+
+        def group_floor() -> int:
+            keeper_seen = keeper or any(c.is_keeper for c in claims.fetch().values())
+            return min_group_size(tracker.global_progress.num_peers, keeper_seen)
+
+        group_average = GroupAverage(
+            averager,
+            dht,
+            prefix=f"{prefix}_diloco",
+            config=GroupAverageConfig(
+                node_id=node_id,
+                tokens_per_round=spec.tokens_per_round,
+                matchmaking_time_s=spec.matchmaking_time_s or 3.0,
+                keeper=keeper,
+            ),
+            exact=averager.exact,
+            min_group_size=group_floor,
+        )
+        return cls(
+            dht=dht,
+            averager=averager,
+            tracker=tracker,
+            group_average=group_average,
+            claims=claims,
+            membership=Membership(dht, f"{prefix}_members", node_id),
+        )
+
+    def maddrs(self) -> list[str]:
+        return visible_maddrs(self.dht)
+
+    def close(self) -> None:
+        """Leave the swarm: tracker, averager, DHT; safe to call more than once."""
+        for name, stop in (
+            ("tracker", lambda: self.tracker.shutdown(timeout=5)),
+            ("averager", self.averager.shutdown),
+            ("dht", self.dht.shutdown),
+        ):
+            try:
+                stop()
+            except Exception as e:  # shutting down: report, keep going
+                log.debug("stopping %s: %s", name, e)
 
 
 def make_tracker(dht: hivemind.DHT, prefix: str, tokens_per_round: int) -> ProgressTracker:

@@ -16,22 +16,24 @@ import torch
 from gpt5os.model import RWKV7, ModelConfig
 from gpt5os.proto import pb
 
+from .claims import RoundClaim
 from .config import NodeConfig
 from .coordinator_client import CoordinatorClient, CoordinatorError, Session
 from .diloco import OuterState
-from .group_average import GroupAverage, GroupAverageConfig
+from .group_average import Alone, Cancelled, Incomplete, Settled
 from .heartbeat import Heartbeat
 from .progress import NodeProgress
-from .reconcile import ClaimBoard, RoundClaim, better_claim
 from .schedule import inner_lr
 from .shard_feed import Batch, ShardFeed
-from .swarm import Membership, PseudoGradientAverager, make_tracker, start_dht, visible_maddrs
+from .state_sync import Adopted, StateSync, Target
+from .swarm import CHUNK_TIMEOUT_S, SwarmPeer
 from .validation import Validator
 
 log = logging.getLogger("gpt5os.node")
 
-STATE_DOWNLOAD_TIMEOUT_S = 60.0
-RECONCILE_EVERY_S = 3.0
+CERTIFICATE_CHECK_EVERY_S = 3.0  # how often a node that may be behind asks for the certificate
+JOIN_SYNC_TIMEOUT_S = 600.0  # a joiner that finds no source of the certified state gives up
+HANDOVER_TIMEOUT_S = 60.0  # a node done with its rounds waits this long for the keeper's copy
 
 
 def resolve_device(choice: str) -> torch.device:
@@ -89,7 +91,9 @@ def initial_model(spec: pb.RunSpec) -> RWKV7:
 
 
 @dataclass
-class RoundOutcome:
+class RoundRecord:
+    """What this node reports about one outer round it applied."""
+
     round: int
     peer_node_ids: list[str]
     tokens: int
@@ -102,11 +106,48 @@ class RoundOutcome:
     averaging_attempts: int = 1
 
 
+@dataclass(frozen=True)
+class RoundApplied:
+    """This node took the round's outer step (with its group, or alone)."""
+
+    record: RoundRecord
+
+
+@dataclass(frozen=True)
+class RoundMissed:
+    """The swarm finished the round without this node: its work is stale, it re-syncs."""
+
+    reason: str
+
+
+OuterRoundOutcome = RoundApplied | RoundMissed
+
+
+def build_training_state(spec: pb.RunSpec, device: torch.device) -> tuple[RWKV7, OuterState]:
+    """The run's initial model on `device` and its DiLoCo outer state (θ_global on the CPU)."""
+    model = initial_model(spec).to(device)
+    return model, OuterState(model, spec.outer)
+
+
 class Trainer:
-    """One volunteer's training: owns the model, its DiLoCo state and its place in the swarm."""
+    """One volunteer's training: owns the model, its DiLoCo state and its place in the swarm.
+
+    :param peer: the node's swarm peer (DHT, averager, tracker, group averaging, boards), made
+        by `SwarmPeer.start` over `outer`; unit tests hand in a fake with the same attributes
+    """
 
     def __init__(
-        self, config: NodeConfig, client: CoordinatorClient, session: Session, stop: threading.Event
+        self,
+        config: NodeConfig,
+        client: CoordinatorClient,
+        session: Session,
+        stop: threading.Event,
+        *,
+        model: torch.nn.Module,
+        outer: OuterState,
+        peer: SwarmPeer,
+        feed: ShardFeed | None = None,
+        validator: Validator | None = None,
     ) -> None:
         self.config = config
         self.client = client
@@ -118,33 +159,23 @@ class Trainer:
         # every node (GPU ones too) so the CPU-side outer step computes the same bits everywhere.
         torch.set_flush_denormal(True)
 
-        self.model = initial_model(self.spec).to(self.device)
-        self.outer = OuterState(self.model, self.spec.outer)
+        self.model = model
+        self.outer = outer
         self.inner_opt = build_inner_optimizer(self.model, self.spec.inner)
-
-        prefix = session.join.dht_prefix or f"gpt5os_{self.spec.run_id}"
-        self.dht = start_dht(list(session.join.initial_peers), config.resolved_dht_listen())
-        self.averager = PseudoGradientAverager(
-            self.outer, self.dht, prefix=f"{prefix}_diloco", spec=self.spec
+        self.peer = peer
+        self.tracker = peer.tracker
+        self.sync = StateSync(
+            sources=peer.averager.state_sources,
+            claims=peer.claims.fetch,
+            download=lambda source: peer.averager.download_state(source, CHUNK_TIMEOUT_S),
+            adopt=self.outer.import_state,
+            n_params=len(self.outer.global_params),
         )
-        self.tracker = make_tracker(self.dht, f"{prefix}_diloco", self.spec.tokens_per_round)
-        self.membership = Membership(self.dht, f"{prefix}_members", session.node_id)
-        self.claims = ClaimBoard(self.dht, f"{prefix}_claims")
-        self.group_average = GroupAverage(
-            self.averager,
-            self.dht,
-            prefix=f"{prefix}_diloco",
-            config=GroupAverageConfig(
-                node_id=session.node_id,
-                tokens_per_round=self.spec.tokens_per_round,
-                matchmaking_time_s=self.spec.matchmaking_time_s or 3.0,
-            ),
-            exact=self.averager.exact,
-        )
-        self._claim: RoundClaim | None = None
+        self._digest = self.outer.digest()  # of θ_global, recomputed when it changes
+        self._checked: Target | None = None  # the last certificate compared with our state
 
         self.progress = NodeProgress()
-        self.feed = ShardFeed(
+        self.feed = feed or ShardFeed(
             client,
             config.cache_dir,
             seq_len=self.spec.seq_len,
@@ -152,7 +183,7 @@ class Trainer:
             stop=stop,
             seed=self.spec.seed,
         )
-        self.validator = Validator(
+        self.validator = validator or Validator(
             client,
             list(session.join.validation_shards),
             config.cache_dir,
@@ -164,49 +195,72 @@ class Trainer:
             client,
             self.progress,
             interval_s=session.join.heartbeat_interval_s or 10.0,
-            maddrs=lambda: visible_maddrs(self.dht),
+            maddrs=peer.maddrs,
             stop=stop,
         )
-        self.rounds: list[RoundOutcome] = []
+        if session.join.HasField("certified"):
+            self.heartbeat.certified = session.join.certified
+        self.rounds: list[RoundRecord] = []
         self._round_tokens = 0
         self._round_loss_sum = 0.0
         self._round_started = time.monotonic()
-        self._next_catch_up = 0.0
-        self._next_reconcile = 0.0
+        self._next_check = 0.0
 
     # -- the loop -----------------------------------------------------------------------------
 
-    def train(self) -> list[RoundOutcome]:
+    def train(self) -> list[RoundRecord]:
         """Train until --max-rounds outer rounds are done or the node is asked to stop."""
         if self.stop.is_set():  # stopped while starting up (e.g. SIGTERM during model build)
             return self.rounds
         self.heartbeat.beat()
         self.heartbeat.start()
-        if not self._load_state_from_peers():
-            self._publish_claim(self.outer.digest())
-        self.averager.allow_state_sharing = True
+        if not self._start_from_certified_state():
+            return self.rounds
+        self._publish_claim()
+        self.peer.averager.allow_state_sharing = True
         if self.config.min_peers > 1:
             log.info("waiting for %d peers before training", self.config.min_peers)
-            if not self.membership.wait_for(self.config.min_peers, self.stop.is_set):
+            if not self.peer.membership.wait_for(self.config.min_peers, self.stop.is_set):
                 return self.rounds
         else:
-            self.membership.announce()
+            self.peer.membership.announce()
         self._start_round()
         for batch in self.feed.batches():
             self.train_step(batch)
             self.tracker.report_local_progress(self.outer.round, self._round_tokens)
             if self.tracker.global_epoch > self.outer.round:
-                self._catch_up()
+                self.check_certificate(behind=True)
             elif self.tracker.ready_to_update_epoch:
                 outcome = self.outer_round()
-                if outcome is not None:
-                    self.rounds.append(outcome)
+                if isinstance(outcome, RoundApplied):
+                    self.rounds.append(outcome.record)
                     self._start_round()
+                else:
+                    log.info("round %d: %s", self.outer.round + 1, outcome.reason)
+                    self.check_certificate(behind=True, force=True)
             else:
-                self._reconcile_if_due()
+                self.check_certificate()
             if self._done():
                 break
+        if self.rounds and not self.stop.is_set():
+            self._hand_over()
         return self.rounds
+
+    def _hand_over(self) -> None:
+        """Before leaving after --max-rounds: stay (sharing our state) until the keeper has
+        certified our last round, so a keeper that missed it can still catch up from us; the
+        last volunteer to leave must not take the model with it."""
+        deadline = time.monotonic() + HANDOVER_TIMEOUT_S
+        while time.monotonic() < deadline and not self.stop.is_set():
+            try:
+                self.heartbeat.beat()
+            except CoordinatorError as e:
+                log.debug("certificate refresh failed: %s", e)
+            cert = self.heartbeat.certified
+            if cert is not None and cert.round >= self.outer.round and cert.source == "keeper":
+                return
+            self.stop.wait(1.0)
+        log.info("leaving before the keeper certified round %d", self.outer.round)
 
     def _done(self) -> bool:
         max_rounds = self.config.max_rounds
@@ -248,11 +302,8 @@ class Trainer:
 
     # -- outer rounds -------------------------------------------------------------------------
 
-    def outer_round(self) -> RoundOutcome | None:
-        """Average pseudo-gradients with whoever is in the swarm now, then take the outer step.
-
-        Returns None when the swarm finished this round without us (we then adopt its state).
-        """
+    def outer_round(self) -> OuterRoundOutcome:
+        """Average pseudo-gradients with whoever is in the swarm now, then take the outer step."""
         started = time.monotonic()
         tokens = max(1, self._round_tokens)
         deltas = self.outer.pseudo_gradients()
@@ -262,33 +313,34 @@ class Trainer:
             log.error("pseudo-gradient has NaN/Inf: this round's local work is discarded")
             deltas = [torch.zeros_like(d) for d in deltas]
         elif self.tracker.global_progress.num_peers > 1:
-            result = self.group_average.run(
+            result = self.peer.group_average.run(
                 self.outer.round,
                 deltas,
                 tokens,
                 cancel=lambda: self.stop.is_set() or self.tracker.global_epoch > self.outer.round,
             )
-            if result is None:
-                log.info("round %d finished without this node", self.outer.round + 1)
-                self._catch_up(force=True)
-                return None
-            if result.complete:
+            if isinstance(result, Cancelled):
+                return RoundMissed("the swarm finished this round without this node")
+            if isinstance(result, Settled):
                 averaged, peers, group_tokens = (
                     result.averaged,
                     result.node_ids,
                     result.group_tokens,
                 )
                 attempts = result.attempts
-            else:
+            elif isinstance(result, Incomplete):
+                attempts = result.attempts
                 log.error(
                     "round %d: no checked average after %d attempt(s): applying this node's own "
-                    "pseudo-gradient (a peer's group result will replace it)",
+                    "pseudo-gradient (the round's certificate will repair it)",
                     self.outer.round + 1,
                     result.attempts,
                 )
+            else:
+                assert isinstance(result, Alone)
+                log.warning("round %d: no group formed; stepping alone", self.outer.round + 1)
         if averaged is None and self.tracker.global_epoch > self.outer.round:
-            self._catch_up(force=True)  # a peer already defined this round: take its result
-            return None
+            return RoundMissed("a peer already finished this round")
         with self.tracker.pause_updates():
             self.outer.apply_outer_step(
                 averaged if averaged is not None else deltas,
@@ -296,9 +348,10 @@ class Trainer:
                 group_size=len(peers),
             )
             self.tracker.update_epoch(self.outer.round)
+        self._digest = self.outer.digest()
         averaging_s = time.monotonic() - started
         val_loss = self.validator.loss(self.model, self.device)
-        outcome = RoundOutcome(
+        record = RoundRecord(
             round=self.outer.round,
             peer_node_ids=sorted(peers),
             tokens=self._round_tokens,
@@ -306,135 +359,167 @@ class Trainer:
             mean_loss=self._round_loss_sum / max(1, self._round_tokens),
             duration_s=time.monotonic() - self._round_started,
             averaging_s=averaging_s,
-            params_sha256=self.outer.digest(),
+            params_sha256=self._digest,
             val_loss=val_loss,
             averaging_attempts=attempts,
         )
-        self.progress.outer_round = outcome.round
-        self._publish_claim(outcome.params_sha256)
-        self._report(outcome)
+        self.progress.outer_round = record.round
+        self._publish_claim()
+        self._report(record)
         log.info(
             "round %d: %d peer%s, %d tokens here (%d in group), loss %.4f, val %s, %.0f tok/s, "
             "averaging %.1f s%s",
-            outcome.round,
-            len(outcome.peer_node_ids),
-            "" if len(outcome.peer_node_ids) == 1 else "s",
-            outcome.tokens,
-            outcome.group_tokens,
-            outcome.mean_loss,
-            "-" if outcome.val_loss is None else f"{outcome.val_loss:.4f}",
+            record.round,
+            len(record.peer_node_ids),
+            "" if len(record.peer_node_ids) == 1 else "s",
+            record.tokens,
+            record.group_tokens,
+            record.mean_loss,
+            "-" if record.val_loss is None else f"{record.val_loss:.4f}",
             self.progress.tokens_per_second,
-            outcome.averaging_s,
+            record.averaging_s,
             "" if attempts == 1 else f" ({attempts} attempts)",
         )
-        return outcome
+        return RoundApplied(record)
 
-    def _report(self, outcome: RoundOutcome) -> None:
+    def _report(self, record: RoundRecord) -> None:
         request = pb.ReportRoundRequest(
-            round=outcome.round,
-            peer_node_ids=outcome.peer_node_ids,
-            tokens=outcome.tokens,
-            mean_loss=outcome.mean_loss,
-            duration_s=outcome.duration_s,
-            averaging_s=outcome.averaging_s,
-            params_sha256=outcome.params_sha256,
-            group_tokens=outcome.group_tokens,
+            round=record.round,
+            peer_node_ids=record.peer_node_ids,
+            tokens=record.tokens,
+            mean_loss=record.mean_loss,
+            duration_s=record.duration_s,
+            averaging_s=record.averaging_s,
+            params_sha256=record.params_sha256,
+            group_tokens=record.group_tokens,
         )
-        if outcome.val_loss is not None:
-            request.val_loss = outcome.val_loss
+        if record.val_loss is not None:
+            request.val_loss = record.val_loss
         try:
             self.client.report_round(request)
         except CoordinatorError as e:
-            log.warning("could not report round %d: %s", outcome.round, e)
+            log.warning("could not report round %d: %s", record.round, e)
+            self._next_check = 0.0  # e.g. refused as contradicting the certificate: check now
 
-    # -- joining a swarm that is ahead ------------------------------------------------------
+    # -- one certified θ_global for the whole swarm --------------------------------------------
 
-    def _load_state_from_peers(self) -> bool:
-        """Adopt the swarm's θ_global, momentum and round from a peer, if any peer shares one."""
+    def certified(self) -> Target | None:
+        """The latest certificate the coordinator handed us (Join, then every heartbeat)."""
+        return Target.from_pb(self.heartbeat.certified)
+
+    def check_certificate(self, *, behind: bool = False, force: bool = False) -> bool:
+        """Re-sync when the certificate says our θ_global is wrong or stale; True if we adopted.
+
+        `behind`: the tracker says the swarm is past our round, so ask for a fresh certificate
+        instead of waiting for the next heartbeat.
+        """
+        now = time.monotonic()
+        if not force and now < self._next_check:
+            return False
+        self._next_check = now + CERTIFICATE_CHECK_EVERY_S
+        if behind:
+            try:
+                self.heartbeat.beat()
+            except CoordinatorError as e:
+                log.debug("certificate refresh failed: %s", e)
+        target = self.certified()
+        if target is None or target.round < self.outer.round:
+            return False
+        if target.round == self.outer.round:
+            if target == self._checked:
+                return False
+            self._digest = self.outer.digest()  # once per new certificate: catches tampering
+            self._checked = target
+            if self._digest == target.params_sha256:
+                return False
+            log.warning(
+                "round %d: this node's global model %s differs from the certified %s: re-syncing",
+                target.round,
+                self._digest[:12],
+                target.params_sha256[:12],
+            )
+        else:
+            log.info(
+                "the swarm is certified at round %d, this node at %d: re-syncing",
+                target.round,
+                self.outer.round,
+            )
+        return self.resync(target)
+
+    def resync(self, target: Target) -> bool:
+        """Adopt the certified state from a peer (or the keeper); True when done."""
+        self.peer.averager.allow_state_sharing = False  # nobody should download our wrong state
         try:
-            loaded = self.averager.load_state_from_peers(timeout=STATE_DOWNLOAD_TIMEOUT_S)
-        except Exception as e:
-            log.warning("could not download state from peers: %s", e)
+            outcome = self.sync.sync(target)
+        finally:
+            self.peer.averager.allow_state_sharing = True
+        if not isinstance(outcome, Adopted):
+            log.warning(
+                "no source served the certified state of round %d (%d tried): %s",
+                target.round,
+                outcome.tried,
+                "; ".join(outcome.reasons) or "no peer shares state",
+            )
             return False
-        if loaded is None:
-            return False
-        meta, tensors = loaded
-        try:
-            self.outer.import_state(meta, tensors)
-        except (KeyError, TypeError, ValueError) as e:
-            log.warning("ignoring a peer's state: %s", e)
-            return False
+        with self.outer.lock:
+            self.outer.swarm_tokens = target.tokens  # the certificate's count, not the peer's
+        self._digest = target.params_sha256
+        self._checked = target
         self.progress.outer_round = self.outer.round
         self.tracker.report_local_progress(self.outer.round, 0)
-        self._publish_claim(self.outer.digest())
-        log.info("loaded the swarm's state from a peer: round %d", self.outer.round)
+        self._publish_claim()
+        self._start_round()
+        log.info(
+            "adopted the certified state of round %d from %s (%d source%s tried)",
+            target.round,
+            outcome.source[:12],
+            outcome.tried,
+            "" if outcome.tried == 1 else "s",
+        )
         return True
 
-    # -- one θ_global for the whole swarm -------------------------------------------------------
+    def _start_from_certified_state(self) -> bool:
+        """A node joining a run with history starts from its certified state (False: stopped or
+        no source served it in time)."""
+        deadline = time.monotonic() + JOIN_SYNC_TIMEOUT_S
+        while not self.stop.is_set():
+            target = self.certified()
+            if target is None or (target.round == 0 and target.params_sha256 == self._digest):
+                return True  # a fresh run: every node starts from the same seeded model
+            if target.round == self.outer.round and target.params_sha256 == self._digest:
+                return True
+            if self.resync(target):
+                return True
+            if time.monotonic() >= deadline:
+                log.error(
+                    "no peer or keeper served the certified state of round %d within %.0f s: "
+                    "is the keeper running?",
+                    target.round,
+                    JOIN_SYNC_TIMEOUT_S,
+                )
+                return False
+            self.stop.wait(2.0)
+            try:
+                self.heartbeat.beat()
+            except CoordinatorError as e:
+                log.debug("certificate refresh failed: %s", e)
+        return False
 
-    def _publish_claim(self, digest: str) -> None:
-        self._claim = RoundClaim(
-            round=self.outer.round,
-            digest=digest,
-            group_size=self.outer.group_size,
-            node_id=self.session.node_id,
+    def _publish_claim(self) -> None:
+        self.peer.claims.publish(
+            RoundClaim(
+                round=self.outer.round,
+                digest=self._digest,
+                group_size=self.outer.group_size,
+                node_id=self.session.node_id,
+            )
         )
-        self.claims.publish(self._claim)
-        # peers that download state prefer later rounds, then states more peers averaged into
-        self.averager.state_sharing_priority = float(
-            self.outer.round * 10_000 + self.outer.group_size
-        )
-
-    def _reconcile_if_due(self) -> None:
-        """Adopt a peer's θ_global when it has a better claim to this round than ours."""
-        if self._claim is None or time.monotonic() < self._next_reconcile:
-            return
-        self._next_reconcile = time.monotonic() + RECONCILE_EVERY_S
-        better = better_claim(self._claim, self.claims.fetch())
-        if better is None:
-            return
-        log.warning(
-            "round %d: node %s holds a different global model averaged by %d peer(s) (ours: %d); "
-            "adopting it",
-            better.round,
-            better.node_id,
-            better.group_size,
-            self._claim.group_size,
-        )
-        self.averager.allow_state_sharing = False  # nobody should download the losing state
-        try:
-            adopted = self._load_state_from_peers()
-        finally:
-            self.averager.allow_state_sharing = True
-        if adopted:
-            self._start_round()
-        else:
-            self._next_reconcile = time.monotonic() + 5 * RECONCILE_EVERY_S
-
-    def _catch_up(self, force: bool = False) -> None:
-        """The swarm finished a round without us: our local progress is stale, take its state."""
-        if not force and time.monotonic() < self._next_catch_up:
-            return
-        self._next_catch_up = time.monotonic() + 10.0
-        log.info(
-            "the swarm is at round %d, this node at %d: downloading its state",
-            self.tracker.global_epoch,
-            self.outer.round,
-        )
-        if self._load_state_from_peers():
-            self._start_round()
+        # hivemind's own state-download order (we pick sources ourselves, state_sync.py)
+        self.peer.averager.state_sharing_priority = float(self.outer.round)
 
     # -- shutdown -----------------------------------------------------------------------------
 
     def close(self) -> None:
         """Stop background work and leave the swarm; safe to call more than once."""
         self.stop.set()
-        for name, stop in (
-            ("tracker", lambda: self.tracker.shutdown(timeout=5)),
-            ("averager", self.averager.shutdown),
-            ("dht", self.dht.shutdown),
-        ):
-            try:
-                stop()
-            except Exception as e:  # shutting down: report, keep going
-                log.debug("stopping %s: %s", name, e)
+        self.peer.close()

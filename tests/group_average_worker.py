@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from gpt5os.node import fixed_point
 from gpt5os.node.diloco import OuterState, tensors_sha256
-from gpt5os.node.group_average import GroupAverage, GroupAverageConfig
+from gpt5os.node.group_average import GroupAverage, GroupAverageConfig, Settled
 from gpt5os.node.swarm import PseudoGradientAverager, start_dht, visible_maddrs
 from gpt5os.proto import pb
 from hivemind.averaging import partition
@@ -120,14 +120,15 @@ def main() -> None:
         if not args.no_barrier:
             _wait_for_files([args.out.with_name(f"ready-{i}") for i in range(len(group))])
         result = averaging.run(0, deltas(seed), tokens, cancel=lambda: False)
-        assert result is not None
         exact = expected_mean(group)
+        settled = isinstance(result, Settled)
         report = {
-            "attempts": result.attempts,
-            "complete": result.complete,
-            "node_ids": sorted(result.node_ids),
-            "digest": tensors_sha256(result.averaged) if result.averaged else None,
-            "exact": result.averaged is not None
+            "outcome": type(result).__name__,
+            "attempts": getattr(result, "attempts", 1),
+            "complete": settled,
+            "node_ids": sorted(result.node_ids) if settled else [],
+            "digest": tensors_sha256(result.averaged) if settled else None,
+            "exact": settled
             and all(torch.equal(a, b) for a, b in zip(result.averaged, exact, strict=True)),
         }
         args.out.write_text(json.dumps(report))

@@ -211,3 +211,15 @@ def test_parse_address() -> None:
     for bad in ["", "localhost", ":50051", "host:", "host:http", "host:0", "host:70000", "a b:1"]:
         with pytest.raises(ValueError, match="coordinator address"):
             parse_address(bad)
+
+
+def test_the_keepers_state_follows_snapshots_and_deltas() -> None:
+    v = SwarmView()
+    v.apply(snapshot(run=pb.RunStatus(run_id="r")), local_now=0.0)
+    assert v.keeper is None  # a coordinator that reports no keeper
+    live = pb.KeeperStatus(live=True, last_round=3, last_report_unix=10.0, checkpoint_round=3)
+    v.apply(delta(run=pb.RunStatus(run_id="r"), keeper=live), local_now=1.0)
+    assert v.keeper.live and v.keeper.last_round == 3
+    down = pb.KeeperStatus(live=False, last_round=3, last_report_unix=10.0)
+    v.apply(delta(run=pb.RunStatus(run_id="r"), keeper=down), local_now=2.0)
+    assert not v.keeper.live

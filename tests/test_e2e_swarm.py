@@ -130,7 +130,7 @@ def test_a_lone_node_trains_alone_and_a_late_joiner_averages_with_it(
 
         status = coordinator_status(run_dir)
         [late_id] = [n["node_id"] for n in status["nodes"] if n["node_id"] != first_id]
-        assert "loaded the swarm's state from a peer" in late.output()
+        assert "adopted the certified state of round" in late.output()
         together = [
             r
             for r in status["rounds"]

@@ -111,7 +111,7 @@ class JoinRequest(_message.Message):
     def __init__(self, public_key: _Optional[bytes] = ..., info: _Optional[_Union[NodeInfo, _Mapping]] = ...) -> None: ...
 
 class JoinResponse(_message.Message):
-    __slots__ = ("node_id", "session_token", "spec", "initial_peers", "heartbeat_interval_s", "lease_duration_s", "outer_round", "dht_prefix", "validation_shards")
+    __slots__ = ("node_id", "session_token", "spec", "initial_peers", "heartbeat_interval_s", "lease_duration_s", "outer_round", "dht_prefix", "validation_shards", "certified")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     SESSION_TOKEN_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
@@ -121,6 +121,7 @@ class JoinResponse(_message.Message):
     OUTER_ROUND_FIELD_NUMBER: _ClassVar[int]
     DHT_PREFIX_FIELD_NUMBER: _ClassVar[int]
     VALIDATION_SHARDS_FIELD_NUMBER: _ClassVar[int]
+    CERTIFIED_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     session_token: str
     spec: RunSpec
@@ -130,7 +131,8 @@ class JoinResponse(_message.Message):
     outer_round: int
     dht_prefix: str
     validation_shards: _containers.RepeatedCompositeFieldContainer[Lease]
-    def __init__(self, node_id: _Optional[str] = ..., session_token: _Optional[str] = ..., spec: _Optional[_Union[RunSpec, _Mapping]] = ..., initial_peers: _Optional[_Iterable[str]] = ..., heartbeat_interval_s: _Optional[float] = ..., lease_duration_s: _Optional[float] = ..., outer_round: _Optional[int] = ..., dht_prefix: _Optional[str] = ..., validation_shards: _Optional[_Iterable[_Union[Lease, _Mapping]]] = ...) -> None: ...
+    certified: CertifiedRound
+    def __init__(self, node_id: _Optional[str] = ..., session_token: _Optional[str] = ..., spec: _Optional[_Union[RunSpec, _Mapping]] = ..., initial_peers: _Optional[_Iterable[str]] = ..., heartbeat_interval_s: _Optional[float] = ..., lease_duration_s: _Optional[float] = ..., outer_round: _Optional[int] = ..., dht_prefix: _Optional[str] = ..., validation_shards: _Optional[_Iterable[_Union[Lease, _Mapping]]] = ..., certified: _Optional[_Union[CertifiedRound, _Mapping]] = ...) -> None: ...
 
 class NodeAuth(_message.Message):
     __slots__ = ("node_id", "session_token")
@@ -163,14 +165,16 @@ class HeartbeatRequest(_message.Message):
     def __init__(self, auth: _Optional[_Union[NodeAuth, _Mapping]] = ..., stats: _Optional[_Union[NodeStats, _Mapping]] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
-    __slots__ = ("leases", "paused", "spec_revision")
+    __slots__ = ("leases", "paused", "spec_revision", "certified")
     LEASES_FIELD_NUMBER: _ClassVar[int]
     PAUSED_FIELD_NUMBER: _ClassVar[int]
     SPEC_REVISION_FIELD_NUMBER: _ClassVar[int]
+    CERTIFIED_FIELD_NUMBER: _ClassVar[int]
     leases: _containers.RepeatedCompositeFieldContainer[Lease]
     paused: bool
     spec_revision: int
-    def __init__(self, leases: _Optional[_Iterable[_Union[Lease, _Mapping]]] = ..., paused: _Optional[bool] = ..., spec_revision: _Optional[int] = ...) -> None: ...
+    certified: CertifiedRound
+    def __init__(self, leases: _Optional[_Iterable[_Union[Lease, _Mapping]]] = ..., paused: _Optional[bool] = ..., spec_revision: _Optional[int] = ..., certified: _Optional[_Union[CertifiedRound, _Mapping]] = ...) -> None: ...
 
 class LeaveRequest(_message.Message):
     __slots__ = ("auth", "reason")
@@ -425,8 +429,9 @@ class Event(_message.Message):
     def __init__(self, id: _Optional[int] = ..., unix: _Optional[float] = ..., kind: _Optional[str] = ..., node_id: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class SwarmSnapshot(_message.Message):
-    __slots__ = ("run", "nodes", "rounds", "loss_history", "val_loss_history", "throughput_history", "events", "server_unix")
+    __slots__ = ("run", "keeper", "nodes", "rounds", "loss_history", "val_loss_history", "throughput_history", "events", "server_unix")
     RUN_FIELD_NUMBER: _ClassVar[int]
+    KEEPER_FIELD_NUMBER: _ClassVar[int]
     NODES_FIELD_NUMBER: _ClassVar[int]
     ROUNDS_FIELD_NUMBER: _ClassVar[int]
     LOSS_HISTORY_FIELD_NUMBER: _ClassVar[int]
@@ -435,6 +440,7 @@ class SwarmSnapshot(_message.Message):
     EVENTS_FIELD_NUMBER: _ClassVar[int]
     SERVER_UNIX_FIELD_NUMBER: _ClassVar[int]
     run: RunStatus
+    keeper: KeeperStatus
     nodes: _containers.RepeatedCompositeFieldContainer[NodeStatus]
     rounds: _containers.RepeatedCompositeFieldContainer[RoundStatus]
     loss_history: _containers.RepeatedCompositeFieldContainer[LossPoint]
@@ -442,11 +448,12 @@ class SwarmSnapshot(_message.Message):
     throughput_history: _containers.RepeatedCompositeFieldContainer[ThroughputPoint]
     events: _containers.RepeatedCompositeFieldContainer[Event]
     server_unix: float
-    def __init__(self, run: _Optional[_Union[RunStatus, _Mapping]] = ..., nodes: _Optional[_Iterable[_Union[NodeStatus, _Mapping]]] = ..., rounds: _Optional[_Iterable[_Union[RoundStatus, _Mapping]]] = ..., loss_history: _Optional[_Iterable[_Union[LossPoint, _Mapping]]] = ..., val_loss_history: _Optional[_Iterable[_Union[LossPoint, _Mapping]]] = ..., throughput_history: _Optional[_Iterable[_Union[ThroughputPoint, _Mapping]]] = ..., events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ..., server_unix: _Optional[float] = ...) -> None: ...
+    def __init__(self, run: _Optional[_Union[RunStatus, _Mapping]] = ..., keeper: _Optional[_Union[KeeperStatus, _Mapping]] = ..., nodes: _Optional[_Iterable[_Union[NodeStatus, _Mapping]]] = ..., rounds: _Optional[_Iterable[_Union[RoundStatus, _Mapping]]] = ..., loss_history: _Optional[_Iterable[_Union[LossPoint, _Mapping]]] = ..., val_loss_history: _Optional[_Iterable[_Union[LossPoint, _Mapping]]] = ..., throughput_history: _Optional[_Iterable[_Union[ThroughputPoint, _Mapping]]] = ..., events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ..., server_unix: _Optional[float] = ...) -> None: ...
 
 class SwarmDelta(_message.Message):
-    __slots__ = ("run", "nodes", "rounds", "loss_history", "val_loss_history", "throughput_history", "events", "server_unix")
+    __slots__ = ("run", "keeper", "nodes", "rounds", "loss_history", "val_loss_history", "throughput_history", "events", "server_unix")
     RUN_FIELD_NUMBER: _ClassVar[int]
+    KEEPER_FIELD_NUMBER: _ClassVar[int]
     NODES_FIELD_NUMBER: _ClassVar[int]
     ROUNDS_FIELD_NUMBER: _ClassVar[int]
     LOSS_HISTORY_FIELD_NUMBER: _ClassVar[int]
@@ -455,6 +462,7 @@ class SwarmDelta(_message.Message):
     EVENTS_FIELD_NUMBER: _ClassVar[int]
     SERVER_UNIX_FIELD_NUMBER: _ClassVar[int]
     run: RunStatus
+    keeper: KeeperStatus
     nodes: _containers.RepeatedCompositeFieldContainer[NodeStatus]
     rounds: _containers.RepeatedCompositeFieldContainer[RoundStatus]
     loss_history: _containers.RepeatedCompositeFieldContainer[LossPoint]
@@ -462,7 +470,7 @@ class SwarmDelta(_message.Message):
     throughput_history: _containers.RepeatedCompositeFieldContainer[ThroughputPoint]
     events: _containers.RepeatedCompositeFieldContainer[Event]
     server_unix: float
-    def __init__(self, run: _Optional[_Union[RunStatus, _Mapping]] = ..., nodes: _Optional[_Iterable[_Union[NodeStatus, _Mapping]]] = ..., rounds: _Optional[_Iterable[_Union[RoundStatus, _Mapping]]] = ..., loss_history: _Optional[_Iterable[_Union[LossPoint, _Mapping]]] = ..., val_loss_history: _Optional[_Iterable[_Union[LossPoint, _Mapping]]] = ..., throughput_history: _Optional[_Iterable[_Union[ThroughputPoint, _Mapping]]] = ..., events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ..., server_unix: _Optional[float] = ...) -> None: ...
+    def __init__(self, run: _Optional[_Union[RunStatus, _Mapping]] = ..., keeper: _Optional[_Union[KeeperStatus, _Mapping]] = ..., nodes: _Optional[_Iterable[_Union[NodeStatus, _Mapping]]] = ..., rounds: _Optional[_Iterable[_Union[RoundStatus, _Mapping]]] = ..., loss_history: _Optional[_Iterable[_Union[LossPoint, _Mapping]]] = ..., val_loss_history: _Optional[_Iterable[_Union[LossPoint, _Mapping]]] = ..., throughput_history: _Optional[_Iterable[_Union[ThroughputPoint, _Mapping]]] = ..., events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ..., server_unix: _Optional[float] = ...) -> None: ...
 
 class SwarmUpdate(_message.Message):
     __slots__ = ("snapshot", "delta")
@@ -501,3 +509,65 @@ class NodeDetail(_message.Message):
     leases: _containers.RepeatedCompositeFieldContainer[Lease]
     rounds: _containers.RepeatedCompositeFieldContainer[RoundStatus]
     def __init__(self, node: _Optional[_Union[NodeStatus, _Mapping]] = ..., loss_history: _Optional[_Iterable[_Union[LossPoint, _Mapping]]] = ..., throughput_history: _Optional[_Iterable[_Union[ThroughputPoint, _Mapping]]] = ..., leases: _Optional[_Iterable[_Union[Lease, _Mapping]]] = ..., rounds: _Optional[_Iterable[_Union[RoundStatus, _Mapping]]] = ...) -> None: ...
+
+class CertifiedRound(_message.Message):
+    __slots__ = ("round", "tokens", "params_sha256", "source")
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_SHA256_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    round: int
+    tokens: int
+    params_sha256: str
+    source: str
+    def __init__(self, round: _Optional[int] = ..., tokens: _Optional[int] = ..., params_sha256: _Optional[str] = ..., source: _Optional[str] = ...) -> None: ...
+
+class KeeperReportRequest(_message.Message):
+    __slots__ = ("round", "tokens", "params_sha256", "unix", "nonce", "dht_maddrs", "hello", "signature", "checkpoint_error", "checkpoint_round")
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_SHA256_FIELD_NUMBER: _ClassVar[int]
+    UNIX_FIELD_NUMBER: _ClassVar[int]
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    DHT_MADDRS_FIELD_NUMBER: _ClassVar[int]
+    HELLO_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_ERROR_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_ROUND_FIELD_NUMBER: _ClassVar[int]
+    round: int
+    tokens: int
+    params_sha256: str
+    unix: float
+    nonce: bytes
+    dht_maddrs: _containers.RepeatedScalarFieldContainer[str]
+    hello: bool
+    signature: bytes
+    checkpoint_error: str
+    checkpoint_round: int
+    def __init__(self, round: _Optional[int] = ..., tokens: _Optional[int] = ..., params_sha256: _Optional[str] = ..., unix: _Optional[float] = ..., nonce: _Optional[bytes] = ..., dht_maddrs: _Optional[_Iterable[str]] = ..., hello: _Optional[bool] = ..., signature: _Optional[bytes] = ..., checkpoint_error: _Optional[str] = ..., checkpoint_round: _Optional[int] = ...) -> None: ...
+
+class KeeperReportResponse(_message.Message):
+    __slots__ = ("spec", "initial_peers", "dht_prefix", "certified")
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    INITIAL_PEERS_FIELD_NUMBER: _ClassVar[int]
+    DHT_PREFIX_FIELD_NUMBER: _ClassVar[int]
+    CERTIFIED_FIELD_NUMBER: _ClassVar[int]
+    spec: RunSpec
+    initial_peers: _containers.RepeatedScalarFieldContainer[str]
+    dht_prefix: str
+    certified: CertifiedRound
+    def __init__(self, spec: _Optional[_Union[RunSpec, _Mapping]] = ..., initial_peers: _Optional[_Iterable[str]] = ..., dht_prefix: _Optional[str] = ..., certified: _Optional[_Union[CertifiedRound, _Mapping]] = ...) -> None: ...
+
+class KeeperStatus(_message.Message):
+    __slots__ = ("live", "last_round", "last_report_unix", "certified", "checkpoint_round")
+    LIVE_FIELD_NUMBER: _ClassVar[int]
+    LAST_ROUND_FIELD_NUMBER: _ClassVar[int]
+    LAST_REPORT_UNIX_FIELD_NUMBER: _ClassVar[int]
+    CERTIFIED_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_ROUND_FIELD_NUMBER: _ClassVar[int]
+    live: bool
+    last_round: int
+    last_report_unix: float
+    certified: CertifiedRound
+    checkpoint_round: int
+    def __init__(self, live: _Optional[bool] = ..., last_round: _Optional[int] = ..., last_report_unix: _Optional[float] = ..., certified: _Optional[_Union[CertifiedRound, _Mapping]] = ..., checkpoint_round: _Optional[int] = ...) -> None: ...

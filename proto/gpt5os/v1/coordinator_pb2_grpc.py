@@ -84,6 +84,11 @@ class CoordinatorStub:
                 request_serializer=gpt5os_dot_v1_dot_coordinator__pb2.WatchSwarmRequest.SerializeToString,
                 response_deserializer=gpt5os_dot_v1_dot_coordinator__pb2.SwarmUpdate.FromString,
                 _registered_method=True)
+        self.KeeperReport = channel.unary_unary(
+                '/gpt5os.v1.Coordinator/KeeperReport',
+                request_serializer=gpt5os_dot_v1_dot_coordinator__pb2.KeeperReportRequest.SerializeToString,
+                response_deserializer=gpt5os_dot_v1_dot_coordinator__pb2.KeeperReportResponse.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServicer:
@@ -159,6 +164,14 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def KeeperReport(self, request, context):
+        """The keeper's report of the state it holds after a round (also its hello when it starts);
+        signed with the run's keeper key: the coordinator records it as that round's certified digest.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -211,6 +224,11 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.WatchSwarm,
                     request_deserializer=gpt5os_dot_v1_dot_coordinator__pb2.WatchSwarmRequest.FromString,
                     response_serializer=gpt5os_dot_v1_dot_coordinator__pb2.SwarmUpdate.SerializeToString,
+            ),
+            'KeeperReport': grpc.unary_unary_rpc_method_handler(
+                    servicer.KeeperReport,
+                    request_deserializer=gpt5os_dot_v1_dot_coordinator__pb2.KeeperReportRequest.FromString,
+                    response_serializer=gpt5os_dot_v1_dot_coordinator__pb2.KeeperReportResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -483,6 +501,33 @@ class Coordinator:
             '/gpt5os.v1.Coordinator/WatchSwarm',
             gpt5os_dot_v1_dot_coordinator__pb2.WatchSwarmRequest.SerializeToString,
             gpt5os_dot_v1_dot_coordinator__pb2.SwarmUpdate.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def KeeperReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gpt5os.v1.Coordinator/KeeperReport',
+            gpt5os_dot_v1_dot_coordinator__pb2.KeeperReportRequest.SerializeToString,
+            gpt5os_dot_v1_dot_coordinator__pb2.KeeperReportResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,164 @@
+"""End to end: the keeper holds the run's model when every volunteer has left.
+
+Real processes on 127.0.0.1: `gpt5os-coordinator serve` (which starts the keeper as its child),
+two `gpt5os-node join` that train three outer rounds and leave, then a third node that joins an
+empty swarm and must continue at round 4 from the keeper's state."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from e2e_support import Proc, coordinator_status, process_env, start_coordinator, tool, wait_for
+from gpt5os.coordinator.checkpoints import CheckpointDir
+
+pytestmark = pytest.mark.e2e
+
+ROUNDS = 3
+ROGUE = str(Path(__file__).with_name("rogue_peer.py"))
+
+
+def _dead(proc: Proc) -> None:
+    if not proc.alive():
+        raise RuntimeError(f"process exited:\n{proc.tail()}")
+
+
+@pytest.fixture(scope="module")
+def small_corpus(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("data") / "stdlib"
+    subprocess.run(
+        [tool("gpt5os-coordinator"), "data", "prepare", "--out", str(out), "--shard-tokens", "4096",
+         "--max-documents", "120", "stdlib"],
+        check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    return out
+
+
+def _init_run(run_dir: Path, data: Path) -> None:
+    subprocess.run(
+        [tool("gpt5os-coordinator"), "init", "--dir", str(run_dir), "--data", str(data),
+         "--preset", "tiny", "--tokens-per-round", "4096", "--compression", "none",
+         "--heartbeat-seconds", "1", "--lease-seconds", "30"],
+        check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+
+
+def _node(address: str, home: Path, log: Path, *extra: str) -> Proc:
+    args = [tool("gpt5os-node"), "join", "--coordinator", address, "--device", "cpu",
+            "--threads", "1", "--home", str(home), *extra]  # fmt: skip
+    return Proc(args, log, process_env(home))
+
+
+def _keeper_at(run_dir: Path, round_number: int):
+    def check() -> dict | None:
+        status = coordinator_status(run_dir)
+        keeper = status["keeper"]
+        return status if keeper["live"] and (keeper["last_round"] or 0) >= round_number else None
+
+    return check
+
+
+def _keeper_pid(coordinator_log: str) -> int:
+    lines = [line for line in coordinator_log.splitlines() if "keeper started (pid" in line]
+    return int(lines[-1].split("pid ")[1].rstrip(")"))
+
+
+def test_the_keeper_carries_the_model_across_an_empty_swarm(
+    tmp_path: Path, small_corpus: Path
+) -> None:
+    run_dir = tmp_path / "run"
+    _init_run(run_dir, small_corpus)
+    coordinator, address = start_coordinator(
+        run_dir, tmp_path / "coord-home", tmp_path / "coordinator.log"
+    )
+    procs: list[Proc] = []
+    try:
+        wait_for(_keeper_at(run_dir, 0), 180, "the keeper's first report", interval=1.0)
+        for name in ("a", "b"):
+            procs.append(
+                _node(
+                    address,
+                    tmp_path / f"node-{name}",
+                    tmp_path / f"node-{name}.log",
+                    "--max-rounds",
+                    str(ROUNDS),
+                    "--min-peers",
+                    "2",
+                )  # fmt: skip
+            )
+        for node in procs:
+            assert node.wait(timeout=900) == 0, node.tail()
+
+        # Each node applied 3 rounds; one that missed a round (it re-synced) trained one more.
+        last_round = max(r["round"] for r in coordinator_status(run_dir)["rounds"])
+        assert last_round >= ROUNDS
+        status = wait_for(_keeper_at(run_dir, last_round), 120, "the keeper", interval=1.0)
+        rounds = {r["round"]: r for r in status["rounds"]}
+        assert sorted(rounds) == list(range(1, last_round + 1)), status["rounds"]
+        last = {r["params_sha256"] for r in rounds[last_round]["reports"]}
+        assert len(last) == 1, last
+        [digest] = last
+        certified = status["keeper"]["certified"]
+        assert certified["round"] == last_round and certified["source"] == "keeper"
+        assert certified["params_sha256"] == digest
+        info = wait_for(
+            lambda: (i := CheckpointDir(run_dir).latest()) and i.round == last_round and i,
+            60,
+            "the keeper's last checkpoint",
+        )
+        assert info.params_sha256 == digest
+        for r in rounds.values():  # the keeper is a member, never a contributor
+            for report in r["reports"]:
+                assert "keeper" not in report["peer_node_ids"]
+
+        # Every volunteer left; a hostile peer serves a tampered model under a forged claim of
+        # the certified digest. A new node rejects it and continues from the keeper at round 4.
+        rogue = Proc(
+            [sys.executable, ROGUE, "--coordinator", address, "--home", str(tmp_path / "rogue")],
+            tmp_path / "rogue.log",
+            process_env(tmp_path / "rogue"),
+        )
+        procs.append(rogue)
+        wait_for(lambda: "rogue ready" in rogue.output() or _dead(rogue), 180, "the rogue peer")
+        late = _node(address, tmp_path / "node-c", tmp_path / "node-c.log", "--max-rounds", "2")
+        procs.append(late)
+        wait_for(_keeper_at(run_dir, last_round + 1), 600, "the next round", interval=1.0)
+
+        # kill -9 of the keeper mid-run (a torn temp file beside its checkpoints, as a write cut
+        # short leaves): the coordinator restarts it, it loads its newest checkpoint and catches
+        # up with round 5, which the node took without it.
+        os.kill(_keeper_pid(coordinator.output()), signal.SIGKILL)
+        (run_dir / "checkpoints" / ".round-00000005.safetensors.x.tmp").write_bytes(b"\0" * 100)
+        assert late.wait(timeout=600) == 0, late.tail()
+        log = late.output()
+        assert f"adopted the certified state of round {last_round}" in log
+        assert "rejected: sha256" in log, "the forged claim's tampered state was not tried"
+        rogue.stop()
+        assert coordinator.output().count("keeper started (pid") >= 2
+        assert "loaded checkpoint" in coordinator.output()
+
+        end = last_round + 2
+        status = wait_for(_keeper_at(run_dir, end), 180, "the keeper caught up", interval=1.0)
+        rounds = {r["round"]: r for r in status["rounds"]}
+        assert sorted(rounds) == list(range(1, end + 1)), status["rounds"]  # no gap, no restart
+        val = {n: r["val_loss"] for n, r in rounds.items()}
+        # continued, not restarted: no worse than before the swarm emptied by more than a
+        # quarter of what the run had learnt since round 1 (the initial model is far above it)
+        before, after = val[last_round], val[last_round + 1]
+        assert after < before + 0.25 * (val[1] - before), val
+        [final] = {r["params_sha256"] for r in rounds[end]["reports"]}
+        assert status["keeper"]["certified"]["params_sha256"] == final
+        info = wait_for(
+            lambda: (i := CheckpointDir(run_dir).latest()) and i.round == end and i,
+            60,
+            "the keeper's checkpoint after catching up",
+        )
+        assert info.params_sha256 == final
+    finally:
+        for proc in procs:
+            proc.stop()
+        coordinator.stop()
