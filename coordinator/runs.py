@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from gpt5os.coordinator.manifest import Manifest, load_manifest
-from gpt5os.coordinator.run_spec import RunSpec, preset_spec
+from gpt5os.coordinator.run_spec import RunSpec, check_run_id, default_run_id, preset_spec
 from gpt5os.coordinator.scheduler import ShardRef, ShardScheduler
 from gpt5os.coordinator.store import DB_NAME, Store
 
@@ -100,7 +100,9 @@ def create_run(run_dir: Path, data_dir: Path, **spec_overrides: Any) -> RunSpec:
         raise FileExistsError(f"{run_dir} already holds a run: choose an empty directory")
     overrides = dict(spec_overrides)
     preset = overrides.pop("preset", None) or "tiny"
-    run_id = overrides.pop("run_id", None) or f"{preset}-{secrets.token_hex(4)}"
+    run_id = overrides.pop("run_id", None)
+    run_id = default_run_id(preset, secrets.token_hex(4)) if run_id is None else run_id
+    check_run_id(run_id)  # before anything is written
     settings = {k: overrides.pop(k) for k in list(overrides) if k in _SETTINGS}
     settings = {k: v for k, v in settings.items() if v is not None}
     spec = preset_spec(preset, run_id=run_id)

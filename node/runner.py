@@ -1,7 +1,9 @@
 """Runs one node from start to clean exit: identity, join, train, leave.
 
-Every failure a volunteer can fix (bad address, coordinator down, refused join, no GPU) becomes a
-NodeError with one readable line; the CLI prints it without a traceback.
+Every failure a volunteer can fix (bad address, coordinator down, refused join, no GPU, a run
+this machine cannot hold) becomes a NodeError with one readable line; the CLI prints it without
+a traceback. So does any other failure while the node starts (building the model, starting
+hivemind): the traceback goes to the debug log (`-v`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,39 @@ log = logging.getLogger("gpt5os.node")
 
 class NodeError(RuntimeError):
     pass
+
+
+def one_line(e: BaseException) -> str:
+    """`Type: message` on one line, for errors nobody anticipated."""
+    text = " ".join(str(e).split()) or "(no message)"
+    return f"{type(e).__name__}: {text}"
+
+
+def check_memory(spec, device) -> None:
+    """Refuse, with one line, a run this machine cannot hold (node/memory.py's estimate)."""
+    from . import memory
+
+    need = memory.estimate(memory.shape_of(spec), device.type)
+    device_free = None
+    if device.type == "cuda":
+        import torch
+
+        device_free = torch.cuda.mem_get_info(device)[0]
+    host_free = memory.available_host_bytes()
+    log.info(
+        "this run needs ~%.1f GiB of RAM%s (%d parameters); %s available",
+        need.host / memory.GIB,
+        f" and ~{need.device / memory.GIB:.1f} GiB of GPU memory" if need.device else "",
+        need.params,
+        "unknown" if host_free is None else f"{host_free / memory.GIB:.1f} GiB",
+    )
+    problem = memory.refusal(need, host_free, device_free, spec.model.preset)
+    if problem is None:
+        return
+    if memory.skip_check():
+        log.warning("%s (GPT5OS_SKIP_MEMORY_CHECK is set: joining anyway)", problem)
+        return
+    raise NodeError(problem)
 
 
 def run_node(config: NodeConfig, stop: threading.Event) -> int:
@@ -54,7 +89,14 @@ def run_node(config: NodeConfig, stop: threading.Event) -> int:
             len(session.join.initial_peers),
             device,
         )
-        trainer = Trainer(config, client, session, stop)
+        check_memory(spec, device)
+        try:
+            trainer = Trainer(config, client, session, stop)
+        except (NodeError, CoordinatorError):
+            raise
+        except Exception as e:  # anything else while starting: one line, traceback under -v
+            log.debug("the node failed to start", exc_info=True)
+            raise NodeError(f"the node failed to start: {one_line(e)}") from None
         rounds = trainer.train()
         if config.max_rounds is not None and len(rounds) >= config.max_rounds:
             reason = f"finished {len(rounds)} rounds"

@@ -8,12 +8,14 @@ averager; tests run each node as its own process too.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import hivemind
 import torch
+from gpt5os.common.hivemind_children import LinkedDHT
 from gpt5os.proto import pb
 from hivemind.compression import CompressionInfo, Float16Compression, NoCompression
 from hivemind.optim.progress_tracker import ProgressTracker
@@ -27,9 +29,24 @@ CHUNK_TIMEOUT_S = 20.0
 EXACT = "none"  # the spec's compression value for exact (fixed-point) averaging
 
 
+def swarm_prefix(dht_prefix: str, run_id: str) -> str:
+    """The run's hivemind key prefix as the coordinator handed it (an old coordinator sends none).
+
+    hivemind's averager asserts that its prefix has no '.': refuse such a prefix with a message
+    instead of a crash inside hivemind."""
+    prefix = dht_prefix or f"gpt5os_{run_id}"
+    if "." in prefix or not prefix.isprintable() or not prefix:
+        raise ValueError(
+            f"the coordinator's DHT prefix {prefix!r} is not usable by hivemind (no '.' allowed): "
+            "the coordinator needs a newer gpt5os"
+        )
+    return prefix
+
+
 def start_dht(initial_peers: list[str], listen: str) -> hivemind.DHT:
-    """Start our DHT peer, bootstrapping from the peers the coordinator handed us."""
-    return hivemind.DHT(initial_peers=list(initial_peers), host_maddrs=[listen], start=True)
+    """Start our DHT peer, bootstrapping from the peers the coordinator handed us; its process and
+    p2p daemon die with this process (common/lifetime.py)."""
+    return LinkedDHT(initial_peers=list(initial_peers), host_maddrs=[listen], start=True)
 
 
 def visible_maddrs(dht: hivemind.DHT) -> list[str]:
@@ -67,6 +84,7 @@ class PseudoGradientAverager(hivemind.DecentralizedAverager):
         spec: pb.RunSpec,
     ) -> None:
         self.outer = outer
+        self._creator_pid = os.getpid()  # hivemind forks our process inside __init__ (start=True)
         self.exact = spec.compression in ("", EXACT)
         dtype = torch.float64 if self.exact else torch.float32
         buffers = [torch.zeros(p.numel(), dtype=dtype) for p in outer.global_params]

@@ -25,7 +25,14 @@ from .progress import NodeProgress
 from .reconcile import ClaimBoard, RoundClaim, better_claim
 from .schedule import inner_lr
 from .shard_feed import Batch, ShardFeed
-from .swarm import Membership, PseudoGradientAverager, make_tracker, start_dht, visible_maddrs
+from .swarm import (
+    Membership,
+    PseudoGradientAverager,
+    make_tracker,
+    start_dht,
+    swarm_prefix,
+    visible_maddrs,
+)
 from .validation import Validator
 
 log = logging.getLogger("gpt5os.node")
@@ -122,7 +129,7 @@ class Trainer:
         self.outer = OuterState(self.model, self.spec.outer)
         self.inner_opt = build_inner_optimizer(self.model, self.spec.inner)
 
-        prefix = session.join.dht_prefix or f"gpt5os_{self.spec.run_id}"
+        prefix = swarm_prefix(session.join.dht_prefix, self.spec.run_id)
         self.dht = start_dht(list(session.join.initial_peers), config.resolved_dht_listen())
         self.averager = PseudoGradientAverager(
             self.outer, self.dht, prefix=f"{prefix}_diloco", spec=self.spec
