@@ -4,7 +4,7 @@ hivemind forks a DHT process and an averager process, and the DHT process starts
 (p2pd, a Go binary). A parent that exits cleanly shuts them down, but one that is SIGKILLed or
 OOM-killed cannot: its children used to stay as orphans holding GBs and ports. Linux can send a
 child a signal when its parent dies (`prctl(PR_SET_PDEATHSIG)`), so each child asks for SIGKILL
-as the first thing it does; chained (node → DHT process → p2pd), a whole tree goes with its root.
+as the first thing it does; the daemons below them exit when their clients go.
 
 The signal fires when the *thread* that forked the child exits, not the process: fork long-lived
 children from a thread that lives as long as the process (the main thread, an event loop's).

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import hivemind
 import torch
 from gpt5os.common.hivemind_children import LinkedDHT
+from gpt5os.common.lifetime import die_with_parent
 from gpt5os.proto import pb
 from hivemind.compression import CompressionInfo, Float16Compression, NoCompression
 from hivemind.optim.progress_tracker import ProgressTracker
@@ -115,7 +116,9 @@ class PseudoGradientAverager(hivemind.DecentralizedAverager):
 
     def run(self) -> None:
         """The averager's own process. hivemind's reducer sums every part in `torch.zeros(shape)`,
-        the default dtype: float64 keeps the sum of our fixed-point values exact (fixed_point.py)."""
+        the default dtype: float64 keeps the sum of our fixed-point values exact (fixed_point.py).
+        The process dies with the node's, however that dies (common/lifetime.py)."""
+        die_with_parent(self._creator_pid)
         if self.exact:
             torch.set_default_dtype(torch.float64)
         super().run()
