@@ -29,9 +29,13 @@ ADAM_MOMENTS = {"adamw": 8, "adamw8bit": 2}
 OUTER_STATE = 8
 WIRE = {"none": 8, "float16": 4}
 AVERAGING_TRANSIENT = {"none": 4 + 8, "float16": 4 + 4}
-# Activations saved for backward, per token, layer and channel, in bytes (fp32), measured on the
-# CPU path (bench/memory.py), plus logits and their gradient (2 × vocab × 4 bytes a token).
-ACTIVATION_BYTES_PER_TOKEN_LAYER_CHANNEL = 120
+# Activations saved for backward, in bytes per token, measured on the CPU path with fp32 (one
+# forward+backward at T=2048, peak RSS over the step before it; 2026-11-29): ~230 per layer and
+# channel, ~10.3 per vocabulary entry (logits, their fp32 copy and gradient), ~100 per channel.
+# A CUDA node uses the same figures (bf16 autocast should need less; not measured on a GPU).
+ACT_PER_TOKEN_LAYER_CHANNEL = 230
+ACT_PER_TOKEN_VOCAB = 11
+ACT_PER_TOKEN_CHANNEL = 100
 # Python, torch, hivemind's three processes and the p2p daemon, measured for `tiny`.
 BASELINE_HOST = int(1.2 * GIB)
 
@@ -55,8 +59,9 @@ class MemoryNeed:
     """Peak bytes a node needs: on the host, and on the GPU (0 for a CPU node)."""
 
     host: int
-    device: int
+    device: int  # training state and activations on the GPU (0 for a CPU node)
     params: int
+    device_state: int = 0  # the GPU part without activations: what `join` refuses on
 
     def host_per_param(self) -> float:
         return self.host / max(1, self.params)
@@ -92,14 +97,15 @@ def estimate(shape: ModelShape, device_type: str) -> MemoryNeed:
     p = shape.params
     tokens = shape.seq_len * shape.batch_size
     activations = tokens * (
-        shape.n_layer * shape.n_embd * ACTIVATION_BYTES_PER_TOKEN_LAYER_CHANNEL
-        + 2 * shape.vocab_size * 4
+        shape.n_layer * shape.n_embd * ACT_PER_TOKEN_LAYER_CHANNEL
+        + shape.vocab_size * ACT_PER_TOKEN_VOCAB
+        + shape.n_embd * ACT_PER_TOKEN_CHANNEL
     )
     training = p * (WEIGHTS + GRADS + ADAM_MOMENTS.get(shape.optimizer, 8)) + activations
     compression = shape.compression if shape.compression in WIRE else "none"
     host = BASELINE_HOST + p * (OUTER_STATE + WIRE[compression] + AVERAGING_TRANSIENT[compression])
     if device_type == "cuda":
-        return MemoryNeed(host=host, device=training, params=p)
+        return MemoryNeed(host=host, device=training, params=p, device_state=training - activations)
     return MemoryNeed(host=host + training, device=0, params=p)
 
 
@@ -123,10 +129,12 @@ def refusal(
             f"preset {preset} needs ~{need.host / GIB:.1f} GiB of RAM here and "
             f"{host_available / GIB:.1f} GiB is available: join a smaller run, or free memory"
         )
-    if need.device and device_available is not None and need.device > device_available:
+    # On a GPU only the training state counts: the activation figures were measured on the CPU.
+    if need.device_state and device_available is not None and need.device_state > device_available:
         return (
-            f"preset {preset} needs ~{need.device / GIB:.1f} GiB of GPU memory and "
-            f"{device_available / GIB:.1f} GiB is free: join a smaller run"
+            f"preset {preset} needs ~{need.device_state / GIB:.1f} GiB of GPU memory for its "
+            f"weights, gradients and optimizer, and {device_available / GIB:.1f} GiB is free: "
+            "join a smaller run"
         )
     return None
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import hivemind
@@ -78,17 +78,25 @@ class PseudoGradientAverager(hivemind.DecentralizedAverager):
 
     def __init__(
         self,
-        outer: OuterState,
+        outer: OuterState | None,
         dht: hivemind.DHT,
         *,
         prefix: str,
         spec: pb.RunSpec,
+        numels: Sequence[int] | None = None,
     ) -> None:
+        """`outer` may come later (set `.outer` before state sharing is allowed) with `numels`
+        giving the buffer sizes: hivemind forks the averager's process here, and a process forked
+        after the model exists keeps a copy-on-write snapshot of every tensor that training then
+        rewrites (measured: ~12 bytes per parameter for each of the DHT and averager processes)."""
         self.outer = outer
         self._creator_pid = os.getpid()  # hivemind forks our process inside __init__ (start=True)
         self.exact = spec.compression in ("", EXACT)
         dtype = torch.float64 if self.exact else torch.float32
-        buffers = [torch.zeros(p.numel(), dtype=dtype) for p in outer.global_params]
+        if numels is None:
+            assert outer is not None, "give the outer state or the buffers' sizes"
+            numels = [p.numel() for p in outer.global_params]
+        buffers = [torch.zeros(n, dtype=dtype) for n in numels]
         compression = NoCompression() if self.exact else Float16Compression()
         super().__init__(
             buffers,
@@ -125,6 +133,8 @@ class PseudoGradientAverager(hivemind.DecentralizedAverager):
 
     def get_current_state(self):
         """Called in this process when a peer downloads our state (hivemind's state sharing)."""
+        if self.outer is None:
+            raise RuntimeError("no outer state to share yet")
         meta, tensors = self.outer.export()
         infos = [CompressionInfo.from_tensor(t, key=i) for i, t in enumerate(tensors)]
         return meta, tensors, infos

@@ -95,6 +95,12 @@ def initial_model(spec: pb.RunSpec) -> RWKV7:
         torch.set_num_threads(threads)
 
 
+def parameter_numels(spec: pb.RunSpec) -> list[int]:
+    """The sizes of the model's parameters in order, without allocating them (meta device)."""
+    with torch.device("meta"):
+        return [p.numel() for p in RWKV7(model_config(spec.model)).parameters()]
+
+
 @dataclass
 class RoundOutcome:
     round: int
@@ -125,15 +131,22 @@ class Trainer:
         # every node (GPU ones too) so the CPU-side outer step computes the same bits everywhere.
         torch.set_flush_denormal(True)
 
-        self.model = initial_model(self.spec).to(self.device)
-        self.outer = OuterState(self.model, self.spec.outer)
-        self.inner_opt = build_inner_optimizer(self.model, self.spec.inner)
-
+        # hivemind forks its DHT and averager processes first, while this process holds no model:
+        # forked later, each would keep a copy-on-write snapshot of the tensors training rewrites.
         prefix = swarm_prefix(session.join.dht_prefix, self.spec.run_id)
         self.dht = start_dht(list(session.join.initial_peers), config.resolved_dht_listen())
         self.averager = PseudoGradientAverager(
-            self.outer, self.dht, prefix=f"{prefix}_diloco", spec=self.spec
+            None,
+            self.dht,
+            prefix=f"{prefix}_diloco",
+            spec=self.spec,
+            numels=parameter_numels(self.spec),
         )
+
+        self.model = initial_model(self.spec).to(self.device)
+        self.outer = OuterState(self.model, self.spec.outer)
+        self.averager.outer = self.outer
+        self.inner_opt = build_inner_optimizer(self.model, self.spec.inner)
         self.tracker = make_tracker(self.dht, f"{prefix}_diloco", self.spec.tokens_per_round)
         self.membership = Membership(self.dht, f"{prefix}_members", session.node_id)
         self.claims = ClaimBoard(self.dht, f"{prefix}_claims")
