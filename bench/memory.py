@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import subprocess
 import sys
 import tempfile
 import threading
@@ -31,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from e2e_support import Proc, process_env, start_coordinator, tool  # noqa: E402
-from gpt5os.coordinator.run_spec import preset_spec  # noqa: E402
+from gpt5os.coordinator.runs import create_run, load_run  # noqa: E402
 from gpt5os.coordinator.testkit import make_data_dir  # noqa: E402
 from gpt5os.node import memory  # noqa: E402
 from process_tree import tree  # noqa: E402
@@ -120,11 +119,13 @@ def run_preset(preset: str, args: argparse.Namespace, root: Path) -> dict:
         make_data_dir(data, n_train=8, n_val=1, shard_tokens=4096)
     run_dir = root / f"run-{preset}"
     tokens_per_round = args.tokens_per_round or 2 * args.seq_len * args.batch_size * args.steps
-    subprocess.run(
-        [tool("gpt5os-coordinator"), "init", "--dir", str(run_dir), "--data", str(data),
-         "--preset", preset, "--seq-len", str(args.seq_len), "--batch-size", str(args.batch_size),
-         "--tokens-per-round", str(tokens_per_round), "--inner-optimizer", args.optimizer],
-        check=True, capture_output=True, timeout=120,
+    overrides = {}
+    if args.shape:  # a model between the presets: LAYERSxWIDTH on the preset's settings
+        n_layer, n_embd = (int(x) for x in args.shape.lower().split("x"))
+        overrides = {"model_n_layer": n_layer, "model_n_embd": n_embd}
+    create_run(
+        run_dir, data, preset=preset, seq_len=args.seq_len, batch_size=args.batch_size,
+        tokens_per_round=tokens_per_round, inner_name=args.optimizer, **overrides,
     )  # fmt: skip
     coordinator, address = start_coordinator(run_dir, root / "ch", root / f"coord-{preset}.log")
     nodes, samplers, stop = [], [], threading.Event()
@@ -150,9 +151,7 @@ def run_preset(preset: str, args: argparse.Namespace, root: Path) -> dict:
         for node in nodes:
             node.stop()
         coordinator.stop()
-    spec = preset_spec(preset, run_id="bench")
-    spec.seq_len, spec.batch_size = args.seq_len, args.batch_size
-    spec.inner.name = args.optimizer
+    spec = load_run(run_dir).spec
     shape = memory.shape_of(spec)
     day = datetime.now().replace(microsecond=0)
     results = []
@@ -182,12 +181,14 @@ def main() -> None:
     parser.add_argument("--tokens-per-round", type=int, default=0)
     parser.add_argument("--optimizer", default="adamw", choices=sorted(memory.ADAM_MOMENTS))
     parser.add_argument("--timeout", type=float, default=1800)
+    parser.add_argument("--shape", default="", help="LAYERSxWIDTH instead of the preset's")
     parser.add_argument(
         "--nodes", type=int, default=2, choices=(1, 2), help="1: no all-reduce (a lone round)"
     )
     args = parser.parse_args()
     print(
         f"seq_len {args.seq_len}, batch {args.batch_size}, {args.optimizer}, CPU node, "
+        f"{'model ' + args.shape + ', ' if args.shape else ''}"
         f"peak PSS (USS) of a node's whole process tree, the worst of {args.nodes} node(s)"
     )
     print(

@@ -10,17 +10,25 @@ Where the bytes go, per model parameter (p):
 - outer state: θ_global and the outer momentum, fp32 on the host: 8;
 - the wire buffer hivemind averages, shared with the averager process: 8 (float64 fixed point
   with compression "none"), 4 with "float16" (fp32 buffers sent as fp16);
-- while averaging: the fp32 pseudo-gradient (4) and the decoded float64 sum (8).
+- while averaging: the fp32 pseudo-gradient (4) and the averaged update as fp32 gradients of
+  θ_global (4); the float64 sum is decoded in the wire buffer itself.
 Activations and logits grow with batch_size × seq_len and sit on the device as well.
 """
 
 from __future__ import annotations
 
+import ctypes
+import logging
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+log = logging.getLogger(__name__)
+
 GIB = 1024**3
+M_MMAP_THRESHOLD = -3  # <malloc.h>
+MMAP_THRESHOLD_BYTES = 128 * 1024  # glibc's initial default
 
 # bytes per parameter (see module doc)
 WEIGHTS = 4
@@ -28,7 +36,7 @@ GRADS = 4
 ADAM_MOMENTS = {"adamw": 8, "adamw8bit": 2}
 OUTER_STATE = 8
 WIRE = {"none": 8, "float16": 4}
-AVERAGING_TRANSIENT = {"none": 4 + 8, "float16": 4 + 4}
+AVERAGING_TRANSIENT = {"none": 4 + 4, "float16": 4 + 4}
 # Activations saved for backward, in bytes per token, measured on the CPU path with fp32 (one
 # forward+backward at T=2048, peak RSS over the step before it; 2026-11-29): ~230 per layer and
 # channel, ~10.3 per vocabulary entry (logits, their fp32 copy and gradient), ~100 per channel.
@@ -142,3 +150,24 @@ def refusal(
 def skip_check() -> bool:
     """GPT5OS_SKIP_MEMORY_CHECK=1: join anyway (the estimate can be wrong; the OOM killer is not)."""
     return os.environ.get("GPT5OS_SKIP_MEMORY_CHECK", "") not in ("", "0")
+
+
+def return_freed_memory_to_os() -> bool:
+    """Make glibc serve every large allocation with its own mmap, so freeing a tensor gives its
+    memory back to the system.
+
+    By default glibc raises its mmap threshold each time a large block is freed (up to 32 MiB),
+    after which tensors of that size come from the heap and their memory stays with the process
+    once freed: a state download or an all-reduce left hivemind's averager process holding
+    several bytes per parameter for good (bench/memory.py). Fixing the threshold turns that off.
+    Call early (forked children inherit it); a no-op where glibc is absent."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    ok = mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) == 1
+    if not ok:
+        log.debug("mallopt(M_MMAP_THRESHOLD) refused")
+    return ok
