@@ -17,7 +17,8 @@ def _join(address: str, home: Path, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [tool("gpt5os-node"), "join", "--coordinator", address, "--device", "cpu",
          "--threads", "1", "--home", str(home), *extra],
-        capture_output=True, text=True, timeout=300, env=process_env(home),
+        capture_output=True, text=True, timeout=300,
+        env=process_env(home, GPT5OS_SKIP_MEMORY_CHECK="0"),
     )  # fmt: skip
 
 
