@@ -160,7 +160,8 @@ def return_freed_memory_to_os() -> bool:
     after which tensors of that size come from the heap and their memory stays with the process
     once freed: a state download or an all-reduce left hivemind's averager process holding
     several bytes per parameter for good (bench/memory.py). Fixing the threshold turns that off.
-    Call early (forked children inherit it); a no-op where glibc is absent."""
+    Called in the averager's process only: the training loop reuses its large blocks every step,
+    where an mmap per allocation would cost page faults. A no-op where glibc is absent."""
     if not sys.platform.startswith("linux"):
         return False
     try:

@@ -63,9 +63,6 @@ def run_node(config: NodeConfig, stop: threading.Event) -> int:
     except (CoordinatorError, ValueError, OSError) as e:
         raise NodeError(str(e)) from None
 
-    from .memory import return_freed_memory_to_os
-
-    return_freed_memory_to_os()  # before torch and hivemind allocate or fork anything
     import torch  # after the cheap checks: a typo is reported without waiting for torch
 
     from .trainer import Trainer, describe_device, resolve_device

@@ -23,6 +23,7 @@ from hivemind.optim.progress_tracker import ProgressTracker
 from hivemind.utils import get_dht_time
 
 from .diloco import OuterState
+from .memory import return_freed_memory_to_os
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +128,8 @@ class PseudoGradientAverager(hivemind.DecentralizedAverager):
         the default dtype: float64 keeps the sum of our fixed-point values exact (fixed_point.py).
         The process dies with the node's, however that dies (common/lifetime.py)."""
         die_with_parent(self._creator_pid)
+        # Its all-reduces and state transfers allocate and free GBs: give them back (memory.py).
+        return_freed_memory_to_os()
         if self.exact:
             torch.set_default_dtype(torch.float64)
         super().run()
