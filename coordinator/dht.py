@@ -22,10 +22,11 @@ class BootstrapPeer:
         self.maddrs: list[str] = []
 
     def start(self) -> list[str]:
-        import hivemind  # noqa: PLC0415 - heavy, lazy on purpose
+        # heavy, lazy on purpose; its process and p2p daemon die with the coordinator
+        from gpt5os.common.hivemind_children import LinkedDHT  # noqa: PLC0415
 
         listen = "0.0.0.0" if self.host in ("", "0.0.0.0", "::") else self.host
-        self.dht = hivemind.DHT(start=True, host_maddrs=[f"/ip4/{listen}/tcp/0"])
+        self.dht = LinkedDHT(start=True, host_maddrs=[f"/ip4/{listen}/tcp/0"])
         self.maddrs = [str(m) for m in self.dht.get_visible_maddrs()]
         return self.maddrs
 

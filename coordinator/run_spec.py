@@ -12,8 +12,10 @@ No torch and no gRPC here: `to_pb` / `from_pb` import the generated messages laz
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib.metadata
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +27,13 @@ COMPRESSIONS = ("none", "float16")
 # Validation: every node measures the loss of θ_global on the same first `val_batches` full
 # batches (batch_size x seq_len tokens each) of the held-out split after each outer round.
 DEFAULT_VAL_BATCHES = 8
+# Run ids name DHT keys, averager prefixes and files: letters, digits, '.', '_' and '-', starting
+# with a letter or digit (so never a hidden file, an option or a path), at most 64 characters.
+RUN_ID_MAX = 64
+_RUN_ID = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._-]{{0,{RUN_ID_MAX - 1}}}")
+# hivemind's averager refuses a '.' in its prefix (it joins key parts with '.'): DHT prefixes use
+# only these characters.
+_DHT_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 INNER_OPTIMIZERS = ("adamw", "adamw8bit")
 
 
@@ -97,6 +106,7 @@ class RunSpec:
 
     def validate(self) -> None:
         """Raise ValueError with the field name and what would be accepted."""
+        check_run_id(self.run_id)
         positive_ints = {
             "seq_len": self.seq_len,
             "batch_size": self.batch_size,
@@ -181,6 +191,30 @@ def val_tokens_needed(seq_len: int, batch_size: int, val_batches: int) -> int:
     """Tokens of the held-out stream that `val_batches` full batches read: each sequence takes
     seq_len inputs and the next token as its last target, so one token more than the windows."""
     return val_batches * batch_size * seq_len + 1
+
+
+def check_run_id(run_id: object) -> None:
+    """ValueError unless `run_id` is a valid run id (see _RUN_ID)."""
+    if not isinstance(run_id, str) or not _RUN_ID.fullmatch(run_id):
+        raise ValueError(
+            f"run id {run_id!r} is not valid: use 1-{RUN_ID_MAX} letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+
+
+def default_run_id(preset: str, suffix: str) -> str:
+    """`<preset>-<suffix>`, e.g. `0.1b-3fa2c1d0`."""
+    return f"{preset}-{suffix}"
+
+
+def dht_prefix(run_id: str) -> str:
+    """The run's hivemind key prefix: every DHT key and averager prefix of the run starts with it.
+
+    hivemind forbids '.' in averager prefixes, so unsafe characters become '_' and a short hash of
+    the exact run id keeps two run ids that differ only there apart (`0.1b-x` vs `0_1b-x`). Total
+    on any string, so a run created before run ids were checked still serves."""
+    digest = hashlib.sha256(run_id.encode()).hexdigest()[:8]
+    return f"gpt5os_{_DHT_UNSAFE.sub('_', run_id)}_{digest}"
 
 
 # -- presets ---------------------------------------------------------------------------------

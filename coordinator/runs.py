@@ -26,7 +26,14 @@ from typing import Any
 
 from gpt5os.coordinator.checkpoints import CHECKPOINTS_SUBDIR, CheckpointDir, CheckpointInfo
 from gpt5os.coordinator.manifest import Manifest, load_manifest
-from gpt5os.coordinator.run_spec import PRESETS, ModelSpec, RunSpec, preset_spec
+from gpt5os.coordinator.run_spec import (
+    PRESETS,
+    ModelSpec,
+    RunSpec,
+    check_run_id,
+    default_run_id,
+    preset_spec,
+)
 from gpt5os.coordinator.scheduler import ShardRef, ShardScheduler
 from gpt5os.coordinator.store import DB_NAME, Store
 
@@ -126,7 +133,9 @@ def create_run(
             raise ValueError(f"--from-checkpoint decides the model's shape: drop {shaped}")
     shape_preset = _preset_of_shape(initial.config) if initial else None
     preset = overrides.pop("preset", None) or shape_preset or "tiny"
-    run_id = overrides.pop("run_id", None) or f"{preset}-{secrets.token_hex(4)}"
+    run_id = overrides.pop("run_id", None)
+    run_id = default_run_id(preset, secrets.token_hex(4)) if run_id is None else run_id
+    check_run_id(run_id)  # before anything is written
     settings = {k: overrides.pop(k) for k in list(overrides) if k in _SETTINGS}
     settings = {k: v for k, v in settings.items() if v is not None}
     spec = preset_spec(preset, run_id=run_id)

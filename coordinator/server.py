@@ -26,6 +26,7 @@ from gpt5os.coordinator.dht import BootstrapPeer
 from gpt5os.coordinator.keeper_auth import KeeperVerifier, ensure_keeper_key
 from gpt5os.coordinator.metrics import Metrics
 from gpt5os.coordinator.records import ApiError
+from gpt5os.coordinator.run_spec import dht_prefix
 from gpt5os.coordinator.runs import RUN_FILE, load_run
 from gpt5os.coordinator.swarm import Swarm, open_swarm
 from gpt5os.proto import pb, pb_grpc
@@ -100,7 +101,7 @@ class Servicer(pb_grpc.CoordinatorServicer):
             heartbeat_interval_s=self.sw.config.heartbeat_seconds,
             lease_duration_s=self.sw.config.lease_seconds,
             outer_round=self.sw.outer_round,
-            dht_prefix=f"gpt5os/{self.sw.run_id}",
+            dht_prefix=dht_prefix(self.sw.run_id),
             validation_shards=self.sw.validation_shards(),
             certified=self._certified(),
         )
@@ -194,7 +195,7 @@ class Servicer(pb_grpc.CoordinatorServicer):
         return pb.KeeperReportResponse(
             spec=self.sw.spec_pb,
             initial_peers=self.sw.initial_peers(self.server.dht_maddrs, "", self.now()),
-            dht_prefix=f"gpt5os/{self.sw.run_id}",
+            dht_prefix=dht_prefix(self.sw.run_id),
             certified=latest.to_pb() if latest is not None else None,
         )
 

@@ -36,8 +36,10 @@ def encode(delta: torch.Tensor, weight: float, out: torch.Tensor) -> None:
     out.mul_(weight).clamp_(-MAX_ABS, MAX_ABS).div_(QUANTUM).round_().mul_(QUANTUM)
 
 
-def decode_sum(averaged: torch.Tensor, group_size: int) -> torch.Tensor:
-    """Recover the exact sum of the group's encoded tensors from hivemind's (inexact) mean."""
+def decode_sum(averaged: torch.Tensor, group_size: int, *, in_place: bool = False) -> torch.Tensor:
+    """Recover the exact sum of the group's encoded tensors from hivemind's (inexact) mean;
+    `in_place` overwrites `averaged` instead of allocating another float64 copy."""
     if not 1 <= group_size <= MAX_GROUP_SIZE:
         raise ValueError(f"group size {group_size} outside 1..{MAX_GROUP_SIZE}")
-    return (averaged * group_size).div_(QUANTUM).round_().mul_(QUANTUM)
+    total = averaged.mul_(group_size) if in_place else averaged * group_size
+    return total.div_(QUANTUM).round_().mul_(QUANTUM)

@@ -334,7 +334,9 @@ class GroupAverage:
         self, buffers: Sequence[torch.Tensor], group: list[dict], seed: int
     ) -> tuple[list[torch.Tensor], bool]:
         """The group's exact sum decoded from hivemind's mean, and whether it passes the checksum."""
-        total = [fixed_point.decode_sum(b, len(group)) for b in buffers]
+        # Decoded in the wire buffers themselves (8 bytes a parameter not allocated again): they
+        # are only written again by the next encode, after the outer step has read them.
+        total = [fixed_point.decode_sum(b, len(group), in_place=True) for b in buffers]
         try:
             contributions = [
                 checksum.Contribution(float(g["probe"]), float(g["norm2"])) for g in group

@@ -18,7 +18,6 @@ with `gpt5os-coordinator keeper --dir RUN_DIR --coordinator HOST:PORT`.
 from __future__ import annotations
 
 import logging
-import os
 import secrets
 import threading
 import time
@@ -36,7 +35,7 @@ from .claims import KEEPER_NODE_ID, RoundClaim
 from .diloco import OuterState
 from .group_average import Settled
 from .state_sync import Adopted, StateSync, Target
-from .swarm import CHUNK_TIMEOUT_S, SwarmPeer
+from .swarm import CHUNK_TIMEOUT_S, SwarmPeer, swarm_prefix
 
 if TYPE_CHECKING:
     from gpt5os.coordinator.checkpoints import CheckpointDir, LoadedCheckpoint
@@ -358,7 +357,7 @@ def run_keeper(config: KeeperConfig, stop: threading.Event) -> None:
             spec,
             initial_peers=list(hello.initial_peers),
             listen=config.dht_listen,
-            prefix=hello.dht_prefix or f"gpt5os_{spec.run_id}",
+            prefix=swarm_prefix(hello.dht_prefix, spec.run_id),
             node_id=KEEPER_NODE_ID,
             keeper=True,
         )
@@ -380,15 +379,3 @@ def run_keeper(config: KeeperConfig, stop: threading.Event) -> None:
         if peer is not None:
             peer.close()
         reporter.close()
-
-
-def die_with_parent(parent_pid: int) -> None:
-    """PR_SET_PDEATHSIG: the kernel sends us SIGTERM when the coordinator that started us dies."""
-    import ctypes
-    import signal
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    pr_set_pdeathsig = 1
-    libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
-    if os.getppid() != parent_pid:  # the parent died before prctl took effect
-        raise SystemExit(0)

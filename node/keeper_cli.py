@@ -10,8 +10,9 @@ import threading
 from pathlib import Path
 
 import click
+from gpt5os.common.lifetime import die_with_parent
 
-from .keeper import KeeperConfig, KeeperError, die_with_parent, run_keeper
+from .keeper import KeeperConfig, KeeperError, run_keeper
 
 
 @click.command()
@@ -35,7 +36,8 @@ def main(
 ) -> None:
     """Keep the run's θ_global: average every round, certify it, write checkpoints."""
     if parent_pid is not None:
-        die_with_parent(parent_pid)
+        # SIGTERM, not SIGKILL: the keeper then shuts its own hivemind children down
+        die_with_parent(parent_pid, signal.SIGTERM)
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

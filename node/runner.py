@@ -1,7 +1,9 @@
 """Runs one node from start to clean exit: identity, join, train, leave.
 
-Every failure a volunteer can fix (bad address, coordinator down, refused join, no GPU) becomes a
-NodeError with one readable line; the CLI prints it without a traceback.
+Every failure a volunteer can fix (bad address, coordinator down, refused join, no GPU, a run
+this machine cannot hold) becomes a NodeError with one readable line; the CLI prints it without
+a traceback. So does any other failure while the node starts (building the model, starting
+hivemind): the traceback goes to the debug log (`-v`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,39 @@ class NodeError(RuntimeError):
     pass
 
 
+def one_line(e: BaseException) -> str:
+    """`Type: message` on one line, for errors nobody anticipated."""
+    text = " ".join(str(e).split()) or "(no message)"
+    return f"{type(e).__name__}: {text}"
+
+
+def check_memory(spec, device) -> None:
+    """Refuse, with one line, a run this machine cannot hold (node/memory.py's estimate)."""
+    from . import memory
+
+    need = memory.estimate(memory.shape_of(spec), device.type)
+    device_free = None
+    if device.type == "cuda":
+        import torch
+
+        device_free = torch.cuda.mem_get_info(device)[0]
+    host_free = memory.available_host_bytes()
+    log.info(
+        "this run needs ~%.1f GiB of RAM%s (%d parameters); %s available",
+        need.host / memory.GIB,
+        f" and ~{need.device / memory.GIB:.1f} GiB of GPU memory" if need.device else "",
+        need.params,
+        "unknown" if host_free is None else f"{host_free / memory.GIB:.1f} GiB",
+    )
+    problem = memory.refusal(need, host_free, device_free, spec.model.preset)
+    if problem is None:
+        return
+    if memory.skip_check():
+        log.warning("%s (GPT5OS_SKIP_MEMORY_CHECK is set: joining anyway)", problem)
+        return
+    raise NodeError(problem)
+
+
 def run_node(config: NodeConfig, stop: threading.Event) -> int:
     """Join, train until stopped or --max-rounds, leave; returns the outer rounds completed."""
     try:
@@ -30,8 +65,14 @@ def run_node(config: NodeConfig, stop: threading.Event) -> int:
 
     import torch  # after the cheap checks: a typo is reported without waiting for torch
 
-    from .swarm import SwarmPeer
-    from .trainer import Trainer, build_training_state, describe_device, resolve_device
+    from .swarm import SwarmPeer, swarm_prefix
+    from .trainer import (
+        Trainer,
+        build_training_state,
+        describe_device,
+        parameter_numels,
+        resolve_device,
+    )
 
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -55,20 +96,34 @@ def run_node(config: NodeConfig, stop: threading.Event) -> int:
             len(session.join.initial_peers),
             device,
         )
-        model, outer = build_training_state(spec, device)
-        peer = SwarmPeer.start(
-            outer,
-            spec,
-            initial_peers=list(session.join.initial_peers),
-            listen=config.resolved_dht_listen(),
-            prefix=session.join.dht_prefix or f"gpt5os_{spec.run_id}",
-            node_id=session.node_id,
-        )
+        check_memory(spec, device)
         try:
-            trainer = Trainer(config, client, session, stop, model=model, outer=outer, peer=peer)
-        except BaseException:
-            peer.close()  # the trainer would have closed it; without one, nobody else does
+            # hivemind forks its DHT and averager processes first, while this process holds no
+            # model: forked later, each would keep a copy-on-write snapshot of the tensors that
+            # training rewrites (bench/memory.py). The averager gets the outer state once it exists.
+            peer = SwarmPeer.start(
+                None,
+                spec,
+                initial_peers=list(session.join.initial_peers),
+                listen=config.resolved_dht_listen(),
+                prefix=swarm_prefix(session.join.dht_prefix, spec.run_id),
+                node_id=session.node_id,
+                numels=parameter_numels(spec),
+            )
+            try:
+                model, outer = build_training_state(spec, device)
+                peer.averager.outer = outer
+                trainer = Trainer(
+                    config, client, session, stop, model=model, outer=outer, peer=peer
+                )
+            except BaseException:
+                peer.close()  # the trainer would have closed it; without one, nobody else does
+                raise
+        except (NodeError, CoordinatorError):
             raise
+        except Exception as e:  # anything else while starting: one line, traceback under -v
+            log.debug("the node failed to start", exc_info=True)
+            raise NodeError(f"the node failed to start: {one_line(e)}") from None
         rounds = trainer.train()
         if config.max_rounds is not None and len(rounds) >= config.max_rounds:
             reason = f"finished {len(rounds)} rounds"

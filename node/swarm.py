@@ -8,12 +8,15 @@ averager; tests run each node as its own process too.
 from __future__ import annotations
 
 import logging
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import hivemind
 import torch
+from gpt5os.common.hivemind_children import LinkedDHT
+from gpt5os.common.lifetime import die_with_parent
 from gpt5os.proto import pb
 from hivemind.compression import (
     CompressionInfo,
@@ -32,6 +35,7 @@ from .claims import ClaimBoard
 from .dht_records import dht_records
 from .diloco import OuterState
 from .group_average import GroupAverage, GroupAverageConfig
+from .memory import return_freed_memory_to_os
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +43,24 @@ CHUNK_TIMEOUT_S = 20.0
 EXACT = "none"  # the spec's compression value for exact (fixed-point) averaging
 
 
+def swarm_prefix(dht_prefix: str, run_id: str) -> str:
+    """The run's hivemind key prefix as the coordinator handed it (an old coordinator sends none).
+
+    hivemind's averager asserts that its prefix has no '.': refuse such a prefix with a message
+    instead of a crash inside hivemind."""
+    prefix = dht_prefix or f"gpt5os_{run_id}"
+    if "." in prefix or not prefix.isprintable() or not prefix:
+        raise ValueError(
+            f"the coordinator's DHT prefix {prefix!r} is not usable by hivemind (no '.' allowed): "
+            "the coordinator needs a newer gpt5os"
+        )
+    return prefix
+
+
 def start_dht(initial_peers: list[str], listen: str) -> hivemind.DHT:
-    """Start our DHT peer, bootstrapping from the peers the coordinator handed us."""
-    return hivemind.DHT(initial_peers=list(initial_peers), host_maddrs=[listen], start=True)
+    """Start our DHT peer, bootstrapping from the peers the coordinator handed us; its process and
+    p2p daemon die with this process (common/lifetime.py)."""
+    return LinkedDHT(initial_peers=list(initial_peers), host_maddrs=[listen], start=True)
 
 
 def visible_maddrs(dht: hivemind.DHT) -> list[str]:
@@ -59,16 +78,25 @@ class PseudoGradientAverager(hivemind.DecentralizedAverager):
 
     def __init__(
         self,
-        outer: OuterState,
+        outer: OuterState | None,
         dht: hivemind.DHT,
         *,
         prefix: str,
         spec: pb.RunSpec,
+        numels: Sequence[int] | None = None,
     ) -> None:
+        """`outer` may come later (set `.outer` before state sharing is allowed) with `numels`
+        giving the buffer sizes: hivemind forks the averager's process here, and a process forked
+        after the model exists keeps a copy-on-write snapshot of every tensor that training then
+        rewrites (measured: ~12 bytes per parameter for each of the DHT and averager processes)."""
         self.outer = outer
+        self._creator_pid = os.getpid()  # hivemind forks our process inside __init__ (start=True)
         self.exact = spec.compression in ("", EXACT)
         dtype = torch.float64 if self.exact else torch.float32
-        buffers = [torch.zeros(p.numel(), dtype=dtype) for p in outer.global_params]
+        if numels is None:
+            assert outer is not None, "give the outer state or the buffers' sizes"
+            numels = [p.numel() for p in outer.global_params]
+        buffers = [torch.zeros(n, dtype=dtype) for n in numels]
         compression = NoCompression() if self.exact else Float16Compression()
         super().__init__(
             buffers,
@@ -96,13 +124,19 @@ class PseudoGradientAverager(hivemind.DecentralizedAverager):
 
     def run(self) -> None:
         """The averager's own process. hivemind's reducer sums every part in `torch.zeros(shape)`,
-        the default dtype: float64 keeps the sum of our fixed-point values exact (fixed_point.py)."""
+        the default dtype: float64 keeps the sum of our fixed-point values exact (fixed_point.py).
+        The process dies with the node's, however that dies (common/lifetime.py)."""
+        die_with_parent(self._creator_pid)
+        # Its all-reduces and state transfers allocate and free GBs: give them back (memory.py).
+        return_freed_memory_to_os()
         if self.exact:
             torch.set_default_dtype(torch.float64)
         super().run()
 
     def get_current_state(self):
         """Called in this process when a peer downloads our state (hivemind's state sharing)."""
+        if self.outer is None:
+            raise RuntimeError("no outer state to share yet")
         meta, tensors = self.outer.export()
         infos = [CompressionInfo.from_tensor(t, key=i) for i, t in enumerate(tensors)]
         return meta, tensors, infos
@@ -185,7 +219,7 @@ class SwarmPeer:
     @classmethod
     def start(
         cls,
-        outer: OuterState,
+        outer: OuterState | None,
         spec: pb.RunSpec,
         *,
         initial_peers: list[str],
@@ -193,9 +227,13 @@ class SwarmPeer:
         prefix: str,
         node_id: str,
         keeper: bool = False,
+        numels: Sequence[int] | None = None,
     ) -> SwarmPeer:
+        """`outer` may be None with `numels` given: see PseudoGradientAverager."""
         dht = start_dht(initial_peers, listen)
-        averager = PseudoGradientAverager(outer, dht, prefix=f"{prefix}_diloco", spec=spec)
+        averager = PseudoGradientAverager(
+            outer, dht, prefix=f"{prefix}_diloco", spec=spec, numels=numels
+        )
         tracker = make_tracker(dht, f"{prefix}_diloco", spec.tokens_per_round)
         claims = ClaimBoard(dht, f"{prefix}_claims")
 

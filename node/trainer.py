@@ -90,6 +90,12 @@ def initial_model(spec: pb.RunSpec) -> RWKV7:
         torch.set_num_threads(threads)
 
 
+def parameter_numels(spec: pb.RunSpec) -> list[int]:
+    """The sizes of the model's parameters in order, without allocating them (meta device)."""
+    with torch.device("meta"):
+        return [p.numel() for p in RWKV7(model_config(spec.model)).parameters()]
+
+
 @dataclass
 class RoundRecord:
     """What this node reports about one outer round it applied."""

@@ -32,6 +32,9 @@ def process_env(home: Path, **extra: str) -> dict[str, str]:
         OMP_NUM_THREADS="1",
         PYTHONUNBUFFERED="1",
         PYTHONFAULTHANDLER="1",
+        # The suite runs many nodes at once on a shared machine: a momentary dip in available
+        # RAM must not refuse a tiny node. tests/test_node_startup.py turns the check back on.
+        GPT5OS_SKIP_MEMORY_CHECK="1",
     )
     env.update(extra)
     return env

@@ -42,3 +42,13 @@ def test_encoding_clips_absurd_values_instead_of_losing_exactness() -> None:
     buf = torch.empty(3, dtype=torch.float64)
     fixed_point.encode(torch.tensor([1e9, -1e9, 0.5]), 1.0, buf)
     assert buf.tolist() == [fixed_point.MAX_ABS, -fixed_point.MAX_ABS, 0.5]
+
+
+def test_decode_in_place_gives_the_same_bits_without_a_copy() -> None:
+    torch.manual_seed(3)
+    mean = torch.randn(1000, dtype=torch.float64) * 1e-3
+    expected = fixed_point.decode_sum(mean.clone(), 3)
+    buffer = mean.clone()
+    decoded = fixed_point.decode_sum(buffer, 3, in_place=True)
+    assert decoded.data_ptr() == buffer.data_ptr()
+    assert torch.equal(decoded, expected)

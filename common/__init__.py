@@ -1,0 +1,1 @@
+"""Helpers shared by the node and the coordinator that belong to neither (process lifetime)."""

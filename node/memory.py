@@ -1,0 +1,174 @@
+"""How much memory a node needs for a run, how much this machine has, and whether it fits.
+
+One estimate (`estimate`) serves `join` (which refuses a run the machine cannot hold, before
+allocating anything), the README's preset table (scripts/presets.py renders it) and
+bench/memory.py (which prints it beside what a node really peaks at).
+
+Where the bytes go, per model parameter (p):
+- training state: the weights, their gradients and the inner optimizer's two moments
+  (fp32: 4 + 4 + 8; AdamW8bit keeps its moments in 1 byte each: 4 + 4 + 2); on the device;
+- outer state: θ_global and the outer momentum, fp32 on the host: 8;
+- the wire buffer hivemind averages, shared with the averager process: 8 (float64 fixed point
+  with compression "none"), 4 with "float16" (fp32 buffers sent as fp16);
+- while averaging: the fp32 pseudo-gradient (4) and the averaged update as fp32 gradients of
+  θ_global (4); the float64 sum is decoded in the wire buffer itself.
+Activations and logits grow with batch_size × seq_len and sit on the device as well.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+GIB = 1024**3
+M_MMAP_THRESHOLD = -3  # <malloc.h>
+MMAP_THRESHOLD_BYTES = 128 * 1024  # glibc's initial default
+
+# bytes per parameter (see module doc)
+WEIGHTS = 4
+GRADS = 4
+ADAM_MOMENTS = {"adamw": 8, "adamw8bit": 2}
+OUTER_STATE = 8
+WIRE = {"none": 8, "float16": 4}
+AVERAGING_TRANSIENT = {"none": 4 + 4, "float16": 4 + 4}
+# Activations saved for backward, in bytes per token, measured on the CPU path with fp32 (one
+# forward+backward at T=2048, peak RSS over the step before it; 2026-11-29): ~230 per layer and
+# channel, ~10.3 per vocabulary entry (logits, their fp32 copy and gradient), ~100 per channel.
+# A CUDA node uses the same figures (bf16 autocast should need less; not measured on a GPU).
+ACT_PER_TOKEN_LAYER_CHANNEL = 230
+ACT_PER_TOKEN_VOCAB = 11
+ACT_PER_TOKEN_CHANNEL = 100
+# Python, torch, hivemind's three processes and the p2p daemon, measured for `tiny`.
+BASELINE_HOST = int(1.2 * GIB)
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What the estimate needs from a run spec (pb.RunSpec or RunSpec alike)."""
+
+    params: int
+    n_layer: int
+    n_embd: int
+    vocab_size: int
+    seq_len: int
+    batch_size: int
+    optimizer: str = "adamw"
+    compression: str = "none"
+
+
+@dataclass(frozen=True)
+class MemoryNeed:
+    """Peak bytes a node needs: on the host, and on the GPU (0 for a CPU node)."""
+
+    host: int
+    device: int  # training state and activations on the GPU (0 for a CPU node)
+    params: int
+    device_state: int = 0  # the GPU part without activations: what `join` refuses on
+
+    def host_per_param(self) -> float:
+        return self.host / max(1, self.params)
+
+
+def count_params(n_layer: int, n_embd: int, vocab_size: int, head_size: int) -> int:
+    """The model's parameter count, exact, without allocating it (torch's meta device)."""
+    import torch
+    from gpt5os.model import RWKV7, ModelConfig
+
+    config = ModelConfig(vocab_size=vocab_size, n_layer=n_layer, n_embd=n_embd, head_size=head_size)
+    with torch.device("meta"):
+        return sum(p.numel() for p in RWKV7(config).parameters())
+
+
+def shape_of(spec) -> ModelShape:
+    """ModelShape of a run spec (pb.RunSpec from the coordinator or the coordinator's RunSpec)."""
+    m = spec.model
+    return ModelShape(
+        params=count_params(m.n_layer, m.n_embd, m.vocab_size, m.head_size),
+        n_layer=m.n_layer,
+        n_embd=m.n_embd,
+        vocab_size=m.vocab_size,
+        seq_len=spec.seq_len,
+        batch_size=spec.batch_size,
+        optimizer=spec.inner.name or "adamw",
+        compression=spec.compression or "none",
+    )
+
+
+def estimate(shape: ModelShape, device_type: str) -> MemoryNeed:
+    """Peak memory of one node training `shape` on a "cpu" or "cuda" device (the one function)."""
+    p = shape.params
+    tokens = shape.seq_len * shape.batch_size
+    activations = tokens * (
+        shape.n_layer * shape.n_embd * ACT_PER_TOKEN_LAYER_CHANNEL
+        + shape.vocab_size * ACT_PER_TOKEN_VOCAB
+        + shape.n_embd * ACT_PER_TOKEN_CHANNEL
+    )
+    training = p * (WEIGHTS + GRADS + ADAM_MOMENTS.get(shape.optimizer, 8)) + activations
+    compression = shape.compression if shape.compression in WIRE else "none"
+    host = BASELINE_HOST + p * (OUTER_STATE + WIRE[compression] + AVERAGING_TRANSIENT[compression])
+    if device_type == "cuda":
+        return MemoryNeed(host=host, device=training, params=p, device_state=training - activations)
+    return MemoryNeed(host=host + training, device=0, params=p)
+
+
+def available_host_bytes(meminfo: Path = Path("/proc/meminfo")) -> int | None:
+    """MemAvailable (what can be allocated without swapping), None where unknown."""
+    try:
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def refusal(
+    need: MemoryNeed, host_available: int | None, device_available: int | None, preset: str
+) -> str | None:
+    """One line saying why this machine cannot hold the run, or None when it fits (or unknown)."""
+    if host_available is not None and need.host > host_available:
+        return (
+            f"preset {preset} needs ~{need.host / GIB:.1f} GiB of RAM here and "
+            f"{host_available / GIB:.1f} GiB is available: join a smaller run, or free memory"
+        )
+    # On a GPU only the training state counts: the activation figures were measured on the CPU.
+    if need.device_state and device_available is not None and need.device_state > device_available:
+        return (
+            f"preset {preset} needs ~{need.device_state / GIB:.1f} GiB of GPU memory for its "
+            f"weights, gradients and optimizer, and {device_available / GIB:.1f} GiB is free: "
+            "join a smaller run"
+        )
+    return None
+
+
+def skip_check() -> bool:
+    """GPT5OS_SKIP_MEMORY_CHECK=1: join anyway (the estimate can be wrong; the OOM killer is not)."""
+    return os.environ.get("GPT5OS_SKIP_MEMORY_CHECK", "") not in ("", "0")
+
+
+def return_freed_memory_to_os() -> bool:
+    """Make glibc serve every large allocation with its own mmap, so freeing a tensor gives its
+    memory back to the system.
+
+    By default glibc raises its mmap threshold each time a large block is freed (up to 32 MiB),
+    after which tensors of that size come from the heap and their memory stays with the process
+    once freed: a state download or an all-reduce left hivemind's averager process holding
+    several bytes per parameter for good (bench/memory.py). Fixing the threshold turns that off.
+    Called in the averager's process only: the training loop reuses its large blocks every step,
+    where an mmap per allocation would cost page faults. A no-op where glibc is absent."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    ok = mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) == 1
+    if not ok:
+        log.debug("mallopt(M_MMAP_THRESHOLD) refused")
+    return ok

@@ -1,0 +1,63 @@
+"""node/memory.py: the estimate `join` checks, and the refusal line (pure logic, milliseconds)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from gpt5os.coordinator.run_spec import PRESETS, preset_spec
+from gpt5os.node import memory
+
+GIB = memory.GIB
+
+
+def _shape(**changes) -> memory.ModelShape:
+    base = dict(params=100_000_000, n_layer=12, n_embd=768, vocab_size=65536, seq_len=64,
+                batch_size=1, optimizer="adamw", compression="none")  # fmt: skip
+    return memory.ModelShape(**{**base, **changes})
+
+
+def test_per_parameter_terms_add_up() -> None:
+    small, big = _shape(params=10**8), _shape(params=2 * 10**8)
+    per_param = (memory.estimate(big, "cpu").host - memory.estimate(small, "cpu").host) / 10**8
+    # 16 training + 8 outer + 8 wire + 8 while averaging
+    assert per_param == 40
+    eight_bit = _shape(params=2 * 10**8, optimizer="adamw8bit")
+    assert (
+        memory.estimate(big, "cpu").host - memory.estimate(eight_bit, "cpu").host == 6 * 2 * 10**8
+    )
+
+
+def test_a_gpu_node_keeps_training_state_on_the_gpu() -> None:
+    cpu, gpu = memory.estimate(_shape(), "cpu"), memory.estimate(_shape(), "cuda")
+    assert gpu.host + gpu.device == cpu.host
+    assert gpu.device_state == 16 * 10**8
+
+
+def test_activations_grow_with_tokens() -> None:
+    short, long = _shape(seq_len=64), _shape(seq_len=128)
+    assert memory.estimate(long, "cpu").host > memory.estimate(short, "cpu").host
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_preset_has_an_estimate(preset: str) -> None:
+    need = memory.estimate(memory.shape_of(preset_spec(preset, run_id="x")), "cpu")
+    assert need.host > need.params * 40
+
+
+def test_refusal_is_one_line_naming_the_preset() -> None:
+    need = memory.MemoryNeed(host=30 * GIB, device=0, params=10**9)
+    line = memory.refusal(need, 20 * GIB, None, "1.5b")
+    assert line is not None and "\n" not in line and "1.5b" in line and "30.0 GiB" in line
+    assert memory.refusal(need, 31 * GIB, None, "1.5b") is None
+    assert memory.refusal(need, None, None, "1.5b") is None  # unknown: do not refuse
+    gpu = memory.MemoryNeed(host=GIB, device=40 * GIB, params=10**9, device_state=16 * GIB)
+    assert memory.refusal(gpu, 8 * GIB, 20 * GIB, "1.5b") is None
+    assert "GPU" in memory.refusal(gpu, 8 * GIB, 12 * GIB, "1.5b")
+
+
+def test_available_host_bytes_reads_meminfo(tmp_path: Path) -> None:
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal: 100 kB\nMemAvailable:    2048 kB\n")
+    assert memory.available_host_bytes(meminfo) == 2048 * 1024
+    assert memory.available_host_bytes(tmp_path / "missing") is None
