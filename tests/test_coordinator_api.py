@@ -5,6 +5,7 @@ the server stays healthy and no state changes."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import math
 import os
@@ -309,49 +310,115 @@ async def test_oversized_request_is_refused_and_server_stays_healthy(server, stu
     assert list((await stub.GetStatus(pb.GetStatusRequest())).nodes) == []
 
 
-async def test_lost_node_returns_its_leases(server, stub) -> None:
-    auth, _ = await join(stub)
-    await stub.LeaseShard(pb.LeaseShardRequest(auth=auth))
-    server.test_clock.offset += 30.0  # > 3 heartbeat intervals and > the lease term
+class ManualClock:
+    """A clock that moves only when the test says so: each way a lease comes back is tested
+    alone, with the other ways' thresholds provably not crossed."""
 
-    async def lost():
-        snap = await stub.GetStatus(pb.GetStatusRequest())
-        return snap.nodes[0].state == "lost" and snap.run.shards.leased == 0 and snap
+    def __init__(self) -> None:
+        self.now = time.time()
 
-    snap = await until(lost)
-    assert snap.run.shards.pending == 6
-    # a lost node that heartbeats again is active again, without its old leases
-    hb = await stub.Heartbeat(pb.HeartbeatRequest(auth=auth))
-    assert list(hb.leases) == []
-    assert (await stub.GetStatus(pb.GetStatusRequest())).nodes[0].state == "active"
+    def __call__(self) -> float:
+        return self.now
 
 
-async def test_expired_lease_is_not_credited_and_goes_to_the_next_node(server, stub) -> None:
-    slow, _ = await join(stub)
-    lease = (await stub.LeaseShard(pb.LeaseShardRequest(auth=slow))).lease
-    fast, _ = await join(stub)
-    server.test_clock.offset += 11.0  # past the 10 s lease; nodes are lost only after 6 s idle...
-    await stub.Heartbeat(pb.HeartbeatRequest(auth=fast))
+@contextlib.asynccontextmanager
+async def manual_server(run_dir: Path, **settings):
+    make_run(run_dir, n_train=6, n_val=1, **settings)
+    clock = ManualClock()
+    srv = CoordinatorServer(run_dir, port=0, clock=clock)
+    await srv.start()
+    try:
+        async with grpc.aio.insecure_channel(srv.address) as channel:
+            yield clock, pb_grpc.CoordinatorStub(channel)
+    finally:
+        await srv.stop(grace=0.1)
 
-    async def expired():
-        snap = await stub.GetStatus(pb.GetStatusRequest())
-        return any(e.kind == "lease_expired" for e in snap.events) or any(
-            e.kind == "lease_released" for e in snap.events
+
+async def _status(stub) -> pb.SwarmSnapshot:
+    return await stub.GetStatus(pb.GetStatusRequest())
+
+
+async def test_expired_lease_alone_goes_back_and_is_not_credited(tmp_path) -> None:
+    # heartbeat 2 s: a node is lost after 6 s of silence; the lease term is 5 s.
+    async with manual_server(tmp_path / "run", heartbeat_seconds=2.0, lease_seconds=5.0) as (
+        clock,
+        stub,
+    ):
+        slow, _ = await join(stub)
+        lease = (await stub.LeaseShard(pb.LeaseShardRequest(auth=slow))).lease
+        fast, _ = await join(stub)
+        clock.now += 5.5  # past the lease, not past the lost-node threshold
+
+        async def expired():
+            snap = await _status(stub)
+            return snap.run.shards.leased == 0 and snap
+
+        snap = await until(expired)
+        states = {n.node_id: n.state for n in snap.nodes}
+        assert states == {slow.node_id: "active", fast.node_id: "active"}
+        kinds = [(e.kind, e.node_id) for e in snap.events]
+        assert ("lease_expired", slow.node_id) in kinds and ("lost", slow.node_id) not in kinds
+        again = (await stub.LeaseShard(pb.LeaseShardRequest(auth=fast))).lease
+        assert again.shard_id == lease.shard_id  # the returned shard is retried first
+        late = await stub.CompleteShard(
+            pb.CompleteShardRequest(auth=slow, shard_id=lease.shard_id, tokens_trained=9)
         )
+        assert not late.counted
+        ok = await stub.CompleteShard(
+            pb.CompleteShardRequest(auth=fast, shard_id=lease.shard_id, tokens_trained=9)
+        )
+        assert ok.counted
+        nodes = {n.node_id: n for n in (await _status(stub)).nodes}
+        assert nodes[fast.node_id].shards_done == 1 and nodes[slow.node_id].shards_done == 0
 
-    await until(expired)
-    again = (await stub.LeaseShard(pb.LeaseShardRequest(auth=fast))).lease
-    assert again.shard_id == lease.shard_id  # the returned shard is retried first
-    late = await stub.CompleteShard(
-        pb.CompleteShardRequest(auth=slow, shard_id=lease.shard_id, tokens_trained=9)
-    )
-    assert not late.counted
-    ok = await stub.CompleteShard(
-        pb.CompleteShardRequest(auth=fast, shard_id=lease.shard_id, tokens_trained=9)
-    )
-    assert ok.counted
-    nodes = {n.node_id: n for n in (await stub.GetStatus(pb.GetStatusRequest())).nodes}
-    assert nodes[fast.node_id].shards_done == 1 and nodes[slow.node_id].shards_done == 0
+
+async def test_lost_node_alone_releases_its_leases(tmp_path) -> None:
+    # a 60 s lease term: only the lost-node rule (3 silent heartbeats = 6 s) can free the shard.
+    async with manual_server(tmp_path / "run", heartbeat_seconds=2.0, lease_seconds=60.0) as (
+        clock,
+        stub,
+    ):
+        auth, _ = await join(stub)
+        lease = (await stub.LeaseShard(pb.LeaseShardRequest(auth=auth))).lease
+        clock.now += 7.0
+
+        async def lost():
+            snap = await _status(stub)
+            return snap.nodes[0].state == "lost" and snap
+
+        snap = await until(lost)
+        assert snap.run.shards.leased == 0 and snap.run.shards.pending == 6
+        other, _ = await join(stub)
+        again = (await stub.LeaseShard(pb.LeaseShardRequest(auth=other))).lease
+        assert again.shard_id == lease.shard_id
+        # a lost node that heartbeats again is active again, without its old leases
+        hb = await stub.Heartbeat(pb.HeartbeatRequest(auth=auth))
+        assert list(hb.leases) == []
+        late = await stub.CompleteShard(
+            pb.CompleteShardRequest(auth=auth, shard_id=lease.shard_id, tokens_trained=9)
+        )
+        assert not late.counted
+
+
+async def test_leave_releases_leases_at_once(tmp_path) -> None:
+    # the clock never moves: neither expiry nor the lost-node rule can free anything.
+    async with manual_server(tmp_path / "run", heartbeat_seconds=2.0, lease_seconds=60.0) as (
+        _clock,
+        stub,
+    ):
+        auth, _ = await join(stub)
+        held = {(await stub.LeaseShard(pb.LeaseShardRequest(auth=auth))).lease.shard_id}
+        held.add((await stub.LeaseShard(pb.LeaseShardRequest(auth=auth))).lease.shard_id)
+        assert (await _status(stub)).run.shards.leased == 2
+        await stub.Leave(pb.LeaveRequest(auth=auth, reason="Ctrl-C"))
+        snap = await _status(stub)  # no waiting: Leave answers after the release is committed
+        assert snap.run.shards.leased == 0 and snap.nodes[0].state == "left"
+        kinds = [e.kind for e in snap.events]
+        assert kinds.count("lease_released") == 2 and "left" in kinds
+        other, _ = await join(stub)
+        first = (await stub.LeaseShard(pb.LeaseShardRequest(auth=other))).lease.shard_id
+        second = (await stub.LeaseShard(pb.LeaseShardRequest(auth=other))).lease.shard_id
+        assert {first, second} == held
 
 
 async def test_rounds_aggregate_reports(server, stub) -> None:

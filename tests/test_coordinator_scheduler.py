@@ -94,10 +94,11 @@ def test_restore_round_trips_states_and_queue_order() -> None:
     assert r.counts() == s.counts()
     assert r.holder(held.shard.shard_id) == "a"
     assert r.states[done.shard.shard_id].status is ShardStatus.DONE
-    assert [r.lease("x", 20.0).shard.shard_id for _ in range(3)] == [
-        s.lease("x", 20.0).shard.shard_id for _ in range(3)
-    ]
-    assert expired.shard.shard_id in {expired.shard.shard_id}
+    assert r.states[expired.shard.shard_id].status is ShardStatus.PENDING
+    assert r.holder(expired.shard.shard_id) is None
+    order = [r.lease("x", 20.0).shard.shard_id for _ in range(3)]
+    assert order == [s.lease("x", 20.0).shard.shard_id for _ in range(3)]
+    assert order[0] == expired.shard.shard_id  # the expired shard is retried first
 
 
 def test_unknown_shard_raises_key_error() -> None:
