@@ -9,6 +9,7 @@ import contextlib
 import hashlib
 import math
 import os
+import sqlite3
 import time
 import urllib.request
 from pathlib import Path
@@ -597,3 +598,52 @@ async def test_spec_change_reaches_nodes_with_a_new_revision(server, stub, tmp_p
     with pytest.raises(ValueError, match="expected a int"):
         update_spec(tmp_path / "run", {"seq_len": "long"})
     assert load_run(tmp_path / "run").spec.revision == 2  # refused changes wrote nothing
+
+
+def _disk_full(*_args, **_kwargs):
+    raise sqlite3.OperationalError("database or disk is full")
+
+
+async def test_disk_full_during_a_commit_fails_cleanly_and_loses_nothing(server, stub) -> None:
+    auth, _ = await join(stub)
+    first = (await stub.LeaseShard(pb.LeaseShardRequest(auth=auth))).lease.shard_id
+    second = (await stub.LeaseShard(pb.LeaseShardRequest(auth=auth))).lease.shard_id
+    done = await stub.CompleteShard(pb.CompleteShardRequest(auth=auth, shard_id=first))
+    assert done.counted
+    server.swarm.store.add_completion = _disk_full  # the next completion's commit fails
+    code, details = await code_of(
+        stub.CompleteShard(pb.CompleteShardRequest(auth=auth, shard_id=second))
+    )
+    assert code is Code.UNAVAILABLE and "disk is full" in details and "retry" in details
+    assert await healthy(server)
+    snap = await _status(stub)  # back at the last commit: the failed completion did not happen
+    assert snap.run.shards.done == 1 and snap.run.shards.leased == 1
+    retry = await stub.CompleteShard(pb.CompleteShardRequest(auth=auth, shard_id=second))
+    assert retry.counted  # the space is back (a fresh connection): the retry counts, once
+    await server.stop(grace=0.1)
+    store = Store(server.run_dir / DB_NAME, readonly=True)
+    try:
+        assert sorted(r["shard_id"] for r in store.completions()) == sorted([first, second])
+    finally:
+        store.close()
+
+
+async def test_real_sqlite_full_answers_unavailable_not_internal(server, stub) -> None:
+    await join(stub)
+    db = server.swarm.store.db
+    pages = db.execute("PRAGMA page_count").fetchone()[0]
+    db.execute(f"PRAGMA max_page_count={pages}")  # SQLITE_FULL, as on a full disk
+    names = []
+    for i in range(500):
+        try:
+            await join(stub, name=f"filler-{i:03d}-" + "x" * 50)
+        except grpc.aio.AioRpcError as e:
+            assert e.code() is Code.UNAVAILABLE and "full" in e.details(), e.details()
+            break
+        names.append(f"filler-{i:03d}")
+    else:
+        raise AssertionError("the database never filled up")
+    assert await healthy(server)
+    snap = await _status(stub)  # every acknowledged join is there, the refused one is not
+    assert len(snap.nodes) == 1 + len(names)
+    await join(stub, name="after")  # the reopened connection has room again
