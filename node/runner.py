@@ -7,6 +7,7 @@ NodeError with one readable line; the CLI prints it without a traceback.
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 
 from .config import NodeConfig
@@ -54,7 +55,11 @@ def run_node(config: NodeConfig, stop: threading.Event) -> int:
             len(session.join.initial_peers),
             device,
         )
+        sigint = signal.getsignal(signal.SIGINT)
         trainer = Trainer(config, client, session, stop)
+        # hivemind's DecentralizedAverager.run_in_background sets SIGINT to SIG_IGN in *this*
+        # process before it forks: without this, Ctrl-C would be ignored from here on.
+        signal.signal(signal.SIGINT, sigint)
         rounds = trainer.train()
         if config.max_rounds is not None and len(rounds) >= config.max_rounds:
             reason = f"finished {len(rounds)} rounds"
