@@ -61,6 +61,8 @@ def run_node(config: NodeConfig, stop: threading.Event) -> int:
         # process before it forks: without this, Ctrl-C would be ignored from here on.
         signal.signal(signal.SIGINT, sigint)
         rounds = trainer.train()
+        if trainer.heartbeat.refused:
+            raise NodeError(f"left: {trainer.heartbeat.refused}")
         if config.max_rounds is not None and len(rounds) >= config.max_rounds:
             reason = f"finished {len(rounds)} rounds"
         return len(rounds)
