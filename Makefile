@@ -10,7 +10,7 @@ STAMP := $(VENV)/.gpt5os-installed
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-fast lint format proto gpu-check clean
+.PHONY: install demo test test-fast lint format proto gpu-check mutation clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,12 @@ format: install
 
 proto: install
 	$(BIN)/python scripts/gen_proto.py
+
+# Mutation testing (cosmic-ray) of the coordinator's scheduler, swarm state, store and request
+# validation against their unit tests; MUTATION_ARGS="--sample 4" tests every 4th mutant.
+MUTATION_ARGS ?=
+mutation: install
+	$(BIN)/python bench/mutation.py $(MUTATION_ARGS)
 
 gpu-check: install
 	$(BIN)/python -m pytest -q -ra -m gpu tests

@@ -163,3 +163,29 @@ def test_min_interval() -> None:
     assert v.min_interval(3600.0, 1.0) == 3600.0
     refused(v.min_interval, 3601.0, 1.0)
     refused(v.min_interval, -1.0, 1.0)
+
+
+def test_exact_published_limits() -> None:
+    """The limits as numbers (not via the constants), at and just past each bound."""
+    ok_maddr, long_maddr = "/" + "x" * 511, "/" + "x" * 512
+    assert v.stats(pb.NodeStats(dht_maddrs=[ok_maddr]))["dht_maddrs"] == [ok_maddr]
+    message = refused(v.stats, pb.NodeStats(dht_maddrs=[long_maddr]))
+    assert repr(long_maddr[:60]) in message and repr(long_maddr[:61]) not in message
+    assert v.number(1e15, "n") == 1e15
+    refused(v.number, 1e15 + 1, "n")
+    assert v.stats(pb.NodeStats(last_loss=0.5))["last_loss"] == 0.5
+    refused(v.stats, pb.NodeStats(last_loss=1_000_000.5))
+    refused(v.stats, pb.NodeStats(tokens_per_second=1e12 + 1))
+    for field in ("mean_loss", "val_loss"):
+        assert v.report(report_req(**{field: 1e6}))[field] == 1e6
+        assert field in refused(v.report, report_req(**{field: 1_000_000.5}))
+    for field in ("duration_s", "averaging_s"):
+        assert field in refused(v.report, report_req(**{field: 10_000_000.5}))
+    assert v.report(report_req(round=2))["round"] == 2
+
+
+def test_peer_list_limit_is_ten_thousand() -> None:
+    ids = [f"{i:020x}" for i in range(10_001)]
+    assert len(v.report(report_req(peer_node_ids=ids[:10_000]))["peer_node_ids"]) == 10_000
+    assert "at most 10000 peers" in refused(v.report, report_req(peer_node_ids=ids))
+    assert len(v.report(report_req(peer_node_ids=ids[:300]))["peer_node_ids"]) == 300
