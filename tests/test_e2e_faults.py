@@ -241,8 +241,8 @@ def test_node_frozen_longer_than_a_round_comes_back_and_catches_up(
     run_dir = tmp_path / "run"
     init_run(run_dir, data_dir, "--heartbeat-seconds", "2", "--lease-seconds", "20")
     db = Db(run_dir)
-    coordinator, address = start_coordinator(
-        run_dir, tmp_path / "coord-home", tmp_path / "coordinator.log", "--no-dht"
+    coordinator, address = start_coordinator(  # with its DHT: the nodes must find each other
+        run_dir, tmp_path / "coord-home", tmp_path / "coordinator.log"
     )
     a = node(address, tmp_path, "a", "--min-peers", "2")
     b = node(address, tmp_path, "b", "--min-peers", "2")
