@@ -17,6 +17,7 @@ import torch
 from gpt5os.proto import pb
 from hivemind.compression import CompressionInfo, Float16Compression, NoCompression
 from hivemind.optim.progress_tracker import ProgressTracker
+from hivemind.p2p.p2p_daemon_bindings.utils import P2PDaemonError
 from hivemind.utils import get_dht_time
 
 from .diloco import OuterState
@@ -28,8 +29,19 @@ EXACT = "none"  # the spec's compression value for exact (fixed-point) averaging
 
 
 def start_dht(initial_peers: list[str], listen: str) -> hivemind.DHT:
-    """Start our DHT peer, bootstrapping from the peers the coordinator handed us."""
-    return hivemind.DHT(initial_peers=list(initial_peers), host_maddrs=[listen], start=True)
+    """Start our DHT peer, bootstrapping from the peers the coordinator handed us.
+
+    Those are recently active nodes, and one may have died since its last heartbeat: when none
+    answers, p2pd refuses to start ("failed to connect to bootstrap peers"). Then start alone;
+    nodes that join later are handed our address.
+    """
+    try:
+        return hivemind.DHT(initial_peers=list(initial_peers), host_maddrs=[listen], start=True)
+    except P2PDaemonError as e:
+        if not initial_peers:
+            raise
+        log.warning("no bootstrap peer answered (%s): starting the DHT alone", e)
+        return hivemind.DHT(initial_peers=[], host_maddrs=[listen], start=True)
 
 
 def visible_maddrs(dht: hivemind.DHT) -> list[str]:
