@@ -500,3 +500,55 @@ def test_readonly_swarm_writes_nothing(sw: Swarm, run_dir: Path) -> None:
         assert ro.flush(T0 + 1000) is False
     finally:
         ro.store.close()
+
+
+# -- pinned by mutation testing (bench/mutation.py survivors) ----------------------------------
+
+
+def test_a_fresh_run_starts_at_epoch_zero(sw: Swarm) -> None:
+    assert sw.sched.epoch == 0
+
+
+def test_nodes_that_left_or_were_banned_are_never_marked_lost(sw: Swarm) -> None:
+    a, _, _ = join(sw)
+    b, _, _ = join(sw)
+    sw.leave(a, "", T0)
+    sw.apply_ban(b.node_id, "", T0)
+    sw.tick(T0 + 100)
+    assert (a.state, b.state) == ("left", "banned")
+    assert "lost" not in kinds(sw)
+
+
+def test_ban_of_a_node_that_left_marks_it_banned(sw: Swarm) -> None:
+    a, _, _ = join(sw)
+    sw.leave(a, "", T0)
+    sw.apply_ban(a.node_id, "late ban", T0 + 1)
+    assert a.state == "banned" and kinds(sw, a.node_id)[-1] == "banned"
+
+
+def test_initial_peers_exclude_the_asker_by_value(sw: Swarm) -> None:
+    a, _, _ = join(sw)
+    sw.heartbeat(a, stats(dht_maddrs=["/ip4/10.0.0.1/tcp/1/p2p/QmA"]), T0)
+    same_id = "".join(list(a.node_id))  # equal, not the same object (as from a request)
+    assert sw.initial_peers([], exclude=same_id, now=T0) == []
+
+
+def test_a_round_settles_after_the_settle_time_even_between_ticks(sw: Swarm) -> None:
+    a, _, _ = join(sw)
+    b, _, _ = join(sw)
+    sw.report_round(a, report(1, [a.node_id, b.node_id]), T0)
+    sw.tick(T0 + ROUND_SETTLE_S + 0.7)  # the ticker never lands exactly on the settle time
+    assert sw.rounds[1].finished
+
+
+def test_throughput_history_survives_a_restart(sw: Swarm, run_dir: Path) -> None:
+    a, _, _ = join(sw)
+    sw.heartbeat(a, stats(tokens_per_second=8.0), T0)
+    sw.tick(T0 + 1)
+    sw.heartbeat(a, stats(tokens_per_second=8.0), T0 + 6)
+    sw.tick(T0 + 6.5)
+    before = [(unix, tps) for _, unix, tps in sw.throughput]
+    sw = reopen(sw, run_dir, T0 + 7)
+    assert [(unix, tps) for _, unix, tps in sw.throughput] == before
+    assert [seq for seq, _, _ in sw.throughput] == list(range(1, len(before) + 1))
+    sw.store.close()
