@@ -472,7 +472,7 @@ def test_initial_peers_are_own_then_newest_active_nodes(sw: Swarm) -> None:
     peers = sw.initial_peers(own, exclude=nodes[-1].node_id, now=T0 + 20)
     newest_first = [nodes[i].dht_maddrs[0] for i in range(INITIAL_PEERS_MAX - 1, -1, -1)]
     assert peers == own + newest_first  # neither the asker nor a node that left
-    assert len(peers) == INITIAL_PEERS_MAX + 1
+    assert len(peers) == 9  # INITIAL_PEERS_MAX (8) nodes after the coordinator's own
 
 
 def test_find_node_by_id_or_unique_prefix(sw: Swarm) -> None:
@@ -505,8 +505,17 @@ def test_readonly_swarm_writes_nothing(sw: Swarm, run_dir: Path) -> None:
 # -- pinned by mutation testing (bench/mutation.py survivors) ----------------------------------
 
 
-def test_a_fresh_run_starts_at_epoch_zero(sw: Swarm) -> None:
-    assert sw.sched.epoch == 0
+def test_a_fresh_run_starts_at_epoch_zero_round_zero(sw: Swarm) -> None:
+    assert sw.sched.epoch == 0 and sw.outer_round == 0
+
+
+def test_events_are_numbered_one_by_one_and_name_the_node(sw: Swarm) -> None:
+    a, _, _ = join(sw, display_name="")
+    b, _, _ = join(sw, display_name="bob")
+    sw.leave(a, "", T0 + 1)
+    ids = [e[0] for e in sw.events]
+    assert ids == list(range(ids[0], ids[0] + len(ids)))
+    assert sw.events[0][4] == f"{a.node_id} on cpu" and sw.events[1][4] == "bob on cpu"
 
 
 def test_nodes_that_left_or_were_banned_are_never_marked_lost(sw: Swarm) -> None:
