@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -156,16 +157,39 @@ def run_module(name: str, src: Path, work: Path, env: dict[str, str], sample: in
     return counts
 
 
+def retest(survivors_file: Path, src: Path, env: dict[str, str]) -> int:
+    """Run each listed survivor (`module:line operator #occurrence`, as --out writes them) again
+    against the current tests: how many the tests added since that run now kill."""
+    heads = re.findall(r"^(\w+):\d+ (\S+) #(\d+)$", survivors_file.read_text(), re.M)
+    killed = 0
+    for module, operator, occurrence in heads:
+        tests = " ".join(TARGETS[module])
+        out = subprocess.run(
+            [str(BIN / "cosmic-ray"), "mutate-and-test", f"coordinator/{module}.py", operator,
+             occurrence, f"{sys.executable} -m pytest -x -q -p no:cacheprovider {tests}"],
+            cwd=src, env=env, capture_output=True, text=True,
+        ).stdout  # fmt: skip
+        outcome = "killed" if '"killed"' in out else "survived" if '"survived"' in out else "?"
+        killed += outcome == "killed"
+        print(f"{module} {operator} #{occurrence}: {outcome}", flush=True)
+    print(f"retest: {killed} of {len(heads)} earlier survivors now killed")
+    return killed
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", action="append", choices=sorted(TARGETS))
     ap.add_argument("--sample", type=int, default=1, help="test every N-th mutant only")
+    ap.add_argument("--retest", type=Path, help="re-run the survivors listed in this file")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "mutation-survivors.txt")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="gpt5os-mutation-"))
     try:
         src = copy_tree(work)
         env = dict(os.environ, PYTHONPATH=str(work / "root"))
+        if args.retest:
+            retest(args.retest, src, env)
+            return 0
         results = {
             name: run_module(name, src, work, env, args.sample) for name in args.only or TARGETS
         }

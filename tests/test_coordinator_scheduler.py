@@ -176,6 +176,14 @@ def test_epoch_order_is_the_documented_seeded_shuffle() -> None:
     order = sorted(r.shard_id for r in refs(8))
     random.Random(5 * 1_000_003 + 0).shuffle(order)
     assert [s.lease("a", 0.0).shard.shard_id for _ in range(4)] == order[:4]
+    for sid in list(s.states):  # finish epoch 0: epoch 1's order uses seed * 1_000_003 + 1
+        if s.holder(sid) is None:
+            s.lease("a", 0.0)
+        s.complete("a", sid, 1.0)
+    assert s.epoch == 1
+    order = sorted(r.shard_id for r in refs(8))
+    random.Random(5 * 1_000_003 + 1).shuffle(order)
+    assert [s.lease("b", 2.0).shard.shard_id for _ in range(4)] == order[:4]
 
 
 def test_unknown_shard_raises_key_error() -> None:
