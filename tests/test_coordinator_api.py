@@ -10,6 +10,7 @@ import hashlib
 import math
 import os
 import sqlite3
+import subprocess
 import time
 import urllib.request
 from pathlib import Path
@@ -647,3 +648,65 @@ async def test_real_sqlite_full_answers_unavailable_not_internal(server, stub) -
     snap = await _status(stub)  # every acknowledged join is there, the refused one is not
     assert len(snap.nodes) == 1 + len(names)
     await join(stub, name="after")  # the reopened connection has room again
+
+
+def _can_mount_tmpfs() -> bool:
+    if os.geteuid() != 0:
+        return False
+    probe = Path(f"/tmp/gpt5os-tmpfs-probe-{os.getpid()}")
+    probe.mkdir(exist_ok=True)
+    try:
+        ok = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(probe)],
+                            capture_output=True).returncode == 0  # fmt: skip
+        if ok:
+            subprocess.run(["umount", str(probe)], check=True)
+        return ok
+    finally:
+        probe.rmdir()
+
+
+@pytest.mark.skipif(not _can_mount_tmpfs(), reason="needs root to mount a small tmpfs")
+async def test_real_enospc_on_a_full_tmpfs(tmp_path) -> None:
+    """The run directory on a 4 MiB tmpfs that a filler file fills up: a real ENOSPC."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], check=True)
+    try:
+        make_run(mnt / "run", n_train=4, n_val=1, shard_tokens=256)
+        srv = CoordinatorServer(mnt / "run", port=0)
+        await srv.start()
+        try:
+            async with grpc.aio.insecure_channel(srv.address) as ch:
+                stub = pb_grpc.CoordinatorStub(ch)
+                auth, _ = await join(stub)
+                first = (await stub.LeaseShard(pb.LeaseShardRequest(auth=auth))).lease.shard_id
+                second = (await stub.LeaseShard(pb.LeaseShardRequest(auth=auth))).lease.shard_id
+                assert (
+                    await stub.CompleteShard(pb.CompleteShardRequest(auth=auth, shard_id=first))
+                ).counted
+                filler = mnt / "filler"
+                with open(filler, "wb") as f, contextlib.suppress(OSError):
+                    while True:
+                        f.write(b"\0" * 65536)
+                codes = []
+                for i in range(200):  # joins until a commit needs a page the disk lacks
+                    try:
+                        await join(stub, name=f"f{i}-" + "x" * 50)
+                    except grpc.aio.AioRpcError as e:
+                        codes.append(e.code())
+                        break
+                assert codes == [Code.UNAVAILABLE], codes
+                filler.unlink()  # space is back
+                retry = await stub.CompleteShard(
+                    pb.CompleteShardRequest(auth=auth, shard_id=second)
+                )
+                assert retry.counted
+        finally:
+            await srv.stop(grace=0.1)
+        store = Store(mnt / "run" / DB_NAME, readonly=True)
+        try:
+            assert sorted(r["shard_id"] for r in store.completions()) == sorted([first, second])
+        finally:
+            store.close()
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=True)
