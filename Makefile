@@ -10,7 +10,7 @@ STAMP := $(VENV)/.gpt5os-installed
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-fast lint format proto gpu-check gpu-wheels clean
+.PHONY: install demo test test-fast lint format proto gpu-check gpu-wheels mutation clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,12 @@ gpu-wheels: $(BIN)/python
 	$(BIN)/python -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
 		--implementation cp --platform manylinux2014_x86_64 -d $(GPU_WHEELS) \
 		fla-core==0.6.0 einops==0.8.2
+
+# Mutation testing (cosmic-ray) of the coordinator's scheduler, swarm state, store and request
+# validation against their unit tests; MUTATION_ARGS="--sample 4" tests every 4th mutant.
+MUTATION_ARGS ?=
+mutation: install
+	$(BIN)/python bench/mutation.py $(MUTATION_ARGS)
 
 gpu-check: install
 	PYTHON=$(BIN)/python bash scripts/gpu_check.sh

@@ -490,7 +490,11 @@ def ban(run_dir: Path, reason: str, node_id: str) -> None:
 @click.option("--dir", "run_dir", required=True, type=click.Path(path_type=Path))
 @click.option("--set", "changes", multiple=True, metavar="KEY=VALUE", help="e.g. inner_lr=1e-3")
 def spec(run_dir: Path, changes: tuple[str, ...]) -> None:
-    """Print the run spec, or change it with --set (bumps its revision; nodes re-Join)."""
+    """Print the run spec, or change it with --set (bumps its revision).
+
+    A running server hands the new spec to every node that joins from then on; nodes already
+    training see the new revision in their next heartbeat and log that a restart picks it up.
+    """
     try:
         if not changes:
             click.echo(load_run(run_dir).spec.to_json())

@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
+import sqlite3
 import time
 import traceback
 from collections.abc import AsyncIterator, Callable
@@ -43,6 +45,8 @@ METRICS_EVERY_TICKS = 4  # gauges every 2 s (scrapers poll every 15 s or so)
 WATCH_DEFAULT_S = 1.0
 WATCH_KEEPALIVE_S = 10.0
 
+log = logging.getLogger(__name__)
+
 
 class ServeError(RuntimeError):
     """The server cannot start (port in use, unreadable run directory); the message says why."""
@@ -61,6 +65,14 @@ def _rpc(method: Callable[..., Any]) -> Callable[..., Any]:
         except ApiError as e:
             code = e.code.name
             await context.abort(e.code, e.message)
+        except sqlite3.Error as e:  # disk full, I/O error: nothing was acknowledged
+            code = "UNAVAILABLE"
+            with contextlib.suppress(Exception):  # still failing: the next request retries
+                self.server.recover_store(e)
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                f"the coordinator could not save this request ({e}); nothing changed, retry later",
+            )
         except Exception as e:  # a bug: log it, answer INTERNAL, keep serving
             code = "INTERNAL"
             traceback.print_exc()
@@ -371,6 +383,18 @@ class CoordinatorServer:
         self.metrics.close()
         await self._cleanup_dht()
 
+    def recover_store(self, error: BaseException) -> None:
+        """A commit failed (disk full, I/O error): memory may hold changes the database lacks.
+
+        Go back to the last committed state, which is everything an RPC ever acknowledged, by
+        reopening the run; if that fails too, the next request tries again.
+        """
+        log.error("database write failed (%s): reloading the run from its last commit", error)
+        with contextlib.suppress(Exception):
+            self.swarm.store.close()
+        self.swarm = open_swarm(self.run_dir, load_run(self.run_dir), now=self.clock())
+        self.swarm.store.start_checkpointer()
+
     async def _cleanup_dht(self) -> None:
         if self._dht is not None:
             await asyncio.to_thread(self._dht.stop)
@@ -403,5 +427,8 @@ class CoordinatorServer:
                 self.checkpoint.refresh()
                 if ticks % METRICS_EVERY_TICKS == 0:
                     self.metrics.refresh(self.swarm)
+            except sqlite3.Error as e:  # disk full: drop unsaved changes, retry next tick
+                with contextlib.suppress(Exception):
+                    self.recover_store(e)
             except Exception as e:  # keep serving; a locked database clears on the next tick
                 print(f"gpt5os-coordinator: background tick failed: {e!r}", flush=True)

@@ -187,14 +187,19 @@ class Store:
 
     @contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:
-        """One transaction: committed on exit, rolled back on any exception."""
+        """One transaction: committed on exit, rolled back on any exception.
+
+        SQLite may have rolled back already (SQLITE_FULL does): the original error is re-raised,
+        not a "no transaction is active" from our own ROLLBACK.
+        """
         self.db.execute("BEGIN IMMEDIATE")
         try:
             yield self.db
+            self.db.execute("COMMIT")
         except BaseException:
-            self.db.execute("ROLLBACK")
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
             raise
-        self.db.execute("COMMIT")
 
     # -- meta ------------------------------------------------------------------------------
 

@@ -522,7 +522,8 @@ class Swarm:
 
     def set_spec(self, spec: Any, now: float) -> None:
         """The maintainer changed the spec (`gpt5os-coordinator spec --set`): hand out the new
-        one; nodes see the new revision in their next HeartbeatResponse and re-Join."""
+        one to joining nodes; running nodes see the new revision in their next HeartbeatResponse
+        and log that a restart picks it up (node/heartbeat.py)."""
         if spec.revision == self.spec.revision:
             return
         self.spec = self.config.spec = spec

@@ -29,6 +29,26 @@ def _setup_logging(verbose: bool) -> None:
             logging.getLogger(name).setLevel(logging.WARNING)
 
 
+class _PendingTaskAtExit(logging.Filter):
+    """Drops asyncio's "Task was destroyed but it is pending!" once the node is stopping.
+
+    hivemind's ProgressTracker (optim/progress_tracker.py, `_progress_fetcher`) returns on
+    shutdown without cancelling its pending DHT `get` task; when its event loop is collected,
+    asyncio logs that task as an ERROR. Nothing is lost by then (the node has left), but every
+    volunteer would read an error on a clean exit. Before the stop, the message still shows.
+    """
+
+    def __init__(self, stopping: threading.Event) -> None:
+        super().__init__()
+        self.stopping = stopping
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (
+            self.stopping.is_set()
+            and record.getMessage().startswith("Task was destroyed but it is pending")
+        )
+
+
 @click.group()
 def main() -> None:
     """gpt5os volunteer node: donate your GPU to train one open RWKV-7 model."""
@@ -89,6 +109,7 @@ def join(
     from .runner import NodeError, run_node
 
     stop = threading.Event()
+    logging.getLogger("asyncio").addFilter(_PendingTaskAtExit(stop))
     main_pid = os.getpid()
 
     def request_stop(signum, _frame) -> None:

@@ -6,6 +6,7 @@ import logging
 import threading
 from collections.abc import Callable
 
+import grpc
 from gpt5os.proto import pb
 
 from .coordinator_client import CoordinatorClient, CoordinatorError
@@ -33,6 +34,7 @@ class Heartbeat(threading.Thread):
         self.paused = False
         self.spec_revision: int | None = None
         self.certified: pb.CertifiedRound | None = None  # the latest round the swarm certified
+        self.refused: str | None = None  # why the coordinator will never accept us again
 
     def beat(self) -> None:
         stats = pb.NodeStats(
@@ -48,7 +50,8 @@ class Heartbeat(threading.Thread):
         self.paused = response.paused
         if self.spec_revision is not None and response.spec_revision != self.spec_revision:
             log.warning(
-                "the run spec changed (revision %d -> %d): restart the node to pick it up",
+                "the run spec changed (revision %d -> %d): restart the node to pick it up "
+                "(it keeps training with the spec it joined with until then)",
                 self.spec_revision,
                 response.spec_revision,
             )
@@ -61,4 +64,8 @@ class Heartbeat(threading.Thread):
             try:
                 self.beat()
             except CoordinatorError as e:
+                if getattr(e, "code", None) == grpc.StatusCode.PERMISSION_DENIED:  # banned
+                    self.refused = str(e)
+                    self.stop_event.set()  # retrying would never help: leave
+                    return
                 log.warning("heartbeat failed: %s", e)

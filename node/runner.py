@@ -9,6 +9,7 @@ hivemind): the traceback goes to the debug log (`-v`).
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 
 from .config import NodeConfig
@@ -101,6 +102,7 @@ def run_node(config: NodeConfig, stop: threading.Event) -> int:
             # hivemind forks its DHT and averager processes first, while this process holds no
             # model: forked later, each would keep a copy-on-write snapshot of the tensors that
             # training rewrites (bench/memory.py). The averager gets the outer state once it exists.
+            sigint = signal.getsignal(signal.SIGINT)
             peer = SwarmPeer.start(
                 None,
                 spec,
@@ -110,6 +112,9 @@ def run_node(config: NodeConfig, stop: threading.Event) -> int:
                 node_id=session.node_id,
                 numels=parameter_numels(spec),
             )
+            # hivemind's DecentralizedAverager.run_in_background sets SIGINT to SIG_IGN in *this*
+            # process before it forks: without this, Ctrl-C would be ignored from here on.
+            signal.signal(signal.SIGINT, sigint)
             try:
                 model, outer = build_training_state(spec, device)
                 peer.averager.outer = outer
@@ -125,6 +130,8 @@ def run_node(config: NodeConfig, stop: threading.Event) -> int:
             log.debug("the node failed to start", exc_info=True)
             raise NodeError(f"the node failed to start: {one_line(e)}") from None
         rounds = trainer.train()
+        if trainer.heartbeat.refused:
+            raise NodeError(f"left: {trainer.heartbeat.refused}")
         if config.max_rounds is not None and len(rounds) >= config.max_rounds:
             reason = f"finished {len(rounds)} rounds"
         return len(rounds)

@@ -26,6 +26,7 @@ from hivemind.compression import (
 )
 from hivemind.optim.progress_tracker import ProgressTracker
 from hivemind.p2p import PeerID
+from hivemind.p2p.p2p_daemon_bindings.utils import P2PDaemonError
 from hivemind.proto import averaging_pb2
 from hivemind.utils import MPFuture, get_dht_time
 from hivemind.utils.asyncio import aiter_with_timeout
@@ -59,8 +60,19 @@ def swarm_prefix(dht_prefix: str, run_id: str) -> str:
 
 def start_dht(initial_peers: list[str], listen: str) -> hivemind.DHT:
     """Start our DHT peer, bootstrapping from the peers the coordinator handed us; its process and
-    p2p daemon die with this process (common/lifetime.py)."""
-    return LinkedDHT(initial_peers=list(initial_peers), host_maddrs=[listen], start=True)
+    p2p daemon die with this process (common/lifetime.py).
+
+    Those are recently active nodes, and one may have died since its last heartbeat: when none
+    answers, p2pd refuses to start ("failed to connect to bootstrap peers"). Then start alone;
+    nodes that join later are handed our address.
+    """
+    try:
+        return LinkedDHT(initial_peers=list(initial_peers), host_maddrs=[listen], start=True)
+    except P2PDaemonError as e:
+        if not initial_peers:
+            raise
+        log.warning("no bootstrap peer answered (%s): starting the DHT alone", e)
+        return LinkedDHT(initial_peers=[], host_maddrs=[listen], start=True)
 
 
 def visible_maddrs(dht: hivemind.DHT) -> list[str]:

@@ -42,18 +42,25 @@ class Child:
         return self.popen.poll() is None
 
     def stop(self, timeout: float = 60.0) -> None:
-        if self.alive():
+        """SIGTERM, then SIGKILL for the group's leftovers; writes how it ended to `<name>.exit`
+        ("0" for a clean leave, another code, or "killed"), so a test can tell a clean exit
+        from one the SIGKILL covered up."""
+        ended = "" if self.alive() else f"{self.popen.returncode} before it was asked"
+        if not ended:
             self.popen.send_signal(signal.SIGTERM)  # the process stops its own children
             try:
-                self.popen.wait(timeout=timeout)
+                ended = str(self.popen.wait(timeout=timeout))
             except subprocess.TimeoutExpired:
-                pass
+                ended = "killed"
         try:
             os.killpg(self.popen.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
         self.popen.wait()
         self._log.close()
+        self.log_path.with_suffix(".exit").write_text(ended)
+        if ended != "0":
+            print(f"demo: {self.name} did not stop cleanly ({ended}); see {self.log_path}")
 
 
 def _wait(condition, timeout: float, what: str, children: list[Child]) -> object:

@@ -55,6 +55,13 @@ def expected_mean(group: list[tuple[int, int]]) -> list[torch.Tensor]:
     return [t / weight for t in total]
 
 
+def weighted_mean(group: list[tuple[int, int]]) -> list[torch.Tensor]:
+    """The token-weighted mean in float64: what float16 averaging approximates."""
+    total = sum(t for _, t in group)
+    per_seed = [[d.double() * (t / total) for d in deltas(s)] for s, t in group]
+    return [sum(parts).flatten() for parts in zip(*per_seed, strict=True)]
+
+
 def lose_first_results_part() -> None:
     """In this process's (and so its averager's) first all-reduce, drop one received part."""
     original = partition.TensorPartContainer.register_processed_part
@@ -92,6 +99,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--lose-part", action="store_true")
     parser.add_argument("--no-barrier", action="store_true", help="start averaging at once")
+    parser.add_argument("--compression", default="none", choices=["none", "float16"])
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
     group = [tuple(int(x) for x in item.split(":")) for item in args.group.split(",")]
@@ -99,7 +107,10 @@ def main() -> None:
     if args.lose_part:
         lose_first_results_part()
 
-    spec = pb.RunSpec(compression="none", matchmaking_time_s=2.0, tokens_per_round=TOKENS_PER_ROUND)
+    exact = args.compression == "none"
+    spec = pb.RunSpec(
+        compression=args.compression, matchmaking_time_s=2.0, tokens_per_round=TOKENS_PER_ROUND
+    )
     outer = OuterState(model(), pb.OuterOptimizerSpec(lr=0.7, momentum=0.9, nesterov=True))
     dht = start_dht([p for p in args.peers.split(",") if p], "/ip4/127.0.0.1/tcp/0")
     if args.maddrs_file:
@@ -112,7 +123,7 @@ def main() -> None:
         config=GroupAverageConfig(
             node_id=f"node-{args.me}", tokens_per_round=TOKENS_PER_ROUND, matchmaking_time_s=2.0
         ),
-        exact=True,
+        exact=exact,
     )
     try:
         # a barrier: matchmaking must not form a smaller group before the last worker started
@@ -120,16 +131,22 @@ def main() -> None:
         if not args.no_barrier:
             _wait_for_files([args.out.with_name(f"ready-{i}") for i in range(len(group))])
         result = averaging.run(0, deltas(seed), tokens, cancel=lambda: False)
-        exact = expected_mean(group)
+        want = expected_mean(group) if exact else weighted_mean(group)
         settled = isinstance(result, Settled)
+        got = result.averaged if settled else []
         report = {
             "outcome": type(result).__name__,
             "attempts": getattr(result, "attempts", 1),
             "complete": settled,
             "node_ids": sorted(result.node_ids) if settled else [],
-            "digest": tensors_sha256(result.averaged) if settled else None,
-            "exact": settled
-            and all(torch.equal(a, b) for a, b in zip(result.averaged, exact, strict=True)),
+            "digest": tensors_sha256(got) if got else None,
+            "exact": bool(got) and all(torch.equal(a, b) for a, b in zip(got, want, strict=True)),
+            "rel_err": max(
+                ((a.double() - b.double()).norm() / b.double().norm()).item()
+                for a, b in zip(got, want, strict=True)
+            )
+            if got
+            else None,
         }
         args.out.write_text(json.dumps(report))
         _wait_for_files([args.out.with_name(f"result-{i}.json") for i in range(len(group))])

@@ -5,9 +5,12 @@ the server stays healthy and no state changes."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import math
 import os
+import sqlite3
+import subprocess
 import time
 import urllib.request
 from pathlib import Path
@@ -309,49 +312,115 @@ async def test_oversized_request_is_refused_and_server_stays_healthy(server, stu
     assert list((await stub.GetStatus(pb.GetStatusRequest())).nodes) == []
 
 
-async def test_lost_node_returns_its_leases(server, stub) -> None:
-    auth, _ = await join(stub)
-    await stub.LeaseShard(pb.LeaseShardRequest(auth=auth))
-    server.test_clock.offset += 30.0  # > 3 heartbeat intervals and > the lease term
+class ManualClock:
+    """A clock that moves only when the test says so: each way a lease comes back is tested
+    alone, with the other ways' thresholds provably not crossed."""
 
-    async def lost():
-        snap = await stub.GetStatus(pb.GetStatusRequest())
-        return snap.nodes[0].state == "lost" and snap.run.shards.leased == 0 and snap
+    def __init__(self) -> None:
+        self.now = time.time()
 
-    snap = await until(lost)
-    assert snap.run.shards.pending == 6
-    # a lost node that heartbeats again is active again, without its old leases
-    hb = await stub.Heartbeat(pb.HeartbeatRequest(auth=auth))
-    assert list(hb.leases) == []
-    assert (await stub.GetStatus(pb.GetStatusRequest())).nodes[0].state == "active"
+    def __call__(self) -> float:
+        return self.now
 
 
-async def test_expired_lease_is_not_credited_and_goes_to_the_next_node(server, stub) -> None:
-    slow, _ = await join(stub)
-    lease = (await stub.LeaseShard(pb.LeaseShardRequest(auth=slow))).lease
-    fast, _ = await join(stub)
-    server.test_clock.offset += 11.0  # past the 10 s lease; nodes are lost only after 6 s idle...
-    await stub.Heartbeat(pb.HeartbeatRequest(auth=fast))
+@contextlib.asynccontextmanager
+async def manual_server(run_dir: Path, **settings):
+    make_run(run_dir, n_train=6, n_val=1, **settings)
+    clock = ManualClock()
+    srv = CoordinatorServer(run_dir, port=0, clock=clock)
+    await srv.start()
+    try:
+        async with grpc.aio.insecure_channel(srv.address) as channel:
+            yield clock, pb_grpc.CoordinatorStub(channel)
+    finally:
+        await srv.stop(grace=0.1)
 
-    async def expired():
-        snap = await stub.GetStatus(pb.GetStatusRequest())
-        return any(e.kind == "lease_expired" for e in snap.events) or any(
-            e.kind == "lease_released" for e in snap.events
+
+async def _status(stub) -> pb.SwarmSnapshot:
+    return await stub.GetStatus(pb.GetStatusRequest())
+
+
+async def test_expired_lease_alone_goes_back_and_is_not_credited(tmp_path) -> None:
+    # heartbeat 2 s: a node is lost after 6 s of silence; the lease term is 5 s.
+    async with manual_server(tmp_path / "run", heartbeat_seconds=2.0, lease_seconds=5.0) as (
+        clock,
+        stub,
+    ):
+        slow, _ = await join(stub)
+        lease = (await stub.LeaseShard(pb.LeaseShardRequest(auth=slow))).lease
+        fast, _ = await join(stub)
+        clock.now += 5.5  # past the lease, not past the lost-node threshold
+
+        async def expired():
+            snap = await _status(stub)
+            return snap.run.shards.leased == 0 and snap
+
+        snap = await until(expired)
+        states = {n.node_id: n.state for n in snap.nodes}
+        assert states == {slow.node_id: "active", fast.node_id: "active"}
+        kinds = [(e.kind, e.node_id) for e in snap.events]
+        assert ("lease_expired", slow.node_id) in kinds and ("lost", slow.node_id) not in kinds
+        again = (await stub.LeaseShard(pb.LeaseShardRequest(auth=fast))).lease
+        assert again.shard_id == lease.shard_id  # the returned shard is retried first
+        late = await stub.CompleteShard(
+            pb.CompleteShardRequest(auth=slow, shard_id=lease.shard_id, tokens_trained=9)
         )
+        assert not late.counted
+        ok = await stub.CompleteShard(
+            pb.CompleteShardRequest(auth=fast, shard_id=lease.shard_id, tokens_trained=9)
+        )
+        assert ok.counted
+        nodes = {n.node_id: n for n in (await _status(stub)).nodes}
+        assert nodes[fast.node_id].shards_done == 1 and nodes[slow.node_id].shards_done == 0
 
-    await until(expired)
-    again = (await stub.LeaseShard(pb.LeaseShardRequest(auth=fast))).lease
-    assert again.shard_id == lease.shard_id  # the returned shard is retried first
-    late = await stub.CompleteShard(
-        pb.CompleteShardRequest(auth=slow, shard_id=lease.shard_id, tokens_trained=9)
-    )
-    assert not late.counted
-    ok = await stub.CompleteShard(
-        pb.CompleteShardRequest(auth=fast, shard_id=lease.shard_id, tokens_trained=9)
-    )
-    assert ok.counted
-    nodes = {n.node_id: n for n in (await stub.GetStatus(pb.GetStatusRequest())).nodes}
-    assert nodes[fast.node_id].shards_done == 1 and nodes[slow.node_id].shards_done == 0
+
+async def test_lost_node_alone_releases_its_leases(tmp_path) -> None:
+    # a 60 s lease term: only the lost-node rule (3 silent heartbeats = 6 s) can free the shard.
+    async with manual_server(tmp_path / "run", heartbeat_seconds=2.0, lease_seconds=60.0) as (
+        clock,
+        stub,
+    ):
+        auth, _ = await join(stub)
+        lease = (await stub.LeaseShard(pb.LeaseShardRequest(auth=auth))).lease
+        clock.now += 7.0
+
+        async def lost():
+            snap = await _status(stub)
+            return snap.nodes[0].state == "lost" and snap
+
+        snap = await until(lost)
+        assert snap.run.shards.leased == 0 and snap.run.shards.pending == 6
+        other, _ = await join(stub)
+        again = (await stub.LeaseShard(pb.LeaseShardRequest(auth=other))).lease
+        assert again.shard_id == lease.shard_id
+        # a lost node that heartbeats again is active again, without its old leases
+        hb = await stub.Heartbeat(pb.HeartbeatRequest(auth=auth))
+        assert list(hb.leases) == []
+        late = await stub.CompleteShard(
+            pb.CompleteShardRequest(auth=auth, shard_id=lease.shard_id, tokens_trained=9)
+        )
+        assert not late.counted
+
+
+async def test_leave_releases_leases_at_once(tmp_path) -> None:
+    # the clock never moves: neither expiry nor the lost-node rule can free anything.
+    async with manual_server(tmp_path / "run", heartbeat_seconds=2.0, lease_seconds=60.0) as (
+        _clock,
+        stub,
+    ):
+        auth, _ = await join(stub)
+        held = {(await stub.LeaseShard(pb.LeaseShardRequest(auth=auth))).lease.shard_id}
+        held.add((await stub.LeaseShard(pb.LeaseShardRequest(auth=auth))).lease.shard_id)
+        assert (await _status(stub)).run.shards.leased == 2
+        await stub.Leave(pb.LeaveRequest(auth=auth, reason="Ctrl-C"))
+        snap = await _status(stub)  # no waiting: Leave answers after the release is committed
+        assert snap.run.shards.leased == 0 and snap.nodes[0].state == "left"
+        kinds = [e.kind for e in snap.events]
+        assert kinds.count("lease_released") == 2 and "left" in kinds
+        other, _ = await join(stub)
+        first = (await stub.LeaseShard(pb.LeaseShardRequest(auth=other))).lease.shard_id
+        second = (await stub.LeaseShard(pb.LeaseShardRequest(auth=other))).lease.shard_id
+        assert {first, second} == held
 
 
 async def test_rounds_aggregate_reports(server, stub) -> None:
@@ -530,3 +599,114 @@ async def test_spec_change_reaches_nodes_with_a_new_revision(server, stub, tmp_p
     with pytest.raises(ValueError, match="expected a int"):
         update_spec(tmp_path / "run", {"seq_len": "long"})
     assert load_run(tmp_path / "run").spec.revision == 2  # refused changes wrote nothing
+
+
+def _disk_full(*_args, **_kwargs):
+    raise sqlite3.OperationalError("database or disk is full")
+
+
+async def test_disk_full_during_a_commit_fails_cleanly_and_loses_nothing(server, stub) -> None:
+    auth, _ = await join(stub)
+    first = (await stub.LeaseShard(pb.LeaseShardRequest(auth=auth))).lease.shard_id
+    second = (await stub.LeaseShard(pb.LeaseShardRequest(auth=auth))).lease.shard_id
+    done = await stub.CompleteShard(pb.CompleteShardRequest(auth=auth, shard_id=first))
+    assert done.counted
+    server.swarm.store.add_completion = _disk_full  # the next completion's commit fails
+    code, details = await code_of(
+        stub.CompleteShard(pb.CompleteShardRequest(auth=auth, shard_id=second))
+    )
+    assert code is Code.UNAVAILABLE and "disk is full" in details and "retry" in details
+    assert await healthy(server)
+    snap = await _status(stub)  # back at the last commit: the failed completion did not happen
+    assert snap.run.shards.done == 1 and snap.run.shards.leased == 1
+    retry = await stub.CompleteShard(pb.CompleteShardRequest(auth=auth, shard_id=second))
+    assert retry.counted  # the space is back (a fresh connection): the retry counts, once
+    await server.stop(grace=0.1)
+    store = Store(server.run_dir / DB_NAME, readonly=True)
+    try:
+        assert sorted(r["shard_id"] for r in store.completions()) == sorted([first, second])
+    finally:
+        store.close()
+
+
+async def test_real_sqlite_full_answers_unavailable_not_internal(server, stub) -> None:
+    await join(stub)
+    db = server.swarm.store.db
+    pages = db.execute("PRAGMA page_count").fetchone()[0]
+    db.execute(f"PRAGMA max_page_count={pages}")  # SQLITE_FULL, as on a full disk
+    names = []
+    for i in range(500):
+        try:
+            await join(stub, name=f"filler-{i:03d}-" + "x" * 50)
+        except grpc.aio.AioRpcError as e:
+            assert e.code() is Code.UNAVAILABLE and "full" in e.details(), e.details()
+            break
+        names.append(f"filler-{i:03d}")
+    else:
+        raise AssertionError("the database never filled up")
+    assert await healthy(server)
+    snap = await _status(stub)  # every acknowledged join is there, the refused one is not
+    assert len(snap.nodes) == 1 + len(names)
+    await join(stub, name="after")  # the reopened connection has room again
+
+
+def _can_mount_tmpfs() -> bool:
+    if os.geteuid() != 0:
+        return False
+    probe = Path(f"/tmp/gpt5os-tmpfs-probe-{os.getpid()}")
+    probe.mkdir(exist_ok=True)
+    try:
+        ok = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(probe)],
+                            capture_output=True).returncode == 0  # fmt: skip
+        if ok:
+            subprocess.run(["umount", str(probe)], check=True)
+        return ok
+    finally:
+        probe.rmdir()
+
+
+@pytest.mark.skipif(not _can_mount_tmpfs(), reason="needs root to mount a small tmpfs")
+async def test_real_enospc_on_a_full_tmpfs(tmp_path) -> None:
+    """The run directory on a 4 MiB tmpfs that a filler file fills up: a real ENOSPC."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], check=True)
+    try:
+        make_run(mnt / "run", n_train=4, n_val=1, shard_tokens=256)
+        srv = CoordinatorServer(mnt / "run", port=0)
+        await srv.start()
+        try:
+            async with grpc.aio.insecure_channel(srv.address) as ch:
+                stub = pb_grpc.CoordinatorStub(ch)
+                auth, _ = await join(stub)
+                first = (await stub.LeaseShard(pb.LeaseShardRequest(auth=auth))).lease.shard_id
+                second = (await stub.LeaseShard(pb.LeaseShardRequest(auth=auth))).lease.shard_id
+                assert (
+                    await stub.CompleteShard(pb.CompleteShardRequest(auth=auth, shard_id=first))
+                ).counted
+                filler = mnt / "filler"
+                with open(filler, "wb") as f, contextlib.suppress(OSError):
+                    while True:
+                        f.write(b"\0" * 65536)
+                codes = []
+                for i in range(200):  # joins until a commit needs a page the disk lacks
+                    try:
+                        await join(stub, name=f"f{i}-" + "x" * 50)
+                    except grpc.aio.AioRpcError as e:
+                        codes.append(e.code())
+                        break
+                assert codes == [Code.UNAVAILABLE], codes
+                filler.unlink()  # space is back
+                retry = await stub.CompleteShard(
+                    pb.CompleteShardRequest(auth=auth, shard_id=second)
+                )
+                assert retry.counted
+        finally:
+            await srv.stop(grace=0.1)
+        store = Store(mnt / "run" / DB_NAME, readonly=True)
+        try:
+            assert sorted(r["shard_id"] for r in store.completions()) == sorted([first, second])
+        finally:
+            store.close()
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=True)

@@ -200,14 +200,17 @@ def test_bad_run_dirs_are_one_clear_line(tmp_path: Path) -> None:
     (broken / "run.json").write_text("{not json")
     assert_one_error_line(cli("serve", "--dir", str(broken), "--no-dht"), "broken")
     assert_one_error_line(cli("status", "--dir", str(tmp_path / "nowhere")), "not found")
-    if os.geteuid() != 0:  # root reads anything
-        locked = tmp_path / "locked"
-        make_run(locked, n_train=1)
-        locked.chmod(0)
-        try:
-            assert_one_error_line(cli("serve", "--dir", str(locked), "--no-dht"), str(locked))
-        finally:
-            locked.chmod(0o755)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads a mode-000 directory: nothing to refuse")
+def test_unreadable_run_dir_is_one_clear_line(tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    make_run(locked, n_train=1)
+    locked.chmod(0)
+    try:
+        assert_one_error_line(cli("serve", "--dir", str(locked), "--no-dht"), str(locked))
+    finally:
+        locked.chmod(0o755)
 
 
 def test_status_of_unknown_coordinator_is_one_clear_line() -> None:
@@ -264,3 +267,84 @@ def test_pause_resume_ban_on_disk(tmp_path: Path) -> None:
     assert json.loads(cli("status", "--dir", str(run_dir), "--json").stdout)["paused"] is False
     assert_one_error_line(cli("ban", "--dir", str(run_dir), "0123456789"), "no node")
     assert_one_error_line(cli("pause", "--dir", str(tmp_path / "none")), "holds no run")
+
+
+def _nodes_sharing_a_prefix(run_dir: Path) -> tuple[str, str]:
+    """Join nodes straight into the run's database until two ids share their first hex digit."""
+    from gpt5os.coordinator.runs import load_run
+    from gpt5os.coordinator.swarm import open_swarm
+
+    sw = open_swarm(run_dir, load_run(run_dir), now=time.time())
+    info = {"software_version": "0.1.0", "device": "cpu", "hostname": "", "display_name": ""}
+    try:
+        first: dict[str, str] = {}
+        while True:
+            node, _ = sw.join(os.urandom(32), info, time.time())
+            other = first.setdefault(node.node_id[0], node.node_id)
+            if other != node.node_id:
+                return other, node.node_id
+    finally:
+        sw.store.close()
+
+
+def test_ban_by_id_or_unique_prefix_and_ambiguous_prefix(tmp_path: Path) -> None:
+    from gpt5os.coordinator.store import DB_NAME, Store
+
+    run_dir = tmp_path / "run"
+    make_run(run_dir, n_train=2)
+    a, b = _nodes_sharing_a_prefix(run_dir)
+    assert_one_error_line(cli("ban", "--dir", str(run_dir), a[0]), "matches", "more of the id")
+    r = cli("ban", "--dir", str(run_dir), "--reason", "spam", a[:10])
+    assert r.returncode == 0 and r.stdout.strip() == f"gpt5os-coordinator: banned node {a}"
+    r = cli("ban", "--dir", str(run_dir), b)
+    assert r.returncode == 0 and b in r.stdout
+    store = Store(run_dir / DB_NAME, readonly=True)
+    try:
+        assert store.bans() == {a: "spam", b: "banned by the maintainer"}
+    finally:
+        store.close()
+
+
+def test_spec_set_and_ban_reach_a_running_node(tmp_path: Path, caplog) -> None:
+    """What a node does after `spec --set` (logs that a restart picks it up) and after `ban`
+    (its heartbeat stops the node with the reason): a real server, the node's own client."""
+    import threading
+
+    from gpt5os.node.coordinator_client import CoordinatorClient, CoordinatorError
+    from gpt5os.node.heartbeat import Heartbeat
+    from gpt5os.node.identity import load_or_create_identity
+    from gpt5os.node.progress import NodeProgress
+
+    run_dir = tmp_path / "run"
+    make_run(run_dir, n_train=2)
+    proc, port_file = start_serve(run_dir, "--no-dht")
+    client = None
+    try:
+        wait_line(proc, 120)
+        address = f"127.0.0.1:{port_file.read_text().strip()}"
+        client = CoordinatorClient(address, load_or_create_identity(tmp_path / "home"))
+        session = client.join("cpu")
+        stop_event = threading.Event()
+        hb = Heartbeat(client, NodeProgress(), interval_s=0.5, maddrs=list, stop=stop_event)
+        hb.beat()
+        assert hb.spec_revision == 1
+        r = cli("spec", "--dir", str(run_dir), "--set", "inner_lr=0.0005")
+        assert r.returncode == 0 and "revision 2" in r.stdout, r.stderr
+        deadline = time.monotonic() + 60
+        while hb.spec_revision != 2 and time.monotonic() < deadline:
+            hb.beat()
+            time.sleep(0.2)
+        assert hb.spec_revision == 2
+        assert "revision 1 -> 2): restart the node" in caplog.text
+        assert client.join("cpu").spec.inner.lr == 0.0005  # a (re)joining node gets it
+        r = cli("ban", "--dir", str(run_dir), session.node_id[:8])
+        assert r.returncode == 0, r.stderr
+        hb.start()  # the node's heartbeat thread: it stops the node instead of retrying
+        assert stop_event.wait(60), "the banned node was not stopped"
+        assert "banned" in hb.refused
+        with pytest.raises(CoordinatorError, match="PERMISSION_DENIED"):
+            client.lease_shard()
+    finally:
+        if client is not None:
+            client.close()
+        stop(proc)

@@ -7,6 +7,7 @@ from gpt5os.coordinator.scheduler import (
     CompletionOutcome,
     ShardRef,
     ShardScheduler,
+    ShardState,
     ShardStatus,
 )
 from hypothesis import HealthCheck, settings
@@ -94,10 +95,95 @@ def test_restore_round_trips_states_and_queue_order() -> None:
     assert r.counts() == s.counts()
     assert r.holder(held.shard.shard_id) == "a"
     assert r.states[done.shard.shard_id].status is ShardStatus.DONE
-    assert [r.lease("x", 20.0).shard.shard_id for _ in range(3)] == [
-        s.lease("x", 20.0).shard.shard_id for _ in range(3)
+    assert r.states[expired.shard.shard_id].status is ShardStatus.PENDING
+    assert r.holder(expired.shard.shard_id) is None
+    order = [r.lease("x", 20.0).shard.shard_id for _ in range(3)]
+    assert order == [s.lease("x", 20.0).shard.shard_id for _ in range(3)]
+    assert order[0] == expired.shard.shard_id  # the expired shard is retried first
+
+
+def test_restore_puts_shards_missing_from_the_rows_after_the_saved_queue() -> None:
+    s = sched(6, seed=3)
+    s.lease("a", now=0.0)
+    saved = [row for row in s.states.values() if row.shard_id != "s005"][:4]  # rows for 4 shards
+    r = ShardScheduler.restore(refs(6), saved, epoch=0, lease_seconds=LEASE, seed=3)
+    pending_saved = [
+        row.shard_id
+        for row in sorted(saved, key=lambda row: row.queue_pos)
+        if row.status == "pending"
     ]
-    assert expired.shard.shard_id in {expired.shard.shard_id}
+    missing = [
+        ref.shard_id for ref in refs(6) if ref.shard_id not in {row.shard_id for row in saved}
+    ]
+    order = [r.lease(f"n{i}", 1.0).shard.shard_id for i in range(len(pending_saved + missing))]
+    assert order == pending_saved + missing  # saved queue first, then manifest order
+
+
+def test_restore_at_a_large_epoch_keeps_the_saved_rows() -> None:
+    s = sched(3, seed=1)
+    s.epoch = 1000
+    for row in s.states.values():
+        row.epoch = 1000
+    held = s.lease("a", now=0.0)
+    r = ShardScheduler.restore(
+        refs(3), [ShardState(**vars(row)) for row in s.states.values()], epoch=int("1000"),
+        lease_seconds=LEASE, seed=1,
+    )  # fmt: skip
+    assert r.holder(held.shard.shard_id) == "a" and not r.dirty
+
+
+def test_extend_all_gives_every_lease_a_fresh_term() -> None:
+    s = sched(3)
+    a = s.lease("a", now=0.0)
+    b = s.lease("b", now=0.0)
+    s.extend_all(now=100.0)
+    assert {s.states[x.shard.shard_id].deadline for x in (a, b)} == {100.0 + LEASE}
+    assert s.expire(now=100.0 + LEASE - 1) == []
+
+
+def test_extend_never_shortens_a_lease() -> None:
+    s = sched(2)
+    a = s.lease("a", now=5.0)
+    s.extend("a", now=3.0)  # a heartbeat stamped earlier (clock skew) arrives late
+    assert s.states[a.shard.shard_id].deadline == 5.0 + LEASE
+
+
+def test_restored_leases_beyond_the_cap_still_block_new_ones() -> None:
+    s = sched(4, max_leases_per_node=3)
+    for _ in range(3):
+        s.lease("a", now=0.0)
+    r = ShardScheduler.restore(
+        refs(4), list(s.states.values()), epoch=0, lease_seconds=LEASE, max_leases_per_node=2
+    )
+    assert r.lease("a", now=1.0) is None and r.lease("b", now=1.0) is not None
+
+
+def test_not_counted_messages_say_why() -> None:
+    s = sched(2)
+    x = s.lease("a", now=0.0).shard.shard_id
+    s.expire(now=LEASE + 1)
+    assert "went back to the queue" in s.complete("a", x, now=LEASE + 2).message
+    assert s.lease("b", now=LEASE + 2).shard.shard_id == x
+    assert "leased to another node" in s.complete("a", x, now=LEASE + 3).message
+    s.complete("b", x, now=LEASE + 3)
+    assert "another node completed it" in s.complete("a", x, now=LEASE + 4).message
+
+
+def test_epoch_order_is_the_documented_seeded_shuffle() -> None:
+    import random
+
+    s = sched(8, seed=5)
+    order = sorted(r.shard_id for r in refs(8))
+    random.Random(5 * 1_000_003 + 0).shuffle(order)
+    assert [s.lease("a", 0.0).shard.shard_id for _ in range(4)] == order[:4]
+    for sid in list(s.states):  # finish epoch 0: epoch 1's order uses seed * 1_000_003 + 1
+        if s.holder(sid) is None:
+            s.lease("a", 0.0)
+        s.complete("a", sid, 1.0)
+    assert s.epoch == 1
+    order = sorted(r.shard_id for r in refs(8))
+    random.Random(5 * 1_000_003 + 1).shuffle(order)
+    assert [s.lease("b", 2.0).shard.shard_id for _ in range(4)] == order[:4]
 
 
 def test_unknown_shard_raises_key_error() -> None:

@@ -140,3 +140,19 @@ def test_heartbeat_stats_survive_a_flush_and_reopen(tmp_path: Path) -> None:
     )
     assert n.dht_maddrs == ["/ip4/1.2.3.4/tcp/5"]
     again.store.close()
+
+
+def test_the_server_checkpointer_moves_the_wal_into_the_database(tmp_path: Path) -> None:
+    make_run(tmp_path / "run", n_train=1)
+    store = Store(tmp_path / "run" / DB_NAME)
+    try:
+        store.start_checkpointer(interval_s=0.05)
+        size = (tmp_path / "run" / DB_NAME).stat().st_size
+        with store.tx():
+            store.put_events((i, 0.0, "x", "", "y" * 200) for i in range(1, 2000))
+        deadline = time.monotonic() + 30
+        while (tmp_path / "run" / DB_NAME).stat().st_size <= size:
+            assert time.monotonic() < deadline, "the WAL was never checkpointed"
+            time.sleep(0.05)
+    finally:
+        store.close()

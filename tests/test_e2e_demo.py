@@ -43,8 +43,13 @@ def test_demo_starts_everything_and_stops_everything(tmp_path: Path) -> None:
     for name in ("coordinator", "node-1", "node-2"):
         pid = int((demo_dir / f"{name}.pid").read_text())
         assert not _alive(pid), f"{name} (pid {pid}) outlived the dashboard"
+    for name in ("coordinator", "node-1", "node-2"):  # left on SIGTERM, not by the SIGKILL after
+        assert (demo_dir / f"{name}.exit").read_text() == "0", f"{name} did not exit cleanly"
     for i in (1, 2):
-        assert "joined run" in (demo_dir / f"node-{i}.log").read_text()
+        log = (demo_dir / f"node-{i}.log").read_text()
+        assert "joined run" in log and "gpt5os-node: left after" in log
+        for word in ("Traceback", "ERROR", "Task was destroyed", "Exception ignored"):
+            assert word not in log, f"{word!r} in node-{i}'s clean exit:\n{log[-3000:]}"
 
 
 def _alive(pid: int) -> bool:

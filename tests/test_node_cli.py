@@ -85,4 +85,22 @@ def test_generate_streams_a_continuation_from_a_checkpoint(tmp_path: Path) -> No
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip(), "no text generated"
+    assert result.stdout == greedy_reference(checkpoint, "def fib(n):", 8) + "\n"
+
+
+def greedy_reference(checkpoint: Path, prompt: str, max_tokens: int) -> str:
+    """Temperature 0 by hand: the argmax of a full forward over the whole sequence, each step."""
+    import torch
+    from gpt5os.model import load_checkpoint, load_tokenizer
+
+    model, tokenizer = load_checkpoint(checkpoint).eval(), load_tokenizer()
+    seq = tokenizer.encode(prompt)
+    out: list[int] = []
+    with torch.no_grad():
+        for _ in range(max_tokens):
+            token = int(model(torch.tensor([seq]))[0, -1].argmax())
+            if token == 0:  # end of document
+                break
+            out.append(token)
+            seq.append(token)
+    return tokenizer.decode_bytes(out).decode("utf-8", errors="replace")

@@ -22,7 +22,12 @@ TRIO = "11:700,22:300,33:123"
 
 
 def _run_group(
-    tmp_path: Path, group: str, *, sabotage: int | None = None, staggered: bool = False
+    tmp_path: Path,
+    group: str,
+    *,
+    sabotage: int | None = None,
+    staggered: bool = False,
+    compression: str = "none",
 ) -> list[dict]:
     """Run one worker per group member; `staggered`: the second starts only once the first
     has failed to find a group and is looking again."""
@@ -34,7 +39,7 @@ def _run_group(
             home = tmp_path / f"home{me}"
             home.mkdir()
             args = [sys.executable, WORKER, "--me", str(me), "--group", group,
-                    "--out", str(tmp_path / f"result-{me}.json")]  # fmt: skip
+                    "--out", str(tmp_path / f"result-{me}.json"), "--compression", compression]  # fmt: skip
             if me == 0:
                 args += ["--maddrs-file", str(maddrs)]
             else:
@@ -102,3 +107,13 @@ def test_a_peer_that_found_no_group_keeps_looking_instead_of_stepping_alone(
         assert r["complete"] and r["exact"], r
         assert r["node_ids"] == ["node-0", "node-1"]
     assert results[0]["digest"] == results[1]["digest"]
+
+
+def test_float16_compression_gives_the_token_weighted_mean(tmp_path: Path) -> None:
+    """`compression: float16`: half the bytes, one attempt, the token-weighted (700:300) mean to
+    fp16 precision on both peers (not bitwise equal between them: FIELD-NOTES)."""
+    results = _run_group(tmp_path, PAIR, compression="float16")
+    for r in results:
+        assert r["complete"] and r["attempts"] == 1, r
+        assert r["node_ids"] == ["node-0", "node-1"]
+        assert r["rel_err"] < 2e-3, r  # an unweighted mean would be ~0.4 off

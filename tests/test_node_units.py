@@ -65,3 +65,32 @@ def test_dht_listens_on_loopback_for_a_local_coordinator(tmp_path) -> None:
     remote = NodeConfig(coordinator="swarm.example.org:50051", home=tmp_path)
     assert local.resolved_dht_listen() == "/ip4/127.0.0.1/tcp/0"
     assert remote.resolved_dht_listen() == "/ip4/0.0.0.0/tcp/0"
+
+
+def test_adamw8bit_inner_optimizer_trains_with_8bit_state() -> None:
+    """`inner.name: adamw8bit` builds bitsandbytes' AdamW8bit (its state really 8-bit) and
+    trains like AdamW: the same falling loss on a fixed batch, to within quantisation."""
+    import torch
+    from gpt5os.model import RWKV7, ModelConfig
+    from gpt5os.node.trainer import build_inner_optimizer
+
+    batch = torch.randint(1, 257, (2, 17), generator=torch.Generator().manual_seed(0))
+    losses = {}
+    for name in ("adamw", "adamw8bit"):
+        torch.manual_seed(0)
+        model = RWKV7(ModelConfig(vocab_size=257, n_layer=1, n_embd=64, head_size=32))
+        opt = build_inner_optimizer(model, pb.InnerOptimizerSpec(name=name, lr=3e-3))
+        losses[name] = []
+        for _ in range(8):
+            logits = model(batch[:, :-1])
+            loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten())
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses[name].append(loss.item())
+        if name == "adamw8bit":
+            assert type(opt).__name__ == "AdamW8bit"
+            emb = model.emb.weight if hasattr(model, "emb") else next(model.parameters())
+            assert opt.state[emb]["state1"].dtype == torch.uint8
+    assert losses["adamw8bit"][-1] < losses["adamw8bit"][0] - 0.1
+    assert losses["adamw8bit"] == pytest.approx(losses["adamw"], rel=0.02)
