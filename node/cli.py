@@ -27,6 +27,25 @@ def _setup_logging(verbose: bool) -> None:
         logging.getLogger("hivemind").setLevel(logging.WARNING)
         for name in ("hivemind", "hivemind.averaging", "hivemind.dht", "hivemind.optim"):
             logging.getLogger(name).setLevel(logging.WARNING)
+        # set before hivemind forks its averager process, which logs there and inherits this
+        logging.getLogger("hivemind.averaging.averager").addFilter(_HandledAveragingFailure())
+
+
+class _HandledAveragingFailure(logging.Filter):
+    """Drops hivemind's traceback for an all-reduce that found no group or lost a member.
+
+    hivemind logs those with `logger.exception` from its averager process (averaging/averager.py,
+    `_step`), but they are outcomes the node handles: group_average.py says "averaging failed
+    (...)" in one line and the round goes on without the group or is retried. A volunteer should
+    not read a traceback for them; with -v the filter is not installed and it shows.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from hivemind.averaging.matchmaking import MatchmakingException
+        from hivemind.averaging.partition import AllreduceException
+
+        kind = record.exc_info[0] if record.exc_info else None
+        return not (kind and issubclass(kind, (AllreduceException, MatchmakingException)))
 
 
 class _PendingTaskAtExit(logging.Filter):

@@ -33,8 +33,14 @@ SERVE: Template = (
 )  # fmt: skip
 STATUS: Template = ("gpt5os-coordinator", "status", "--dir", "{run}")
 JOIN: Template = ("gpt5os-node", "join", "--coordinator", "{coordinator}", "--name", "{name}")
+EXPORT: Template = (
+    "gpt5os-coordinator", "export", "--dir", "{run}", "--format", "rwkv-pth", "--out", "{model}",
+)  # fmt: skip
+GENERATE: Template = ("gpt5os-node", "generate", "--checkpoint", "{model}", "--prompt", "{prompt}")
 
 MAINTAINER = (DATA_PREPARE, INIT, SERVE, STATUS)
+# Getting the model out once rounds have been checkpointed: the tests run these too.
+MODEL_OUT = (EXPORT, GENERATE)
 
 README_VALUES: dict[str, str | list[str]] = {
     "data": "data/",
@@ -45,6 +51,8 @@ README_VALUES: dict[str, str | list[str]] = {
     "port": "50051",
     "coordinator": "swarm.example.org:50051",
     "name": "your name",
+    "model": "model.pth",
+    "prompt": "def fib(n):",
 }
 # README-only lines of the maintainer block (the tests exercise these elsewhere).
 README_MAINTAINER_EXTRA = {
@@ -52,8 +60,16 @@ README_MAINTAINER_EXTRA = {
 }
 README_MAINTAINER_TAIL = (
     "gpt5os-coordinator pause --dir runs/main            # stop leasing; resume with `resume`",
-    "gpt5os-coordinator ban --dir runs/main NODE_ID",
+    "gpt5os-coordinator ban --dir runs/main NODE_ID       # or a unique prefix of it",
+    "gpt5os-coordinator spec --dir runs/main --set inner_lr=1e-3   # bumps the spec revision",
     "gpt5os-dashboard --coordinator runs.example.org:50051",
+    "",
+    "# the model out, and a released model in",
+)
+README_MODEL_EXTRA = {EXPORT: "   # [--round N] [--dtype bf16]"}
+README_MODEL_TAIL = (
+    "gpt5os-coordinator export --dir runs/main --format safetensors --out model.safetensors",
+    "gpt5os-coordinator init --dir runs/ft --data data/ --from-checkpoint RWKV-x070-World-0.1B.pth",
 )
 README_VOLUNTEER_HEAD = (
     "pip install torch            # your CUDA build, first",
@@ -78,7 +94,12 @@ def maintainer_block() -> str:
         shlex.join(render(t, README_VALUES)) + README_MAINTAINER_EXTRA.get(t, "")
         for t in MAINTAINER
     ]
-    return "\n".join(["```bash", *lines, *README_MAINTAINER_TAIL, "```"])
+    model = [
+        shlex.join(render(t, README_VALUES)) + README_MODEL_EXTRA.get(t, "") for t in MODEL_OUT
+    ]
+    return "\n".join(
+        ["```bash", *lines, *README_MAINTAINER_TAIL, *model, *README_MODEL_TAIL, "```"]
+    )
 
 
 def volunteer_block() -> str:

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 import walkthrough as w  # noqa: E402
 
 SEQ_LEN, BATCH_SIZE = 32, 1
-TOKENS_PER_ROUND = 2 * 2 * SEQ_LEN * BATCH_SIZE  # two nodes, ~two inner steps each
+TOKENS_PER_ROUND = 2 * 8 * SEQ_LEN * BATCH_SIZE  # two nodes, ~eight inner steps each
 NODES = 2
 COORDINATOR_BYTES = 1 * memory.GIB
 
@@ -125,6 +125,21 @@ def test_preset_walkthrough(preset: str, tmp_path: Path) -> None:
         assert len({r["params_sha256"] for r in reports}) == 1, reports
         human = _run(_command(w.STATUS, values), home, timeout=120)
         assert status["run_id"] in human
+
+        # the model out: the keeper checkpointed round 1 (the nodes waited for its certificate)
+        def checkpointed() -> dict | None:
+            now = json.loads(_run(_command(w.STATUS, values, "--json"), home, timeout=120))
+            ckpt = now.get("checkpoint")
+            return ckpt if ckpt and ckpt["round"] >= 1 else None
+
+        ckpt = wait_for(checkpointed, 300, "the keeper's round-1 checkpoint")
+        assert ckpt["params_sha256"] == reports[0]["params_sha256"], (ckpt, reports[0])
+        out = {**values, "model": str(tmp_path / "model.pth"), "prompt": "def fib(n):"}
+        _run(_command(w.EXPORT, out, "--round", str(ckpt["round"])), home, timeout=300)
+        text = _run(
+            _command(w.GENERATE, out, "--max-tokens", "8", "--temperature", "0"), home, timeout=300
+        )
+        assert text.strip(), "generate printed nothing"
     finally:
         for node in nodes:
             node.stop()
