@@ -34,7 +34,7 @@ from gpt5os.proto import pb, pb_grpc
 from .claims import KEEPER_NODE_ID, RoundClaim
 from .diloco import OuterState
 from .group_average import Settled
-from .state_sync import Adopted, StateSync, Target
+from .state_sync import Adopted, StateSync, Target, sync_unshared
 from .swarm import CHUNK_TIMEOUT_S, SwarmPeer, swarm_prefix
 
 if TYPE_CHECKING:
@@ -229,11 +229,7 @@ class Keeper:
         log.info(
             "swarm certified at round %d, keeper at %d: catching up", target.round, self.outer.round
         )
-        self.peer.averager.allow_state_sharing = False
-        try:
-            outcome = self.sync.sync(target)
-        finally:
-            self.peer.averager.allow_state_sharing = True
+        outcome = sync_unshared(self.sync, self.peer.averager, target)
         if not isinstance(outcome, Adopted):
             log.warning(
                 "catch-up to round %d failed: %s",

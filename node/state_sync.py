@@ -15,6 +15,7 @@ import logging
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from gpt5os.proto import pb
@@ -147,3 +148,13 @@ class StateSync:
             self.adopt(meta, tensors)
             return Adopted(source=_label(peer), round=target.round, tried=tried)
         return NotAdopted(tried=min(len(order), self.max_sources), reasons=reasons)
+
+
+def sync_unshared(sync: StateSync, averager: Any, target: Target) -> SyncOutcome:
+    """`sync.sync(target)` while `averager` shares no state: nobody should download the state
+    this process is about to replace (used by the node's re-sync and the keeper's catch-up)."""
+    averager.allow_state_sharing = False
+    try:
+        return sync.sync(target)
+    finally:
+        averager.allow_state_sharing = True

@@ -25,7 +25,7 @@ from .heartbeat import Heartbeat
 from .progress import NodeProgress
 from .schedule import inner_lr
 from .shard_feed import Batch, ShardFeed
-from .state_sync import Adopted, StateSync, Target
+from .state_sync import Adopted, StateSync, Target, sync_unshared
 from .swarm import CHUNK_TIMEOUT_S, SwarmPeer
 from .validation import Validator
 
@@ -454,11 +454,7 @@ class Trainer:
 
     def resync(self, target: Target) -> bool:
         """Adopt the certified state from a peer (or the keeper); True when done."""
-        self.peer.averager.allow_state_sharing = False  # nobody should download our wrong state
-        try:
-            outcome = self.sync.sync(target)
-        finally:
-            self.peer.averager.allow_state_sharing = True
+        outcome = sync_unshared(self.sync, self.peer.averager, target)
         if not isinstance(outcome, Adopted):
             log.warning(
                 "no source served the certified state of round %d (%d tried): %s",
