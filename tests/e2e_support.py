@@ -182,3 +182,13 @@ def coordinator_status(run_dir: Path) -> dict:
         check=True,
     )
     return json.loads(out.stdout)
+
+
+def prepare_small_corpus(out: Path) -> Path:
+    """A slice of the interpreter's standard library, tokenized into small shards at `out`."""
+    subprocess.run(
+        [tool("gpt5os-coordinator"), "data", "prepare", "--out", str(out), "--shard-tokens", "4096",
+         "--max-documents", "120", "stdlib"],
+        check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    return out

@@ -13,7 +13,15 @@ import sys
 from pathlib import Path
 
 import pytest
-from e2e_support import Proc, coordinator_status, process_env, start_coordinator, tool, wait_for
+from e2e_support import (
+    Proc,
+    coordinator_status,
+    prepare_small_corpus,
+    process_env,
+    start_coordinator,
+    tool,
+    wait_for,
+)
 from gpt5os.coordinator.checkpoints import CheckpointDir
 
 pytestmark = pytest.mark.e2e
@@ -29,13 +37,7 @@ def _dead(proc: Proc) -> None:
 
 @pytest.fixture(scope="module")
 def small_corpus(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("data") / "stdlib"
-    subprocess.run(
-        [tool("gpt5os-coordinator"), "data", "prepare", "--out", str(out), "--shard-tokens", "4096",
-         "--max-documents", "120", "stdlib"],
-        check=True, capture_output=True, timeout=300,
-    )  # fmt: skip
-    return out
+    return prepare_small_corpus(tmp_path_factory.mktemp("data") / "stdlib")
 
 
 def _init_run(run_dir: Path, data: Path) -> None:

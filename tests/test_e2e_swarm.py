@@ -7,7 +7,15 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from e2e_support import Proc, coordinator_status, process_env, start_coordinator, tool, wait_for
+from e2e_support import (
+    Proc,
+    coordinator_status,
+    prepare_small_corpus,
+    process_env,
+    start_coordinator,
+    tool,
+    wait_for,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -17,13 +25,7 @@ ROUNDS = 3
 @pytest.fixture(scope="session")
 def small_corpus(tmp_path_factory) -> Path:
     """A slice of the interpreter's standard library, tokenized into small shards."""
-    out = tmp_path_factory.mktemp("data") / "stdlib"
-    subprocess.run(
-        [tool("gpt5os-coordinator"), "data", "prepare", "--out", str(out), "--shard-tokens", "4096",
-         "--max-documents", "120", "stdlib"],
-        check=True, capture_output=True, timeout=300,
-    )  # fmt: skip
-    return out
+    return prepare_small_corpus(tmp_path_factory.mktemp("data") / "stdlib")
 
 
 def _init_run(run_dir: Path, data: Path, *extra: str) -> None:
