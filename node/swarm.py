@@ -12,6 +12,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import AsyncIterator  # noqa: UP035  (hivemind needs typing hints on rpc_*)
 
 import hivemind
 import torch
@@ -27,7 +28,7 @@ from hivemind.compression import (
     deserialize_torch_tensor,
 )
 from hivemind.optim.progress_tracker import ProgressTracker
-from hivemind.p2p import PeerID
+from hivemind.p2p import P2PContext, PeerID
 from hivemind.p2p.p2p_daemon_bindings.utils import P2PDaemonError
 from hivemind.proto import averaging_pb2
 from hivemind.utils import MPFuture, get_dht_time
@@ -196,7 +197,9 @@ class PseudoGradientAverager(hivemind.DecentralizedAverager):
             token, name = None, None
         return self.members.problem(token, peer, name)
 
-    async def rpc_join_group(self, request: averaging_pb2.JoinRequest, context):
+    async def rpc_join_group(
+        self, request: averaging_pb2.JoinRequest, context: P2PContext
+    ) -> AsyncIterator[averaging_pb2.MessageFromLeader]:
         """As a group's leader: refuse a follower without a valid token before anything else."""
         why = self.member_problem(request.gather, context.remote_id)
         if why:

@@ -1,0 +1,137 @@
+"""Swarm tokens (common/swarm_token.py, swarm_auth.py): made, checked and expired with an
+injected clock; bound to one peer id; hivemind's authorizer built on them. Pure logic."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from gpt5os.common.swarm_auth import MemberCheck, SwarmAuthorizer, SwarmKey, to_access_token
+from gpt5os.common.swarm_token import (
+    MAX_TOKEN_BYTES,
+    TokenChecker,
+    TokenIssuer,
+    needs_renewal,
+    public_bytes,
+)
+from gpt5os.proto import pb
+
+LIFETIME = 600.0
+
+
+class Clock:
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture(scope="module")
+def keys() -> tuple[SwarmKey, SwarmKey]:
+    return SwarmKey(), SwarmKey()
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def issuer(clock: Clock) -> TokenIssuer:
+    return TokenIssuer(Ed25519PrivateKey.generate(), LIFETIME, clock)
+
+
+def test_a_fresh_token_admits_until_it_expires(issuer, clock, keys) -> None:
+    token = issuer.issue("node-a", keys[0].public_key)
+    checker = TokenChecker(issuer.public_key, clock)
+    assert checker.problem(token) == ""
+    clock.now += LIFETIME - 0.01
+    assert checker.problem(token) == ""
+    clock.now += 0.02
+    assert "expired" in checker.problem(token)
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("username", "node-b"), ("public_key", b"ssh-rsa AAAA"), ("expiration_time", "9e12")],
+)
+def test_a_tampered_token_is_refused(issuer, clock, keys, field, value) -> None:
+    token = issuer.issue("node-a", keys[0].public_key)
+    setattr(token, field, value)
+    assert "not signed by this run's coordinator" in TokenChecker(issuer.public_key, clock).problem(
+        token
+    )
+
+
+def test_another_coordinators_token_is_refused(issuer, clock, keys) -> None:
+    other = TokenIssuer(Ed25519PrivateKey.generate(), LIFETIME, clock)
+    token = other.issue("node-a", keys[0].public_key)
+    assert "not signed" in TokenChecker(issuer.public_key, clock).problem(token)
+
+
+def test_missing_garbage_and_oversized_tokens_are_refused(issuer, clock) -> None:
+    checker = TokenChecker(issuer.public_key, clock)
+    assert checker.problem(None) == "no swarm token"
+    assert checker.problem(pb.SwarmToken()) == "no swarm token"
+    assert checker.problem_bytes(None) == "no swarm token"
+    assert checker.problem_bytes("text") == "no swarm token"
+    assert checker.problem_bytes(b"\xff\xff\xff") == "unreadable swarm token"
+    assert checker.problem_bytes(b"x" * (MAX_TOKEN_BYTES + 1)) == "swarm token too large"
+    bad_expiry = pb.SwarmToken(username="a", expiration_time="soon", signature=b"s")
+    assert "no readable expiry" in checker.problem(bad_expiry)
+    nan_expiry = pb.SwarmToken(username="a", expiration_time="nan", signature=b"s")
+    assert "no readable expiry" in checker.problem(nan_expiry)
+
+
+def test_renewal_is_due_after_half_the_life(issuer, clock, keys) -> None:
+    token = issuer.issue("node-a", keys[0].public_key)
+    received = clock.now
+    assert not needs_renewal(token, received, clock.now + LIFETIME * 0.49)
+    assert needs_renewal(token, received, clock.now + LIFETIME * 0.5)
+    assert needs_renewal(None, received, clock.now)
+
+
+def test_a_token_admits_only_the_peer_whose_key_it_names(issuer, clock, keys) -> None:
+    mine, theirs = keys
+    token = issuer.issue("node-a", mine.public_key).SerializeToString()
+    members = MemberCheck(issuer.public_key, clock)
+    assert members.problem(token, mine.peer_id) == ""
+    assert members.problem(token, mine.peer_id, "node-a") == ""
+    # copied by another peer (tokens travel in the clear): useless to it
+    assert "belongs to another peer" in members.problem(token, theirs.peer_id)
+    assert "names 'node-a'" in members.problem(token, mine.peer_id, "node-b")
+    assert members.problem(None, theirs.peer_id) == "no swarm token"
+    clock.now += LIFETIME + 1
+    assert "expired" in members.problem(token, mine.peer_id)
+
+
+def test_the_authorizer_trusts_only_valid_tokens_and_uses_the_newest(issuer, clock, keys) -> None:
+    first = issuer.issue("node-a", keys[0].public_key)
+    authorizer = SwarmAuthorizer(keys[0], issuer.public_key, token=first)
+    authorizer.checker.clock = clock
+    assert authorizer.is_token_valid(to_access_token(first))
+    forged = TokenIssuer(Ed25519PrivateKey.generate(), LIFETIME, clock).issue("x", b"k")
+    assert not authorizer.is_token_valid(to_access_token(forged))
+    current = asyncio.run(authorizer.get_token())
+    assert current.username == "node-a"
+    renewed = issuer.issue("node-a", keys[0].public_key)
+    authorizer.install(renewed)
+    assert authorizer.does_token_need_refreshing(current)  # an older token than installed
+    assert asyncio.run(authorizer.get_token()).expiration_time == renewed.expiration_time
+
+
+def test_an_unadmitted_authorizer_has_no_token(issuer, keys) -> None:
+    authorizer = SwarmAuthorizer(keys[0], issuer.public_key)
+    with pytest.raises(PermissionError, match="not admitted"):
+        asyncio.run(authorizer.get_token())
+
+
+def test_the_coordinators_own_dht_makes_its_tokens(clock, keys) -> None:
+    issuer = TokenIssuer(Ed25519PrivateKey.generate(), LIFETIME, clock)
+    authorizer = SwarmAuthorizer(keys[1], public_bytes(issuer.key), issuer=issuer)
+    token = asyncio.run(authorizer.get_token())
+    assert token.username == "coordinator" and token.public_key == keys[1].public_key
+    authorizer.checker.clock = clock
+    assert authorizer.is_token_valid(token)
