@@ -9,6 +9,10 @@ the check every averaging member and state source must pass.
   without a valid token. The node's main process hands renewed tokens to the DHT's process
   (`install_token`); the coordinator's own DHT makes its tokens itself.
 - `MemberCheck`: "does this token admit this peer id now?", used by the averager (node/swarm.py).
+- `OwnedRecords`: a DHT record validator. Every record carries its writer's token and the
+  writer's signature; its subkey must be the writer's own (its peer id, its node id or its
+  hivemind owner marker), and its expiry may not pass the token's by more than
+  `MAX_RECORD_TTL_S`: no peer can write, overwrite or outlast another's record.
 
 Imports hivemind: import this module only where a DHT is started.
 """
@@ -26,18 +30,21 @@ from functools import partial
 import hivemind
 from cryptography.hazmat.primitives import serialization
 from gpt5os.proto import pb
+from hivemind.dht.validation import DHTRecord, RecordValidatorBase
 from hivemind.p2p import PeerID
 from hivemind.p2p.p2p_daemon_bindings.datastructures import crypto_pb2
 from hivemind.proto.auth_pb2 import AccessToken
 from hivemind.utils.auth import TokenAuthorizerBase
-from hivemind.utils.crypto import RSAPrivateKey
+from hivemind.utils.crypto import RSAPrivateKey, RSAPublicKey
+from hivemind.utils.serializer import MSGPackSerializer
 
 from .swarm_token import TokenChecker, TokenIssuer, expires_at
 
 log = logging.getLogger(__name__)
 
 SHA256_MULTIHASH = b"\x12\x20"  # multihash code and length of a sha2-256 digest
-EXPIRY_MARGIN_S = 1.0  # a token this close to its expiry is not used for a new request
+EXPIRY_MARGIN_S = 1.0
+MAX_RECORD_TTL_S = 600.0  # a record may expire at most this long after its writer's token  # a token this close to its expiry is not used for a new request
 
 
 class SwarmKey:
@@ -173,6 +180,75 @@ class SwarmAuthorizer(TokenAuthorizerBase):
 
     def install(self, token: pb.SwarmToken) -> None:
         self.current = to_access_token(token)
+
+
+class OwnedRecords(RecordValidatorBase):
+    """Signs our records with our token and key; accepts a record only from its owner (see the
+    module doc). Validity does not depend on the time of reading: hivemind drops a whole
+    dictionary when one entry fails, so an entry must not turn invalid before it expires."""
+
+    def __init__(self, authorizer: SwarmAuthorizer) -> None:
+        self.authorizer = authorizer
+        self.checker = authorizer.checker
+        self._owners: dict[bytes, tuple[bytes, bytes]] = {}  # public key -> (peer id, marker)
+
+    @property
+    def priority(self) -> int:
+        return 100  # signs last, over what hivemind's own validators appended; checks first
+
+    @staticmethod
+    def _payload(record: DHTRecord, value: bytes, token: bytes) -> bytes:
+        return MSGPackSerializer.dumps(
+            [record.key, record.subkey, value, record.expiration_time, token]
+        )
+
+    def sign_value(self, record: DHTRecord) -> bytes:
+        token = self.authorizer.current
+        token_bytes = token.SerializeToString() if token is not None else b""
+        signature = self.authorizer._local_private_key.sign(
+            self._payload(record, record.value, token_bytes)
+        )
+        return MSGPackSerializer.dumps([record.value, token_bytes, signature])
+
+    def strip_value(self, record: DHTRecord) -> bytes:
+        return MSGPackSerializer.loads(record.value)[0]
+
+    def validate(self, record: DHTRecord) -> bool:
+        try:
+            value, token_bytes, signature = MSGPackSerializer.loads(record.value)
+            token = pb.SwarmToken.FromString(token_bytes)
+            subkey = MSGPackSerializer.loads(record.subkey)
+        except Exception:  # not ours, or garbage
+            return False
+        if not token_bytes or not self.checker._signed(token):
+            return False
+        if record.expiration_time > expires_at(token) + MAX_RECORD_TTL_S:
+            return False
+        if not self._owns(token, subkey):
+            return False
+        try:
+            key = RSAPublicKey.from_bytes(token.public_key)
+        except (ValueError, TypeError, IndexError):
+            return False
+        return key.verify(self._payload(record, value, token_bytes), signature)
+
+    def _owns(self, token: pb.SwarmToken, subkey: object) -> bool:
+        """The subkey names the token's holder: its node id, peer id or hivemind owner marker."""
+        if isinstance(subkey, str):
+            return subkey == token.username
+        if not isinstance(subkey, bytes):
+            return False
+        owner = self._owners.get(token.public_key)
+        if owner is None:
+            try:
+                peer = peer_id_of(token.public_key).to_bytes()
+            except (ValueError, TypeError, IndexError):
+                peer = b""
+            owner = (peer, b"[owner:" + token.public_key + b"]")
+            if len(self._owners) > 4096:
+                self._owners.clear()
+            self._owners[token.public_key] = owner
+        return subkey in owner
 
 
 def install_token(dht: hivemind.DHT, token: pb.SwarmToken) -> None:

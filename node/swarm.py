@@ -75,13 +75,13 @@ def start_dht(
     """
     kwargs = {}
     if access is not None:
-        from gpt5os.common.swarm_auth import SwarmAuthorizer  # noqa: PLC0415
+        from gpt5os.common.swarm_auth import OwnedRecords, SwarmAuthorizer  # noqa: PLC0415
 
+        authorizer = SwarmAuthorizer(access.key, access.coordinator_public_key, token=access.token)
         kwargs = dict(
             access.key.dht_kwargs(),
-            authorizer=SwarmAuthorizer(
-                access.key, access.coordinator_public_key, token=access.token
-            ),
+            authorizer=authorizer,
+            record_validators=[OwnedRecords(authorizer)],
         )
     try:
         return LinkedDHT(
@@ -330,7 +330,12 @@ class SwarmPeer:
         averager = PseudoGradientAverager(
             outer, dht, prefix=f"{prefix}_diloco", spec=spec, numels=numels, access=access
         )
-        tracker = make_tracker(dht, f"{prefix}_diloco", spec.tokens_per_round)
+        tracker = make_tracker(
+            dht,
+            f"{prefix}_diloco",
+            spec.tokens_per_round,
+            private_key=access.key.private_key if access is not None else None,
+        )
         claims = ClaimBoard(dht, f"{prefix}_claims")
 
         def group_floor() -> int:
@@ -378,8 +383,11 @@ class SwarmPeer:
             self.access.key.close()
 
 
-def make_tracker(dht: hivemind.DHT, prefix: str, tokens_per_round: int) -> ProgressTracker:
-    """hivemind's ProgressTracker counts tokens (its "samples") towards the round's target."""
+def make_tracker(
+    dht: hivemind.DHT, prefix: str, tokens_per_round: int, private_key=None
+) -> ProgressTracker:
+    """hivemind's ProgressTracker counts tokens (its "samples") towards the round's target.
+    Its records are signed with `private_key` (our swarm key: the one our token names)."""
     return ProgressTracker(
         dht,
         prefix,
@@ -388,6 +396,7 @@ def make_tracker(dht: hivemind.DHT, prefix: str, tokens_per_round: int) -> Progr
         max_refresh_period=2.0,
         default_refresh_period=1.0,
         metadata_expiration=30.0,
+        private_key=private_key,
         start=True,
     )
 

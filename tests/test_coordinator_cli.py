@@ -87,12 +87,14 @@ def admitted(name):  # a Join with a swarm key: a DHT peer holding the coordinat
 
 peers = sys.argv[2:]
 writer = admitted(b"w")
-assert writer.store("probe", "hello", get_dht_time() + 60)
+mine = writer.peer_id.to_bytes()  # a record's subkey names its writer (swarm_auth.OwnedRecords)
+assert writer.store("probe", subkey=mine, value="hello", expiration_time=get_dht_time() + 60)
 reader = admitted(b"r")
 found = reader.get("probe", latest=True)
 stranger = hivemind.DHT(initial_peers=peers, start=True, ensure_bootstrap_success=False)
 seen = stranger.get("probe", latest=True)
-print(found.value if found is not None else "nothing", "nothing" if seen is None else seen.value)
+print(found.value[mine].value if found is not None else "nothing",
+      "nothing" if seen is None else seen.value)
 for dht in (writer, reader, stranger):
     dht.shutdown()
 """

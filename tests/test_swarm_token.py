@@ -4,10 +4,18 @@ injected clock; bound to one peer id; hivemind's authorizer built on them. Pure 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from gpt5os.common.swarm_auth import MemberCheck, SwarmAuthorizer, SwarmKey, to_access_token
+from gpt5os.common.swarm_auth import (
+    MAX_RECORD_TTL_S,
+    MemberCheck,
+    OwnedRecords,
+    SwarmAuthorizer,
+    SwarmKey,
+    to_access_token,
+)
 from gpt5os.common.swarm_token import (
     MAX_TOKEN_BYTES,
     TokenChecker,
@@ -16,6 +24,8 @@ from gpt5os.common.swarm_token import (
     public_bytes,
 )
 from gpt5os.proto import pb
+from hivemind.dht.validation import DHTRecord
+from hivemind.utils.serializer import MSGPackSerializer
 
 LIFETIME = 600.0
 
@@ -135,3 +145,55 @@ def test_the_coordinators_own_dht_makes_its_tokens(clock, keys) -> None:
     assert token.username == "coordinator" and token.public_key == keys[1].public_key
     authorizer.checker.clock = clock
     assert authorizer.is_token_valid(token)
+
+
+# -- owner-signed DHT records (swarm_auth.OwnedRecords) ----------------------------------------
+
+
+def _validator(key: SwarmKey, issuer: TokenIssuer, name: str) -> OwnedRecords:
+    authorizer = SwarmAuthorizer(key, issuer.public_key, token=issuer.issue(name, key.public_key))
+    return OwnedRecords(authorizer)
+
+
+def _record(subkey: object, value: object = "v", expires: float = 1_000_100.0) -> DHTRecord:
+    return DHTRecord(
+        b"key-id", MSGPackSerializer.dumps(subkey), MSGPackSerializer.dumps(value), expires
+    )
+
+
+def test_a_record_is_valid_only_from_its_owner(issuer, keys) -> None:
+    mine, theirs = keys
+    writer = _validator(mine, issuer, "node-a")
+    reader = _validator(theirs, issuer, "node-b")
+    for subkey in (mine.peer_id.to_bytes(), "node-a", b"[owner:" + mine.public_key + b"]"):
+        record = _record(subkey)
+        signed = dataclasses.replace(record, value=writer.sign_value(record))
+        assert reader.validate(signed), subkey
+        assert reader.strip_value(signed) == record.value
+    # another's subkey (peer id, node id), a plain value: not ours to write
+    for subkey in (theirs.peer_id.to_bytes(), "node-b", None):
+        record = _record(subkey)
+        assert not reader.validate(dataclasses.replace(record, value=writer.sign_value(record)))
+
+
+def test_a_tampered_unsigned_or_outliving_record_is_refused(issuer, clock, keys) -> None:
+    mine, theirs = keys
+    writer = _validator(mine, issuer, "node-a")
+    reader = _validator(theirs, issuer, "node-b")
+    record = _record("node-a")
+    signed = dataclasses.replace(record, value=writer.sign_value(record))
+    value, token, signature = MSGPackSerializer.loads(signed.value)
+    tampered = MSGPackSerializer.dumps([MSGPackSerializer.dumps("w"), token, signature])
+    assert not reader.validate(dataclasses.replace(signed, value=tampered))
+    assert not reader.validate(dataclasses.replace(signed, expiration_time=1e12))
+    assert not reader.validate(record)  # unsigned
+    # a token of another coordinator
+    stranger = _validator(mine, TokenIssuer(Ed25519PrivateKey.generate(), LIFETIME, clock), "x")
+    forged = _record("x")
+    assert not reader.validate(dataclasses.replace(forged, value=stranger.sign_value(forged)))
+    # a record may expire at most MAX_RECORD_TTL_S after its writer's token
+    token_expiry = clock.now + LIFETIME
+    late = _record("node-a", expires=token_expiry + MAX_RECORD_TTL_S + 1)
+    assert not reader.validate(dataclasses.replace(late, value=writer.sign_value(late)))
+    ok = _record("node-a", expires=token_expiry + MAX_RECORD_TTL_S - 1)
+    assert reader.validate(dataclasses.replace(ok, value=writer.sign_value(ok)))
