@@ -197,6 +197,13 @@ class PseudoGradientAverager(hivemind.DecentralizedAverager):
             token, name = None, None
         return self.members.problem(token, peer, name)
 
+    def source_problem(self, meta: object, peer: PeerID) -> str:
+        """Why a state's metadata does not show its server admitted ("" when it does)."""
+        if self.members is None:
+            return ""
+        token = meta.get("swarm_token") if isinstance(meta, dict) else None
+        return self.members.problem(token, peer)
+
     async def rpc_join_group(
         self, request: averaging_pb2.JoinRequest, context: P2PContext
     ) -> AsyncIterator[averaging_pb2.MessageFromLeader]:
@@ -259,14 +266,7 @@ class PseudoGradientAverager(hivemind.DecentralizedAverager):
             async for message in aiter_with_timeout(stream, timeout=timeout):
                 if message.metadata:
                     meta = self.serializer.loads(message.metadata)
-                    why = (
-                        self.members.problem(
-                            meta.get("swarm_token") if isinstance(meta, dict) else None,
-                            PeerID(peer),
-                        )
-                        if self.members is not None
-                        else ""
-                    )
+                    why = self.source_problem(meta, PeerID(peer))
                     if why:
                         log.warning("state from peer %s refused: %s", PeerID(peer), why)
                         future.set_result(None)

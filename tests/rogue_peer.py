@@ -22,6 +22,7 @@ import json
 import signal
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 import hivemind
@@ -132,6 +133,10 @@ class StrangerAverager(PseudoGradientAverager):
         future.set_result(codes)
 
 
+async def _store_remote(key: str, subkey: bytes, value: object, _dht, node) -> bool:
+    return await node.store(key, value, get_dht_time() + 300, subkey=subkey, exclude_self=True)
+
+
 def stranger(coordinator: str, home: Path, seconds: float) -> None:
     client = CoordinatorClient(coordinator, load_or_create_identity(home))
     session = client.join("cpu")  # no swarm key: no token
@@ -156,18 +161,14 @@ def stranger(coordinator: str, home: Path, seconds: float) -> None:
     keys = [f"{prefix}_claims", f"{prefix}_members", f"{prefix}_diloco.all_averagers"]
     found = {k: dht.get(k, latest=True) for k in keys}
     print("stranger read " + json.dumps({k: v is not None for k, v in found.items()}), flush=True)
-    wrote = {
-        "claim": dht.store(
-            f"{prefix}_claims",
-            subkey=dht.peer_id.to_bytes(),
-            value={"round": 10**6, "digest": "0" * 64, "group_size": 9, "node_id": "x"},
-            expiration_time=get_dht_time() + 300,
+    claims_key, sources_key = f"{prefix}_claims", f"{prefix}_diloco.all_averagers"
+    forged_claim = {"round": 10**6, "digest": "0" * 64, "group_size": 9, "node_id": "x"}
+    wrote = {  # stored by any peer but itself (its own storage takes anything)
+        "claim": dht.run_coroutine(
+            partial(_store_remote, claims_key, dht.peer_id.to_bytes(), forged_claim)
         ),
-        "state_source": dht.store(
-            f"{prefix}_diloco.all_averagers",
-            subkey=dht.peer_id.to_bytes(),
-            value=1e9,
-            expiration_time=get_dht_time() + 300,
+        "state_source": dht.run_coroutine(
+            partial(_store_remote, sources_key, dht.peer_id.to_bytes(), 1e9)
         ),
     }
     print("stranger wrote " + json.dumps(wrote), flush=True)
