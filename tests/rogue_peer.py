@@ -41,7 +41,7 @@ from hivemind.averaging.allreduce import AveragingMode
 from hivemind.p2p import PeerID
 from hivemind.proto import averaging_pb2
 from hivemind.utils import MPFuture, get_dht_time
-from multiaddr import Multiaddr
+from hivemind.utils.multiaddr import Multiaddr
 
 
 def main() -> None:

@@ -26,7 +26,7 @@ from gpt5os.node.swarm import PseudoGradientAverager, start_dht, visible_maddrs
 from gpt5os.node.swarm_access import SwarmAccess
 from gpt5os.proto import pb
 from hivemind.p2p import PeerID
-from multiaddr import Multiaddr
+from hivemind.utils.multiaddr import Multiaddr
 
 
 async def _connect(peer: str, maddrs: list[str], _dht, node) -> None:

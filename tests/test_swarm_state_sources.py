@@ -41,9 +41,14 @@ def test_state_is_taken_only_from_admitted_peers(tmp_path: Path) -> None:
         for role in SERVERS:
             worker(role)
         sources = {}
-        for role in SERVERS:
+        for proc, role in zip(procs, SERVERS, strict=True):
             out = tmp_path / f"{role}.json"
-            wait_for(out.exists, 120, f"the {role} server")
+
+            def ready(proc: Proc = proc, out: Path = out) -> bool:
+                assert proc.alive(), proc.tail()
+                return out.exists()
+
+            wait_for(ready, 240, f"the {role} server")
             sources[role] = json.loads(out.read_text())
         (tmp_path / "sources.json").write_text(json.dumps(sources))
         fetch = worker("fetch", "--sources", str(tmp_path / "sources.json"))
