@@ -48,11 +48,12 @@ class Heartbeat(threading.Thread):
             dht_maddrs=self.maddrs(),
         )
         access = self.swarm_access
-        response = self.client.heartbeat(
-            stats, swarm_public_key=access.wanted() if access is not None else b""
-        )
-        if access is not None and response.HasField("swarm_token"):
-            access.renewed(response.swarm_token)
+        if access is None:  # an unmoderated swarm: no token to renew
+            response = self.client.heartbeat(stats)
+        else:
+            response = self.client.heartbeat(stats, swarm_public_key=access.wanted())
+            if response.HasField("swarm_token"):
+                access.renewed(response.swarm_token)
         if response.paused != self.paused:
             log.info("the coordinator %s leasing", "paused" if response.paused else "resumed")
         self.paused = response.paused

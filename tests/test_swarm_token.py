@@ -197,3 +197,45 @@ def test_a_tampered_unsigned_or_outliving_record_is_refused(issuer, clock, keys)
     assert not reader.validate(dataclasses.replace(late, value=writer.sign_value(late)))
     ok = _record("node-a", expires=token_expiry + MAX_RECORD_TTL_S - 1)
     assert reader.validate(dataclasses.replace(ok, value=writer.sign_value(ok)))
+
+
+# -- the node's side: renewal through heartbeats (node/swarm_access.py, node/heartbeat.py) ------
+
+
+def test_heartbeats_ask_for_a_new_token_after_half_its_life(issuer, clock, keys) -> None:
+    import threading  # noqa: PLC0415
+
+    from gpt5os.node.heartbeat import Heartbeat  # noqa: PLC0415
+    from gpt5os.node.progress import NodeProgress  # noqa: PLC0415
+    from gpt5os.node.swarm_access import SwarmAccess  # noqa: PLC0415
+
+    class Client:
+        def __init__(self) -> None:
+            self.asked: list[bytes] = []
+
+        def heartbeat(self, stats, swarm_public_key: bytes = b""):
+            self.asked.append(swarm_public_key)
+            token = issuer.issue("node-a", swarm_public_key) if swarm_public_key else None
+            return pb.HeartbeatResponse(swarm_token=token)
+
+    access = SwarmAccess(
+        keys[0], issuer.public_key, issuer.issue("node-a", keys[0].public_key), clock
+    )
+    handed_on = []
+    access.on_renewal(handed_on.append)
+    client = Client()
+    beat = Heartbeat(
+        client, NodeProgress(), interval_s=1.0, maddrs=list, stop=threading.Event(),
+        swarm_access=access,
+    )  # fmt: skip
+    first = access.token
+    beat.beat()
+    clock.now += LIFETIME * 0.4
+    beat.beat()
+    assert client.asked == [b"", b""] and access.token is first and not handed_on
+    clock.now += LIFETIME * 0.1
+    beat.beat()
+    assert client.asked[-1] == keys[0].public_key
+    assert handed_on == [access.token] and access.token is not first
+    beat.beat()  # renewed: not asked again until half the new token's life
+    assert client.asked[-1] == b""
