@@ -152,6 +152,9 @@ class Blockwise8(Codec):
         padded[:n] = codes.to(torch.float32)
         return (padded.view(blocks, self.block) * scales.float()[:, None]).reshape(-1)[:n].clone()
 
+    def roundtrip(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dequantize(*self.quantize(x.detach().reshape(-1).to(torch.float32)))
+
     def encode_bytes(self, x: torch.Tensor, generator: torch.Generator | None = None) -> bytes:
         scales, codes = self.quantize(x, generator)
         return scales.view(torch.int16).numpy().tobytes() + codes.numpy().tobytes()
