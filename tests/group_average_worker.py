@@ -130,6 +130,8 @@ def main() -> None:
     seed, tokens = group[args.me]
     if args.lose_part:
         lose_first_results_part()
+    if args.attack == "nan":
+        nan_scales()  # before the averager's process is forked: it is the one that sends
 
     exact = args.compression == "none"
     spec = pb.RunSpec(
@@ -166,8 +168,6 @@ def main() -> None:
             mine = [d * 1e6 for d in mine]
         elif args.attack == "signflip":
             mine = [-d for d in mine]
-        elif args.attack == "nan":
-            nan_scales()
         result = averaging.run(0, mine, tokens, cancel=lambda: False)
         want = expected_mean(group) if exact else weighted_mean(group)
         settled = isinstance(result, Settled)

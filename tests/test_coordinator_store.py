@@ -27,7 +27,7 @@ def test_tiny_preset_defaults() -> None:
         128,
         4,
         16384,
-        "blockwise8",  # 8-bit blockwise with error feedback; "float16" and "none" (exact) are options
+        "blockwise8",  # 8-bit blockwise with error feedback; "float16", "none" (exact): options
         0,
     )
     i = s.inner

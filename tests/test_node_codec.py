@@ -73,7 +73,9 @@ def test_malformed_messages_are_refused(msg_change) -> None:
 
 
 def test_float16_clamps_instead_of_sending_inf() -> None:
-    assert torch.equal(Float16().roundtrip(torch.tensor([1e6, -1e6])), torch.tensor([65504.0, -65504.0]))
+    assert torch.equal(
+        Float16().roundtrip(torch.tensor([1e6, -1e6])), torch.tensor([65504.0, -65504.0])
+    )
 
 
 def _simulate(rounds: int, *, feedback: bool) -> tuple[torch.Tensor, torch.Tensor]:
