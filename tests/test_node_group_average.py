@@ -177,6 +177,8 @@ def test_one_hostile_peer_of_four_moves_the_mean_a_bounded_distance(
         bound = 0.25 * 3 * r["max_delta_norm"] + 0.02 * r["clean_norm"]
         assert r["distance"] < bound, r
     assert len({r["digest"] for r in results}) == 1
-    if attack == "nan":
-        logs = "".join((tmp_path / f"worker{i}.log").read_text() for i in range(4))
-        assert "dropped [" in logs
+    reducers_saw = sum(r["wire"]["dropped"] + r["wire"]["clipped"] for r in results)
+    if attack == "nan":  # every reducer dropped the NaN part it got
+        assert sum(r["wire"]["dropped"] for r in results) >= 1, results
+    elif attack == "x1e6":
+        assert reducers_saw >= 1, results
