@@ -21,9 +21,9 @@ from gpt5os.common.lifetime import die_with_parent
 from gpt5os.common.swarm_auth import MemberCheck, install_token
 from gpt5os.proto import pb
 from hivemind.averaging.allreduce import AllreduceException
+from hivemind.averaging.partition import DEFAULT_PART_SIZE_BYTES
 from hivemind.compression import (
     CompressionInfo,
-    Float16Compression,
     NoCompression,
     deserialize_torch_tensor,
 )
@@ -32,20 +32,24 @@ from hivemind.p2p import P2PContext, PeerID
 from hivemind.p2p.p2p_daemon_bindings.utils import P2PDaemonError
 from hivemind.proto import averaging_pb2
 from hivemind.utils import MPFuture, get_dht_time
-from hivemind.utils.asyncio import aiter_with_timeout
+from hivemind.utils.asyncio import aiter_with_timeout, as_aiter, azip
 from hivemind.utils.streaming import combine_from_streaming
 
+from .allreduce import SameBytesRunner, WireReport
 from .claims import ClaimBoard
+from .codec import Blockwise8, Codec, codec_for
 from .dht_records import dht_records
 from .diloco import OuterState
 from .group_average import GroupAverage, GroupAverageConfig
 from .memory import return_freed_memory_to_os
+from .robust import RobustConfig
 from .swarm_access import SwarmAccess
 
 log = logging.getLogger(__name__)
 
 CHUNK_TIMEOUT_S = 20.0
 EXACT = "none"  # the spec's compression value for exact (fixed-point) averaging
+WIRE_REPORT = "__wire__"  # the key under which step()'s result carries the WireReport
 
 
 def swarm_prefix(dht_prefix: str, run_id: str) -> str:
@@ -102,9 +106,11 @@ class PseudoGradientAverager(hivemind.DecentralizedAverager):
     """Averages one buffer per parameter and shares (round, θ_global, momentum) with joiners.
 
     With exact averaging (spec compression "none") the buffers are float64 fixed-point values
-    (see fixed_point.py) and every peer sends weight 1; with "float16" they are fp32 pseudo-
-    gradients sent as fp16 and weighted by tokens (half the bytes, results differ slightly
-    between peers).
+    (see fixed_point.py), hivemind's stock all-reduce sums them and every peer sends weight 1.
+    With a codec ("blockwise8", "float16": codec.py) they are fp32 pseudo-gradients weighted by
+    tokens, and our runner (allreduce.py) makes every member decode the same quantized average,
+    so results are bitwise equal on every peer; step()'s gathered dict then also carries this
+    peer's WireReport under WIRE_REPORT.
     """
 
     def __init__(
@@ -126,12 +132,19 @@ class PseudoGradientAverager(hivemind.DecentralizedAverager):
         self.members = MemberCheck(access.coordinator_public_key) if access else None
         self._creator_pid = os.getpid()  # hivemind forks our process inside __init__ (start=True)
         self.exact = spec.compression in ("", EXACT)
+        self.codec: Codec | None = None if self.exact else codec_for(spec.compression)
+        self.robust = RobustConfig()
+        self._wire_reports: dict[bytes, WireReport] = {}
         dtype = torch.float64 if self.exact else torch.float32
         if numels is None:
             assert outer is not None, "give the outer state or the buffers' sizes"
             numels = [p.numel() for p in outer.global_params]
         buffers = [torch.zeros(n, dtype=dtype) for n in numels]
-        compression = NoCompression() if self.exact else Float16Compression()
+        if isinstance(self.codec, Blockwise8):  # parts must be whole blocks (codec.py)
+            values = int(
+                DEFAULT_PART_SIZE_BYTES / (4 * self.codec.estimate_compression_ratio(None))
+            )
+            assert values % self.codec.block == 0, (values, self.codec.block)
         super().__init__(
             buffers,
             dht,
@@ -148,7 +161,8 @@ class PseudoGradientAverager(hivemind.DecentralizedAverager):
             # the group redoes the round, group_average.py) instead of stalling the whole
             # all-reduce until allreduce_timeout; also the per-chunk timeout of state downloads.
             next_chunk_timeout=CHUNK_TIMEOUT_S,
-            compression=compression,
+            compression=self.codec or NoCompression(),
+            part_size_bytes=DEFAULT_PART_SIZE_BYTES,
             state_compression=NoCompression(),
             declare_state_period=10.0,
             # Shared only once this node has tried to load the swarm's state itself: two nodes that
@@ -166,6 +180,29 @@ class PseudoGradientAverager(hivemind.DecentralizedAverager):
         if self.exact:
             torch.set_default_dtype(torch.float64)
         super().run()
+
+    async def _run_allreduce_inplace_(self, tensors, group_info, group_id=None, **kwargs):
+        """Codec modes: our runner, and each result part is copied in (not added as a delta)."""
+        if self.codec is None:
+            return await super()._run_allreduce_inplace_(tensors, group_info, group_id, **kwargs)
+        group_id = group_info.group_id if group_id is None else group_id
+        runner = SameBytesRunner(
+            robust=self.robust,
+            p2p=self._p2p,
+            servicer_type=type(self),
+            prefix=self.prefix,
+            tensors=tensors,
+            group_id=group_id,
+            ordered_peer_ids=group_info.peer_ids,
+            **kwargs,
+        )
+        assert group_id in self._running_groups, f"group {group_id} was not registered"
+        self._running_groups[group_id].set_result(runner)
+        async for tensor, result in azip(as_aiter(*tensors), runner):
+            tensor.copy_(result.reshape(tensor.shape))
+        self.last_updated = get_dht_time()
+        self._state_updated.set()
+        self._wire_reports[group_id] = runner.report
 
     def get_current_state(self):
         """Called in this process when a peer downloads our state (hivemind's state sharing)."""
@@ -219,13 +256,19 @@ class PseudoGradientAverager(hivemind.DecentralizedAverager):
     async def _aggregate_with_group(self, group_info, min_vector_size: int, **kwargs):
         """Every member's token, checked by every member before any tensor moves: a group with
         a peer the coordinator did not admit is abandoned (each member sees the same gathered
-        data, so all of them abandon it) and hivemind looks for another."""
+        data, so all of them abandon it) and hivemind looks for another. In codec modes the
+        result also carries this peer's WireReport (the bytes it put on the wire)."""
         for peer, gathered in zip(group_info.peer_ids, group_info.gathered, strict=True):
             why = self.member_problem(gathered, peer)
             if why:
                 log.warning("averaging group abandoned: member %s: %s", peer, why)
                 raise AllreduceException(f"group member {peer} is not admitted: {why}")
-        return await super()._aggregate_with_group(group_info, min_vector_size, **kwargs)
+        gathered = await super()._aggregate_with_group(group_info, min_vector_size, **kwargs)
+        report = self._wire_reports.pop(group_info.group_id, None)  # codec modes: bytes sent
+        if report is not None:
+            gathered = dict(gathered)
+            gathered[WIRE_REPORT] = report.to_dict()
+        return gathered
 
     def set_min_group_size(self, size: int) -> None:
         """hivemind's matchmaking reads min_group_size on every assembly: change it per round."""
