@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from gpt5os.common.tls import TlsError, TlsFiles, fingerprint
 from gpt5os.coordinator import snapshot as snap
 from gpt5os.coordinator import validate as v
 from gpt5os.coordinator.checkpoints import CheckpointDir, LatestCheckpoint
@@ -265,6 +266,7 @@ class CoordinatorServer:
     :param metrics_port: serve Prometheus metrics on this port (0 = any free port; None = off)
     :param start_dht: also run a hivemind DHT bootstrap peer and hand its addresses to nodes
     :param clock: the time source for leases, heartbeats and history (tests inject one)
+    :param tls: serve TLS with this certificate and key (`.fingerprint` names it once started)
 
     Example::
 
@@ -283,6 +285,7 @@ class CoordinatorServer:
         metrics_port: int | None = None,
         start_dht: bool = False,
         clock: Callable[[], float] = time.time,
+        tls: TlsFiles | None = None,
     ) -> None:
         self.run_dir = Path(run_dir)
         self.host = host
@@ -301,6 +304,8 @@ class CoordinatorServer:
         self._tick_task: asyncio.Task[None] | None = None
         self._spec_mtime = 0
         self.keeper_verifier = KeeperVerifier(None)
+        self.tls = tls
+        self.fingerprint: str | None = None  # SHA-256 of the certificate served, with TLS
 
     @property
     def address(self) -> str:
@@ -338,7 +343,16 @@ class CoordinatorServer:
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
         try:
-            port = server.add_insecure_port(f"{self.host}:{self.port}")
+            credentials = self._credentials()
+        except TlsError as e:
+            self.swarm.store.close()
+            await self._cleanup_dht()
+            raise ServeError(str(e)) from None
+        try:
+            if credentials is None:
+                port = server.add_insecure_port(f"{self.host}:{self.port}")
+            else:
+                port = server.add_secure_port(f"{self.host}:{self.port}", credentials)
         except RuntimeError:
             port = 0
         if not port:
@@ -364,6 +378,18 @@ class CoordinatorServer:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._tick_task = asyncio.create_task(self._ticker())
         return port
+
+    def _credentials(self) -> grpc.ServerCredentials | None:
+        if self.tls is None:
+            return None
+        cert, key = self.tls.read()
+        try:
+            credentials = grpc.ssl_server_credentials([(key, cert)])
+            self.fingerprint = fingerprint(cert)
+        except (ValueError, RuntimeError) as e:
+            raise TlsError(f"TLS certificate {self.tls.cert} or key is malformed: {e}") from None
+        log.info("serving TLS, certificate sha256 fingerprint %s", self.fingerprint)
+        return credentials
 
     async def stop(self, grace: float = 1.0) -> None:
         self.stopping.set()

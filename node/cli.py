@@ -109,9 +109,29 @@ def main() -> None:
 @click.option(
     "--name", "display_name", default="", help="Your name on the dashboard's leaderboard."
 )
+@click.option(
+    "--coordinator-fingerprint",
+    default=None,
+    metavar="SHA256",
+    help="Talk TLS to the coordinator and accept only the certificate with this fingerprint "
+    "(`gpt5os-coordinator serve` prints it).",
+)
+@click.option(
+    "--tls", is_flag=True, help="Talk TLS to a coordinator whose certificate a trusted CA signed."
+)
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging, hivemind included.")
 def join(
-    coordinator, device, max_rounds, home, min_peers, dht_listen, threads, display_name, verbose
+    coordinator,
+    device,
+    max_rounds,
+    home,
+    min_peers,
+    dht_listen,
+    threads,
+    display_name,
+    coordinator_fingerprint,
+    tls,
+    verbose,
 ) -> None:
     """Join a run and train until Ctrl-C, SIGTERM or --max-rounds."""
     _setup_logging(verbose)
@@ -124,6 +144,8 @@ def join(
         dht_listen=dht_listen,
         threads=threads,
         display_name=display_name,
+        coordinator_fingerprint=coordinator_fingerprint,
+        tls=tls,
     )
     from .runner import NodeError, run_node
 

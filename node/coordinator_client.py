@@ -13,6 +13,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 import grpc
+from gpt5os.common.channels import PLAINTEXT, ChannelError, Security, open_channel
 from gpt5os.proto import pb, pb_grpc
 
 from .identity import NodeIdentity
@@ -57,27 +58,50 @@ class Session:
 class CoordinatorClient:
     """Synchronous calls to one coordinator; safe to use from the trainer and heartbeat threads."""
 
-    def __init__(self, address: str, identity: NodeIdentity, *, display_name: str = "") -> None:
+    def __init__(
+        self,
+        address: str,
+        identity: NodeIdentity,
+        *,
+        display_name: str = "",
+        security: Security = PLAINTEXT,
+    ) -> None:
         self.address = parse_address(address)
         self.identity = identity
         self.display_name = display_name
-        self._channel = grpc.insecure_channel(
-            self.address,
-            options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ],
-        )
-        self._stub = pb_grpc.CoordinatorStub(self._channel)
+        self.security = security
+        self._channel: grpc.Channel | None = None  # made by join(): it checks the certificate
+        self._stub: pb_grpc.CoordinatorStub = None  # type: ignore[assignment]
         self._lock = threading.Lock()
         self.session: Session | None = None
 
     def close(self) -> None:
-        self._channel.close()
+        if self._channel is not None:
+            self._channel.close()
+
+    def _connect(self) -> None:
+        """Open the channel once: plaintext, or TLS with the certificate checked (channels.py)."""
+        if self._channel is not None:
+            return
+        try:
+            self._channel = open_channel(
+                self.address,
+                self.security,
+                options=[
+                    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ],
+            )
+        except ChannelError as e:
+            raise CoordinatorError(str(e)) from None
+        if self.security.fingerprint:
+            log.info("coordinator certificate matches the pinned fingerprint; talking TLS")
+        self._stub = pb_grpc.CoordinatorStub(self._channel)
 
     # -- calls ------------------------------------------------------------------------------
 
     def join(self, device: str) -> Session:
+        self._connect()
         try:
             grpc.channel_ready_future(self._channel).result(timeout=CONNECT_TIMEOUT_S)
         except grpc.FutureTimeoutError:

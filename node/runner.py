@@ -12,6 +12,8 @@ import logging
 import signal
 import threading
 
+from gpt5os.common.channels import ChannelError, Security
+
 from .config import NodeConfig
 from .coordinator_client import CoordinatorClient, CoordinatorError, parse_address
 from .identity import load_or_create_identity
@@ -60,8 +62,9 @@ def run_node(config: NodeConfig, stop: threading.Event) -> int:
     """Join, train until stopped or --max-rounds, leave; returns the outer rounds completed."""
     try:
         parse_address(config.coordinator)
+        security = Security.from_options(config.coordinator_fingerprint, config.tls)
         identity = load_or_create_identity(config.home)
-    except (CoordinatorError, ValueError, OSError) as e:
+    except (CoordinatorError, ChannelError, ValueError, OSError) as e:
         raise NodeError(str(e)) from None
 
     import torch  # after the cheap checks: a typo is reported without waiting for torch
@@ -82,7 +85,9 @@ def run_node(config: NodeConfig, stop: threading.Event) -> int:
     except (ValueError, RuntimeError) as e:
         raise NodeError(f"bad --device {config.device!r}: {e}") from None
 
-    client = CoordinatorClient(config.coordinator, identity, display_name=config.display_name)
+    client = CoordinatorClient(
+        config.coordinator, identity, display_name=config.display_name, security=security
+    )
     trainer = None
     reason = "stopped"
     try:
