@@ -22,6 +22,7 @@ os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 import click  # noqa: E402
 from gpt5os.coordinator.data.cli import data  # noqa: E402
 from gpt5os.coordinator.keeper_auth import ensure_keeper_key  # noqa: E402
+from gpt5os.coordinator.limits import MAX_WATCHERS, NODE_BURST, NODE_RATE, Limits  # noqa: E402
 from gpt5os.coordinator.records import ApiError  # noqa: E402
 from gpt5os.coordinator.run_spec import COMPRESSIONS, PRESETS  # noqa: E402
 from gpt5os.coordinator.runs import RUN_FILE, create_run, load_run, update_spec  # noqa: E402
@@ -244,6 +245,27 @@ def _write_port_file(path: Path, port: int) -> None:
 @click.option(
     "--tls-key", type=click.Path(path_type=Path, dir_okay=False), help="Its key (mode 0600)."
 )
+@click.option(
+    "--node-rate",
+    type=click.FloatRange(min=0),
+    default=NODE_RATE,
+    show_default=True,
+    help="Requests per second one node (or one address) may send, sustained; 0: no limit.",
+)
+@click.option(
+    "--node-burst",
+    type=click.FloatRange(min=1),
+    default=NODE_BURST,
+    show_default=True,
+    help="Requests one node may send at once above --node-rate.",
+)
+@click.option(
+    "--max-watchers",
+    type=click.IntRange(min=0),
+    default=MAX_WATCHERS,
+    show_default=True,
+    help="Concurrent WatchSwarm streams (dashboards); 0: no limit.",
+)
 def serve(
     run_dir: Path,
     host: str,
@@ -256,6 +278,9 @@ def serve(
     keep_checkpoints: int,
     tls_cert: Path | None,
     tls_key: Path | None,
+    node_rate: float,
+    node_burst: float,
+    max_watchers: int,
 ) -> None:
     """Serve the run in --dir (an empty or missing --dir gets the default stdlib run).
 
@@ -268,6 +293,7 @@ def serve(
     tls = TlsFiles(tls_cert, tls_key) if tls_cert is not None else TlsFiles.of_run(run_dir)
     if tls_cert is None and not tls.exists():
         tls = None
+    limits = Limits(node_rate=node_rate, node_burst=node_burst, max_watchers=max_watchers)
     keeper_options = None
     if keeper:
         from gpt5os.coordinator.keeper_process import KeeperOptions
@@ -280,7 +306,9 @@ def serve(
             keep_checkpoints=keep_checkpoints,
         )
     try:
-        asyncio.run(_serve(run_dir, host, port, port_file, metrics_port, dht, keeper_options, tls))
+        asyncio.run(
+            _serve(run_dir, host, port, port_file, metrics_port, dht, keeper_options, tls, limits)
+        )
     except KeyboardInterrupt:  # a second Ctrl-C during shutdown
         pass
 
@@ -294,6 +322,7 @@ async def _serve(
     dht: bool,
     keeper_options: Any,
     tls: Any = None,
+    limits: Any = None,
 ) -> None:
     import dataclasses
 
@@ -301,7 +330,13 @@ async def _serve(
     from gpt5os.coordinator.server import CoordinatorServer, ServeError
 
     server = CoordinatorServer(
-        run_dir, host=host, port=port, metrics_port=metrics_port, start_dht=dht, tls=tls
+        run_dir,
+        host=host,
+        port=port,
+        metrics_port=metrics_port,
+        start_dht=dht,
+        tls=tls,
+        limits=limits,
     )
     stop = asyncio.Event()
     try:

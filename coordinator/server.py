@@ -27,6 +27,7 @@ from gpt5os.coordinator import validate as v
 from gpt5os.coordinator.checkpoints import CheckpointDir, LatestCheckpoint
 from gpt5os.coordinator.dht import BootstrapPeer
 from gpt5os.coordinator.keeper_auth import KeeperVerifier, ensure_keeper_key
+from gpt5os.coordinator.limits import Limits, LimitsInterceptor
 from gpt5os.coordinator.metrics import Metrics
 from gpt5os.coordinator.records import ApiError
 from gpt5os.coordinator.run_spec import dht_prefix
@@ -267,6 +268,7 @@ class CoordinatorServer:
     :param start_dht: also run a hivemind DHT bootstrap peer and hand its addresses to nodes
     :param clock: the time source for leases, heartbeats and history (tests inject one)
     :param tls: serve TLS with this certificate and key (`.fingerprint` names it once started)
+    :param limits: requests per client per second, concurrent WatchSwarm streams (limits.py)
 
     Example::
 
@@ -286,6 +288,7 @@ class CoordinatorServer:
         start_dht: bool = False,
         clock: Callable[[], float] = time.time,
         tls: TlsFiles | None = None,
+        limits: Limits | None = None,
     ) -> None:
         self.run_dir = Path(run_dir)
         self.host = host
@@ -306,6 +309,7 @@ class CoordinatorServer:
         self.keeper_verifier = KeeperVerifier(None)
         self.tls = tls
         self.fingerprint: str | None = None  # SHA-256 of the certificate served, with TLS
+        self.limiter = LimitsInterceptor(limits or Limits())
 
     @property
     def address(self) -> str:
@@ -330,11 +334,12 @@ class CoordinatorServer:
         self.swarm.store.start_checkpointer()  # a thread: after the DHT's fork
         self.checkpoint.refresh()  # the newest model checkpoint, before the first GetStatus
         server = grpc.aio.server(
+            interceptors=[self.limiter],
             options=[
                 ("grpc.max_receive_message_length", MAX_RECEIVE),
                 ("grpc.max_send_message_length", MAX_SEND),
                 ("grpc.so_reuseport", 0),
-            ]
+            ],
         )
         pb_grpc.add_CoordinatorServicer_to_server(Servicer(self), server)
         self._health = health.aio.HealthServicer()

@@ -7,12 +7,14 @@ import hashlib
 import logging
 import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 
 import grpc
+from gpt5os.common.backoff import Backoff, retry, retryable
 from gpt5os.common.channels import PLAINTEXT, ChannelError, Security, open_channel
 from gpt5os.proto import pb, pb_grpc
 
@@ -23,6 +25,8 @@ log = logging.getLogger(__name__)
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 CONNECT_TIMEOUT_S = 15.0
 CALL_TIMEOUT_S = 30.0
+JOIN_ATTEMPTS = 8  # with JOIN_BACKOFF: up to ~2 min of retries while the coordinator recovers
+JOIN_BACKOFF = Backoff(base=1.0, cap=30.0)
 
 
 class CoordinatorError(RuntimeError):
@@ -74,6 +78,8 @@ class CoordinatorClient:
         self._stub: pb_grpc.CoordinatorStub = None  # type: ignore[assignment]
         self._lock = threading.Lock()
         self.session: Session | None = None
+        self.join_backoff = JOIN_BACKOFF  # after a restart every node joins at once: jitter
+        self.sleep: Callable[[float], object] = time.sleep
 
     def close(self) -> None:
         if self._channel is not None:
@@ -115,8 +121,16 @@ class CoordinatorClient:
             hostname=socket.gethostname(),
             display_name=self.display_name,
         )
-        response = self._call(
-            "Join", pb.JoinRequest(public_key=self.identity.public_key, info=info)
+        request = pb.JoinRequest(public_key=self.identity.public_key, info=info)
+        response = retry(
+            lambda: self._call("Join", request),
+            should_retry=lambda e: retryable(getattr(e, "code", None)),
+            backoff=self.join_backoff,
+            attempts=JOIN_ATTEMPTS,
+            sleep=self.sleep,
+            on_retry=lambda e, n, delay: log.warning(
+                "join attempt %d failed (%s); retrying in %.1f s", n, e, delay
+            ),
         )
         with self._lock:
             self.session = Session(
@@ -141,6 +155,11 @@ class CoordinatorClient:
     def report_round(self, request: pb.ReportRoundRequest) -> None:
         request.auth.CopyFrom(self._auth())
         self._call("ReportRound", request)
+
+    def probe_reachability(self, port: int) -> pb.ProbeReachabilityResponse:
+        """Ask the coordinator to connect back to this machine on `port` (node/reachability.py)."""
+        request = pb.ProbeReachabilityRequest(auth=self._auth(), port=port)
+        return self._call("ProbeReachability", request)
 
     def leave(self, reason: str) -> None:
         self._call("Leave", pb.LeaveRequest(auth=self._auth(), reason=reason), timeout=5.0)
