@@ -22,6 +22,7 @@ from typing import Any
 
 import grpc
 from gpt5os.common.tls import TlsError, TlsFiles, fingerprint
+from gpt5os.coordinator import reachability
 from gpt5os.coordinator import snapshot as snap
 from gpt5os.coordinator import validate as v
 from gpt5os.coordinator.checkpoints import CheckpointDir, LatestCheckpoint
@@ -212,6 +213,33 @@ class Servicer(pb_grpc.CoordinatorServicer):
             dht_prefix=dht_prefix(self.sw.run_id),
             certified=latest.to_pb() if latest is not None else None,
         )
+
+    async def ProbeReachability(
+        self, req: pb.ProbeReachabilityRequest, ctx: grpc.aio.ServicerContext
+    ) -> pb.ProbeReachabilityResponse:
+        """Connect back to the caller's address on `port` (reachability.py)."""
+        t0, code = time.perf_counter(), "OK"
+        try:
+            self._node(req.auth)
+            if not 0 < req.port < 65536:
+                raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"port {req.port} is not 1..65535")
+            host = reachability.caller_host(ctx.peer())
+            if host is None:
+                raise ApiError(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"cannot probe a caller at {ctx.peer()!r} (not an IP address)",
+                )
+            greeting, error = await reachability.probe(host, req.port)
+            address = f"[{host}]:{req.port}" if ":" in host else f"{host}:{req.port}"
+            return pb.ProbeReachabilityResponse(
+                reachable=not error, greeting=greeting, address=address, error=error
+            )
+        except ApiError as e:
+            code = e.code.name
+            await ctx.abort(e.code, e.message)
+        finally:
+            self.metrics.rpcs.labels("ProbeReachability", code).inc()
+            self.metrics.latency.labels("ProbeReachability").observe(time.perf_counter() - t0)
 
     @_rpc
     def Leave(self, req: pb.LeaveRequest, ctx: Any) -> pb.LeaveResponse:

@@ -119,6 +119,19 @@ def main() -> None:
 @click.option(
     "--tls", is_flag=True, help="Talk TLS to a coordinator whose certificate a trusted CA signed."
 )
+@click.option(
+    "--client-mode",
+    is_flag=True,
+    help="Run hivemind in client mode through relays without checking reachability (behind "
+    "NAT, this is what the check decides on its own).",
+)
+@click.option(
+    "--announce-host",
+    default=None,
+    metavar="HOST",
+    help="Announce this public host (name or IP) for a port-forwarded machine; fix the "
+    "port with --dht-listen /ip4/0.0.0.0/tcp/PORT.",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging, hivemind included.")
 def join(
     coordinator,
@@ -131,6 +144,8 @@ def join(
     display_name,
     coordinator_fingerprint,
     tls,
+    client_mode,
+    announce_host,
     verbose,
 ) -> None:
     """Join a run and train until Ctrl-C, SIGTERM or --max-rounds."""
@@ -146,6 +161,8 @@ def join(
         display_name=display_name,
         coordinator_fingerprint=coordinator_fingerprint,
         tls=tls,
+        client_mode=client_mode,
+        announce_host=announce_host,
     )
     from .runner import NodeError, run_node
 

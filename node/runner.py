@@ -17,6 +17,7 @@ from gpt5os.common.channels import ChannelError, Security
 from .config import NodeConfig
 from .coordinator_client import CoordinatorClient, CoordinatorError, parse_address
 from .identity import load_or_create_identity
+from .reachability import network_mode
 
 log = logging.getLogger("gpt5os.node")
 
@@ -104,6 +105,16 @@ def run_node(config: NodeConfig, stop: threading.Event) -> int:
         )
         check_memory(spec, device)
         try:
+            mode = network_mode(
+                client,
+                config.resolved_dht_listen(),
+                client_mode=config.client_mode,
+                announce_host=config.announce_host,
+            )
+        except ValueError as e:
+            raise NodeError(str(e)) from None
+        log.info("%s", mode.describe())
+        try:
             # hivemind forks its DHT and averager processes first, while this process holds no
             # model: forked later, each would keep a copy-on-write snapshot of the tensors that
             # training rewrites (bench/memory.py). The averager gets the outer state once it exists.
@@ -112,7 +123,9 @@ def run_node(config: NodeConfig, stop: threading.Event) -> int:
                 None,
                 spec,
                 initial_peers=list(session.join.initial_peers),
-                listen=config.resolved_dht_listen(),
+                listen=mode.listen,
+                client_mode=mode.client_mode,
+                announce=mode.announce,
                 prefix=swarm_prefix(session.join.dht_prefix, spec.run_id),
                 node_id=session.node_id,
                 numels=parameter_numels(spec),
