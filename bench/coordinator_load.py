@@ -193,7 +193,7 @@ def _start_server(args, tmp: Path) -> tuple[subprocess.Popen, str]:
              lease_seconds=max(60.0, 6 * args.interval))  # fmt: skip
     port_file = tmp / "port"
     cmd = [str(Path(sys.executable).with_name("gpt5os-coordinator")), "serve", "--dir", str(run_dir),
-           "--port", "0", "--port-file", str(port_file), "--no-dht",
+           "--port", "0", "--port-file", str(port_file), "--no-dht", "--no-keeper",
            "--metrics-port", str(args.metrics_port)]  # fmt: skip
     if args.server_cpus:
         cmd = ["taskset", "-c", args.server_cpus, *cmd]

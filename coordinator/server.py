@@ -42,6 +42,7 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Coordinator"].full_name
 MAX_RECEIVE = 4 * 1024 * 1024
 MAX_SEND = 8 * 1024 * 1024
 CHUNK = 1024 * 1024
+MAX_PENDING_CALLS = 50_000  # calls gRPC may queue before the handlers take them (join storms)
 TICK_S = 0.5
 FLUSH_CHUNK = 100  # node stats rows per transaction: a few ms of event loop each
 METRICS_EVERY_TICKS = 4  # gauges every 2 s (scrapers poll every 15 s or so)
@@ -367,6 +368,12 @@ class CoordinatorServer:
                 ("grpc.max_receive_message_length", MAX_RECEIVE),
                 ("grpc.max_send_message_length", MAX_SEND),
                 ("grpc.so_reuseport", 0),
+                # A join storm (every node after a restart) queues more calls than the event
+                # loop takes at once; beyond gRPC's default 1,000 pending calls it cancels new
+                # ones (issue 11: thousands of Joins ended CANCELLED). Queue them instead: each
+                # still ends by its own deadline.
+                ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
+                ("grpc.server.max_pending_requests_hard_limit", 2 * MAX_PENDING_CALLS),
             ],
         )
         pb_grpc.add_CoordinatorServicer_to_server(Servicer(self), server)
