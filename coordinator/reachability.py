@@ -37,11 +37,16 @@ async def probe(host: str, port: int, timeout: float = PROBE_TIMEOUT_S) -> tuple
         reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
     except (OSError, TimeoutError) as e:
         return b"", f"no connection to {host}:{port} ({type(e).__name__}: {e})".strip()
+    greeting = b""
     try:
-        greeting = await asyncio.wait_for(reader.read(GREETING_BYTES), timeout)
+        while len(greeting) < GREETING_BYTES:
+            chunk = await asyncio.wait_for(reader.read(GREETING_BYTES - len(greeting)), timeout)
+            if not chunk:
+                break
+            greeting += chunk
     except (OSError, TimeoutError) as e:
-        greeting = b""
-        return greeting, f"{host}:{port} accepted but sent nothing ({type(e).__name__})"
+        if not greeting:
+            return b"", f"{host}:{port} accepted but sent nothing ({type(e).__name__})"
     finally:
         writer.close()
         with contextlib.suppress(Exception):

@@ -68,7 +68,8 @@ def test_a_closed_port_is_unreachable_and_strangers_may_not_ask(joined) -> None:
         with pytest.raises(grpc.RpcError) as err:
             stub.ProbeReachability(
                 pb.ProbeReachabilityRequest(
-                    auth=pb.NodeAuth(node_id="nobody", session_token="x"), port=closed
+                    auth=pb.NodeAuth(node_id=client.session.node_id, session_token="forged"),
+                    port=closed,
                 ),
                 timeout=10,
             )
