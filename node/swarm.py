@@ -150,13 +150,23 @@ class PseudoGradientAverager(hivemind.DecentralizedAverager):
         )
 
     def _set_state_sharing(self, value: bool) -> None:
-        """A client-mode peer (behind NAT) cannot serve state: asking it to is a no-op."""
+        """A client-mode peer (behind NAT) cannot serve state: asking it to (here or through
+        the priority below) is a no-op instead of hivemind's ValueError."""
         if value and self.client_mode:
             return
         hivemind.DecentralizedAverager.allow_state_sharing.fset(self, value)
 
     allow_state_sharing = property(
         hivemind.DecentralizedAverager.allow_state_sharing.fget, _set_state_sharing
+    )
+
+    def _set_sharing_priority(self, value: float) -> None:
+        if value and self.client_mode:
+            return
+        hivemind.DecentralizedAverager.state_sharing_priority.fset(self, value)
+
+    state_sharing_priority = property(
+        hivemind.DecentralizedAverager.state_sharing_priority.fget, _set_sharing_priority
     )
 
     def run(self) -> None:
