@@ -15,6 +15,8 @@ sustained request rate and p50/p99/max latency per method, as seen by the client
 Latencies are client-side (they include the clients' own event-loop delay): run the clients on
 other cores than the server (--server-cpus pins the server with taskset) for a fair figure.
 Goal (issue 5): 10,000 nodes at one heartbeat per 10 s, p99 < 50 ms, server on 2 cores.
+Goal (issue 11): every one of 10,000 joins over 10 s succeeds (a restart's join storm); nodes
+retry Join as gpt5os-node does (`--join-attempts 1` measures first attempts alone).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import dataclasses
 import hashlib
 import multiprocessing as mp
 import os
@@ -39,9 +42,15 @@ from pathlib import Path
 os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
 import grpc  # noqa: E402
+from gpt5os.node.coordinator_client import (  # noqa: E402
+    CALL_TIMEOUT_S,
+    JOIN_ATTEMPTS,
+    JOIN_BACKOFF,
+)
 from gpt5os.proto import pb, pb_grpc  # noqa: E402
 
 METHODS = ("Join", "Heartbeat", "LeaseShard", "CompleteShard")
+EXTRA = ("errors", "join_total", "join_attempts", "join_failed")
 
 
 async def _timed(samples: dict, window: tuple[float, float], name: str, coro):
@@ -64,8 +73,20 @@ async def _node(idx: int, stub, args, samples: dict, start: float, window: tuple
     await asyncio.sleep(max(0.0, start + args.ramp * idx / args.nodes - time.time()))
     key = hashlib.sha256(f"bench-node-{idx}".encode()).digest()
     req = pb.JoinRequest(public_key=key, info=pb.NodeInfo(software_version="99.0", device="sim"))
-    reply = await _timed(samples, window, "Join", stub.Join(req, timeout=30))
+    # A node's own policy (node/coordinator_client.py): retry what is retryable with backoff and
+    # full jitter, JOIN_ATTEMPTS times; "Join" samples each attempt, "join_total" each node.
+    backoff = dataclasses.replace(JOIN_BACKOFF, rng=random.Random(idx))
+    t_first = time.time()
+    for attempt in range(1, (args.join_attempts or 1) + 1):
+        reply = await _timed(samples, window, "Join", stub.Join(req, timeout=CALL_TIMEOUT_S))
+        if reply is not None:
+            samples["join_total"].append(time.time() - t_first)
+            samples["join_attempts"].append(attempt)
+            break
+        if attempt < (args.join_attempts or 1):
+            await asyncio.sleep(backoff.delay(attempt))
     if reply is None:
+        samples["join_failed"].append(idx)
         return
     auth = pb.NodeAuth(node_id=reply.node_id, session_token=reply.session_token)
     await asyncio.sleep(rng.uniform(0, args.interval))
@@ -101,7 +122,7 @@ async def _node(idx: int, stub, args, samples: dict, start: float, window: tuple
 async def _client(indices: list[int], address: str, args, start: float, window, out) -> None:
     channels = [grpc.aio.insecure_channel(address) for _ in range(args.channels)]
     stubs = [pb_grpc.CoordinatorStub(c) for c in channels]
-    samples: dict = {m: [] for m in METHODS} | {"errors": []}
+    samples: dict = {m: [] for m in METHODS} | {k: [] for k in EXTRA}
     await asyncio.gather(
         *(_node(i, stubs[i % len(stubs)], args, samples, start, window) for i in indices)
     )
@@ -168,11 +189,11 @@ def _start_server(args, tmp: Path) -> tuple[subprocess.Popen, str]:
 
     run_dir = tmp / "run"
     n_shards = max(200, args.nodes)
-    make_run(run_dir, n_train=n_shards, n_val=0, shard_tokens=64, heartbeat_seconds=args.interval,
+    make_run(run_dir, n_train=n_shards, n_val=1, shard_tokens=64, heartbeat_seconds=args.interval,
              lease_seconds=max(60.0, 6 * args.interval))  # fmt: skip
     port_file = tmp / "port"
     cmd = [str(Path(sys.executable).with_name("gpt5os-coordinator")), "serve", "--dir", str(run_dir),
-           "--port", "0", "--port-file", str(port_file), "--no-dht",
+           "--port", "0", "--port-file", str(port_file), "--no-dht", "--no-keeper",
            "--metrics-port", str(args.metrics_port)]  # fmt: skip
     if args.server_cpus:
         cmd = ["taskset", "-c", args.server_cpus, *cmd]
@@ -211,6 +232,12 @@ def main() -> None:
         help="nice the client processes (the clients share this machine with the server; "
         "0 lets them compete with it for CPU)",
     )
+    p.add_argument(
+        "--join-attempts",
+        type=int,
+        default=JOIN_ATTEMPTS,
+        help="Join attempts per node with the node's backoff and jitter (1: no retry)",
+    )
     p.add_argument("--coordinator", help="use a running coordinator instead of starting one")
     p.add_argument("--server-cpus", help="taskset CPU list for the started server, e.g. 0,1")
     args = p.parse_args()
@@ -246,13 +273,23 @@ def main() -> None:
         time.sleep(max(0.0, window[1] - time.time()))
         if server_side:
             cpu1, hist1 = _cpu_seconds(proc.pid), _histogram(args.metrics_port)
-        merged: dict = {m: [] for m in METHODS} | {"errors": []}
+        merged: dict = {m: [] for m in METHODS} | {k: [] for k in EXTRA}
         for _ in procs:
             for k, v in out.get(timeout=window[1] - time.time() + 120).items():
                 merged[k] += v
         for c in procs:
             c.join()
         measured = sum(len(merged[m]) for m in METHODS if m != "Join")
+        first_errors = collections.Counter(e for e in merged["errors"] if e.startswith("Join:"))
+        retried = sum(1 for a in merged["join_attempts"] if a > 1)
+        print(f"joins: {len(merged['join_total']):,} of {args.nodes:,} succeeded "
+              f"({len(merged['join_failed']):,} failed after {args.join_attempts} attempts; "
+              f"{retried:,} needed a retry; failed attempts {sum(first_errors.values()):,}"
+              + "".join(f", {k} x{v}" for k, v in first_errors.most_common(3)) + ")")  # fmt: skip
+        if merged["join_total"]:
+            jt = merged["join_total"]
+            print(f"  join, first try to success: p50 {_pct(jt, 0.5) * 1e3:7.2f} ms  "
+                  f"p99 {_pct(jt, 0.99) * 1e3:7.2f} ms  max {max(jt) * 1e3:7.2f} ms")  # fmt: skip
         print(f"nodes {args.nodes}  heartbeat every {args.interval:g} s  measured {args.duration:g} s  "
               f"client procs {args.procs}  server cpus {args.server_cpus or 'any'}")  # fmt: skip
         errors = collections.Counter(merged["errors"])

@@ -23,6 +23,7 @@ import click  # noqa: E402
 from gpt5os.common.swarm_token import TOKEN_LIFETIME_S  # noqa: E402
 from gpt5os.coordinator.data.cli import data  # noqa: E402
 from gpt5os.coordinator.keeper_auth import ensure_keeper_key  # noqa: E402
+from gpt5os.coordinator.limits import MAX_WATCHERS, NODE_BURST, NODE_RATE, Limits  # noqa: E402
 from gpt5os.coordinator.records import ApiError  # noqa: E402
 from gpt5os.coordinator.run_spec import COMPRESSIONS, PRESETS  # noqa: E402
 from gpt5os.coordinator.runs import RUN_FILE, create_run, load_run, update_spec  # noqa: E402
@@ -30,6 +31,11 @@ from gpt5os.coordinator.store import DB_NAME, Store, StoreError  # noqa: E402
 from gpt5os.coordinator.swarm_key import ensure_coordinator_key  # noqa: E402
 
 EXPECTED = (OSError, ValueError, StoreError, ApiError)
+FINGERPRINT_HELP = (
+    "Talk TLS to a coordinator whose certificate has this SHA-256 fingerprint (as `serve` "
+    "prints it) and refuse any other."
+)
+TLS_HELP = "Talk TLS to a coordinator whose certificate a CA this machine trusts signed."
 
 
 @click.group()
@@ -87,13 +93,36 @@ def _fail(e: BaseException) -> click.ClickException:
 @click.option("--lease-seconds", type=click.FloatRange(min=0, min_open=True))
 @click.option("--heartbeat-seconds", type=click.FloatRange(min=0, min_open=True))
 @click.option("--max-leases-per-node", type=click.IntRange(min=1))
-def init(run_dir: Path, data_dir: Path, **options: Any) -> None:
+@click.option(
+    "--tls",
+    is_flag=True,
+    help="Make a self-signed TLS certificate and key in RUN_DIR/tls; `serve` then speaks TLS and "
+    "prints the certificate's fingerprint, which nodes pin with --coordinator-fingerprint.",
+)
+@click.option(
+    "--tls-host",
+    "tls_hosts",
+    multiple=True,
+    metavar="NAME|IP",
+    help="With --tls: a host name or IP address nodes use to reach the coordinator (repeatable).",
+)
+def init(
+    run_dir: Path, data_dir: Path, tls: bool, tls_hosts: tuple[str, ...], **options: Any
+) -> None:
     """Create a run in --dir from data prepared with `gpt5os-coordinator data prepare`."""
+    from gpt5os.common.tls import fingerprint, make_self_signed
+
     options["inner_name"] = options.pop("inner_name")
     try:
         spec = create_run(run_dir, data_dir, **options)
         ensure_keeper_key(run_dir)
         ensure_coordinator_key(run_dir)
+        if tls:
+            files = make_self_signed(run_dir, list(tls_hosts))
+            click.echo(
+                f"gpt5os-coordinator: TLS certificate {files.cert} (key {files.key}), "
+                f"sha256 fingerprint {fingerprint(files.cert.read_bytes())}"
+            )
     except EXPECTED as e:
         raise _fail(e) from None
     start = ""
@@ -219,6 +248,35 @@ def _write_port_file(path: Path, port: int) -> None:
     help="Seconds a hivemind swarm token admits its holder; renewed at half (a banned node's "
     "is not).",
 )
+@click.option(
+    "--tls-cert",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Serve TLS with this PEM certificate (e.g. one a CA signed) instead of RUN_DIR/tls's.",
+)
+@click.option(
+    "--tls-key", type=click.Path(path_type=Path, dir_okay=False), help="Its key (mode 0600)."
+)
+@click.option(
+    "--node-rate",
+    type=click.FloatRange(min=0),
+    default=NODE_RATE,
+    show_default=True,
+    help="Requests per second one node (or one address) may send, sustained; 0: no limit.",
+)
+@click.option(
+    "--node-burst",
+    type=click.FloatRange(min=1),
+    default=NODE_BURST,
+    show_default=True,
+    help="Requests one node may send at once above --node-rate.",
+)
+@click.option(
+    "--max-watchers",
+    type=click.IntRange(min=0),
+    default=MAX_WATCHERS,
+    show_default=True,
+    help="Concurrent WatchSwarm streams (dashboards); 0: no limit.",
+)
 def serve(
     run_dir: Path,
     host: str,
@@ -230,9 +288,24 @@ def serve(
     checkpoint_every: int | None,
     keep_checkpoints: int,
     swarm_token_lifetime: float,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    node_rate: float,
+    node_burst: float,
+    max_watchers: int,
 ) -> None:
-    """Serve the run in --dir (an empty or missing --dir gets the default stdlib run)."""
+    """Serve the run in --dir (an empty or missing --dir gets the default stdlib run).
+
+    With a certificate (`init --tls`, or --tls-cert/--tls-key) it serves TLS only."""
+    from gpt5os.common.tls import TlsFiles
+
+    if (tls_cert is None) != (tls_key is None):
+        raise click.UsageError("give both --tls-cert and --tls-key, or neither")
     _ensure_run(run_dir)
+    tls = TlsFiles(tls_cert, tls_key) if tls_cert is not None else TlsFiles.of_run(run_dir)
+    if tls_cert is None and not tls.exists():
+        tls = None
+    limits = Limits(node_rate=node_rate, node_burst=node_burst, max_watchers=max_watchers)
     keeper_options = None
     if keeper:
         from gpt5os.coordinator.keeper_process import KeeperOptions
@@ -255,6 +328,8 @@ def serve(
                 dht,
                 keeper_options,
                 swarm_token_lifetime,
+                tls,
+                limits,
             )
         )
     except KeyboardInterrupt:  # a second Ctrl-C during shutdown
@@ -270,6 +345,8 @@ async def _serve(
     dht: bool,
     keeper_options: Any,
     swarm_token_lifetime: float = TOKEN_LIFETIME_S,
+    tls: Any = None,
+    limits: Any = None,
 ) -> None:
     import dataclasses
 
@@ -283,6 +360,8 @@ async def _serve(
         metrics_port=metrics_port,
         start_dht=dht,
         swarm_token_lifetime_s=swarm_token_lifetime,
+        tls=tls,
+        limits=limits,
     )
     stop = asyncio.Event()
     try:
@@ -297,7 +376,9 @@ async def _serve(
     try:
         if keeper_options is not None:
             reach = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
-            options = dataclasses.replace(keeper_options, coordinator=f"{reach}:{bound}")
+            options = dataclasses.replace(
+                keeper_options, coordinator=f"{reach}:{bound}", fingerprint=server.fingerprint
+            )
             supervisor = KeeperSupervisor(options)
             supervisor.start()
         if port_file is not None:
@@ -306,6 +387,8 @@ async def _serve(
         if server.dht_maddrs:
             peers = " ".join(server.dht_maddrs)
             click.echo(f"gpt5os-coordinator: DHT bootstrap peer {peers}", err=True)
+        if server.fingerprint is not None:
+            extra += f", TLS certificate sha256 fingerprint {server.fingerprint}"
         click.echo(
             f"gpt5os-coordinator: serving run {server.swarm.run_id} on {host}:{bound}{extra}"
         )
@@ -332,6 +415,8 @@ async def _serve(
 )
 @click.option("--keep-checkpoints", type=click.IntRange(min=1), default=3, show_default=True)
 @click.option("--dht-listen", default="/ip4/0.0.0.0/tcp/0", show_default=True)
+@click.option("--coordinator-fingerprint", "fingerprint", help=FINGERPRINT_HELP)
+@click.option("--tls", is_flag=True, help=TLS_HELP)
 @click.option("-v", "--verbose", is_flag=True)
 def keeper(
     run_dir: Path,
@@ -339,6 +424,8 @@ def keeper(
     checkpoint_every: int | None,
     keep_checkpoints: int,
     dht_listen: str,
+    fingerprint: str | None,
+    tls: bool,
     verbose: bool,
 ) -> None:
     """Run the keeper for the run in --dir against a coordinator (e.g. on another machine; it
@@ -354,6 +441,7 @@ def keeper(
     ]  # fmt: skip
     if checkpoint_every is not None:
         args += ["--checkpoint-every", str(checkpoint_every)]
+    args += _security(fingerprint, tls).args()
     if verbose:
         args.append("-v")
     sys.stdout.flush()
@@ -376,12 +464,26 @@ def _status_from_dir(run_dir: Path) -> dict[str, Any]:
         sw.store.close()
 
 
-def _status_from_server(address: str, timeout: float) -> dict[str, Any]:
+def _security(fingerprint: str | None, tls: bool) -> Any:
+    from gpt5os.common.channels import ChannelError, Security
+
+    try:
+        return Security.from_options(fingerprint, tls)
+    except ChannelError as e:
+        raise click.ClickException(str(e)) from None
+
+
+def _status_from_server(address: str, timeout: float, security: Any) -> dict[str, Any]:
     import grpc
+    from gpt5os.common.channels import ChannelError, open_channel
     from gpt5os.coordinator.snapshot import snapshot_dict
     from gpt5os.proto import pb, pb_grpc
 
-    with grpc.insecure_channel(address) as channel:
+    try:
+        channel = open_channel(address, security)
+    except ChannelError as e:
+        raise click.ClickException(str(e)) from None
+    with channel:
         try:
             snap = pb_grpc.CoordinatorStub(channel).GetStatus(
                 pb.GetStatusRequest(), timeout=timeout
@@ -443,15 +545,25 @@ def _checkpoint_line(c: dict[str, Any] | None, now: float) -> str:
 @click.option("--coordinator", "address", help="Ask a running coordinator (HOST:PORT).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option("--timeout", type=float, default=10.0, show_default=True)
-def status(run_dir: Path | None, address: str | None, as_json: bool, timeout: float) -> None:
+@click.option("--coordinator-fingerprint", "fingerprint", help=FINGERPRINT_HELP)
+@click.option("--tls", is_flag=True, help=TLS_HELP)
+def status(
+    run_dir: Path | None,
+    address: str | None,
+    as_json: bool,
+    timeout: float,
+    fingerprint: str | None,
+    tls: bool,
+) -> None:
     """Show the run's state (from --dir, or from a coordinator over gRPC)."""
     if (run_dir is None) == (address is None):
         raise click.UsageError("give exactly one of --dir RUN_DIR or --coordinator HOST:PORT")
+    security = _security(fingerprint, tls)
     try:
         s = (
             _status_from_dir(run_dir)
             if run_dir is not None
-            else _status_from_server(address, timeout)
+            else _status_from_server(address, timeout, security)
         )
     except EXPECTED as e:
         raise _fail(e) from None

@@ -33,6 +33,7 @@ class KeeperOptions:
     host: str  # the coordinator's bind address: the keeper's DHT listens there too
     checkpoint_every: int | None = None
     keep_checkpoints: int = 3
+    fingerprint: str | None = None  # the coordinator's TLS certificate, pinned
 
     def args(self) -> list[str]:
         args = [
@@ -43,6 +44,8 @@ class KeeperOptions:
         ]  # fmt: skip
         if self.checkpoint_every is not None:
             args += ["--checkpoint-every", str(self.checkpoint_every)]
+        if self.fingerprint:
+            args += ["--coordinator-fingerprint", self.fingerprint]
         return args
 
 

@@ -22,11 +22,14 @@ from typing import Any
 
 import grpc
 from gpt5os.common.swarm_token import TOKEN_LIFETIME_S, TokenIssuer
+from gpt5os.common.tls import TlsError, TlsFiles, fingerprint
+from gpt5os.coordinator import reachability
 from gpt5os.coordinator import snapshot as snap
 from gpt5os.coordinator import validate as v
 from gpt5os.coordinator.checkpoints import CheckpointDir, LatestCheckpoint
 from gpt5os.coordinator.dht import BootstrapPeer
 from gpt5os.coordinator.keeper_auth import KeeperVerifier, ensure_keeper_key
+from gpt5os.coordinator.limits import Limits, LimitsInterceptor
 from gpt5os.coordinator.metrics import Metrics
 from gpt5os.coordinator.records import ApiError
 from gpt5os.coordinator.run_spec import dht_prefix
@@ -41,6 +44,7 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Coordinator"].full_name
 MAX_RECEIVE = 4 * 1024 * 1024
 MAX_SEND = 8 * 1024 * 1024
 CHUNK = 1024 * 1024
+MAX_PENDING_CALLS = 50_000  # calls gRPC may queue before the handlers take them (join storms)
 TICK_S = 0.5
 FLUSH_CHUNK = 100  # node stats rows per transaction: a few ms of event loop each
 METRICS_EVERY_TICKS = 4  # gauges every 2 s (scrapers poll every 15 s or so)
@@ -230,6 +234,33 @@ class Servicer(pb_grpc.CoordinatorServicer):
             certified=latest.to_pb() if latest is not None else None,
         )
 
+    async def ProbeReachability(
+        self, req: pb.ProbeReachabilityRequest, ctx: grpc.aio.ServicerContext
+    ) -> pb.ProbeReachabilityResponse:
+        """Connect back to the caller's address on `port` (reachability.py)."""
+        t0, code = time.perf_counter(), "OK"
+        try:
+            self._node(req.auth)
+            if not 0 < req.port < 65536:
+                raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"port {req.port} is not 1..65535")
+            host = reachability.caller_host(ctx.peer())
+            if host is None:
+                raise ApiError(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"cannot probe a caller at {ctx.peer()!r} (not an IP address)",
+                )
+            greeting, error = await reachability.probe(host, req.port)
+            address = f"[{host}]:{req.port}" if ":" in host else f"{host}:{req.port}"
+            return pb.ProbeReachabilityResponse(
+                reachable=not error, greeting=greeting, address=address, error=error
+            )
+        except ApiError as e:
+            code = e.code.name
+            await ctx.abort(e.code, e.message)
+        finally:
+            self.metrics.rpcs.labels("ProbeReachability", code).inc()
+            self.metrics.latency.labels("ProbeReachability").observe(time.perf_counter() - t0)
+
     @_rpc
     def Leave(self, req: pb.LeaveRequest, ctx: Any) -> pb.LeaveResponse:
         node = self._node(req.auth)
@@ -285,6 +316,8 @@ class CoordinatorServer:
     :param start_dht: also run a hivemind DHT bootstrap peer and hand its addresses to nodes
     :param clock: the time source for leases, heartbeats and history (tests inject one)
     :param swarm_token_lifetime_s: how long a swarm token admits its holder (swarm_token.py)
+    :param tls: serve TLS with this certificate and key (`.fingerprint` names it once started)
+    :param limits: requests per client per second, concurrent WatchSwarm streams (limits.py)
 
     Example::
 
@@ -304,6 +337,8 @@ class CoordinatorServer:
         start_dht: bool = False,
         clock: Callable[[], float] = time.time,
         swarm_token_lifetime_s: float = TOKEN_LIFETIME_S,
+        tls: TlsFiles | None = None,
+        limits: Limits | None = None,
     ) -> None:
         self.run_dir = Path(run_dir)
         self.swarm_token_lifetime_s = swarm_token_lifetime_s
@@ -324,6 +359,9 @@ class CoordinatorServer:
         self._tick_task: asyncio.Task[None] | None = None
         self._spec_mtime = 0
         self.keeper_verifier = KeeperVerifier(None)
+        self.tls = tls
+        self.fingerprint: str | None = None  # SHA-256 of the certificate served, with TLS
+        self.limiter = LimitsInterceptor(limits or Limits())
 
     @property
     def address(self) -> str:
@@ -351,11 +389,18 @@ class CoordinatorServer:
         self.swarm.store.start_checkpointer()  # a thread: after the DHT's fork
         self.checkpoint.refresh()  # the newest model checkpoint, before the first GetStatus
         server = grpc.aio.server(
+            interceptors=[self.limiter],
             options=[
                 ("grpc.max_receive_message_length", MAX_RECEIVE),
                 ("grpc.max_send_message_length", MAX_SEND),
                 ("grpc.so_reuseport", 0),
-            ]
+                # A join storm (every node after a restart) queues more calls than the event
+                # loop takes at once; beyond gRPC's default 1,000 pending calls it cancels new
+                # ones (issue 11: thousands of Joins ended CANCELLED). Queue them instead: each
+                # still ends by its own deadline.
+                ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
+                ("grpc.server.max_pending_requests_hard_limit", 2 * MAX_PENDING_CALLS),
+            ],
         )
         pb_grpc.add_CoordinatorServicer_to_server(Servicer(self), server)
         self._health = health.aio.HealthServicer()
@@ -364,7 +409,16 @@ class CoordinatorServer:
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
         try:
-            port = server.add_insecure_port(f"{self.host}:{self.port}")
+            credentials = self._credentials()
+        except TlsError as e:
+            self.swarm.store.close()
+            await self._cleanup_dht()
+            raise ServeError(str(e)) from None
+        try:
+            if credentials is None:
+                port = server.add_insecure_port(f"{self.host}:{self.port}")
+            else:
+                port = server.add_secure_port(f"{self.host}:{self.port}", credentials)
         except RuntimeError:
             port = 0
         if not port:
@@ -390,6 +444,18 @@ class CoordinatorServer:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._tick_task = asyncio.create_task(self._ticker())
         return port
+
+    def _credentials(self) -> grpc.ServerCredentials | None:
+        if self.tls is None:
+            return None
+        cert, key = self.tls.read()
+        try:
+            credentials = grpc.ssl_server_credentials([(key, cert)])
+            self.fingerprint = fingerprint(cert)
+        except (ValueError, RuntimeError) as e:
+            raise TlsError(f"TLS certificate {self.tls.cert} or key is malformed: {e}") from None
+        log.info("serving TLS, certificate sha256 fingerprint %s", self.fingerprint)
+        return credentials
 
     async def stop(self, grace: float = 1.0) -> None:
         self.stopping.set()

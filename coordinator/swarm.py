@@ -67,6 +67,7 @@ class Swarm:
         self.paused = store.get_meta("paused") == "1"
         defs = store.shard_defs()
         self.shard_defs = {r["shard_id"]: dict(r) for r in defs}
+        self._validation_shards: list[pb.Lease] | None = None
         train = [shard_ref(_Obj(r)) for r in defs if r["split"] == "train"]
         self.sched = ShardScheduler.restore(
             train,
@@ -258,17 +259,22 @@ class Swarm:
         return lease, "", 0.0
 
     def validation_shards(self) -> list[pb.Lease]:
-        """The held-out shards, in a stable order, for nodes to measure validation loss on."""
-        return [
-            pb.Lease(
-                shard_id=d["shard_id"],
-                tokens=d["tokens"],
-                size_bytes=d["size_bytes"],
-                sha256=d["sha256"],
-            )
-            for d in sorted(self.shard_defs.values(), key=lambda d: d["shard_id"])
-            if d["split"] == "val"
-        ]
+        """The held-out shards, in a stable order, for nodes to measure validation loss on.
+
+        Built once (the shard definitions never change while serving): every Join hands them
+        out, and sorting 10,000 definitions per Join made a join storm CPU-bound (issue 11)."""
+        if self._validation_shards is None:
+            self._validation_shards = [
+                pb.Lease(
+                    shard_id=d["shard_id"],
+                    tokens=d["tokens"],
+                    size_bytes=d["size_bytes"],
+                    sha256=d["sha256"],
+                )
+                for d in sorted(self.shard_defs.values(), key=lambda d: d["shard_id"])
+                if d["split"] == "val"
+            ]
+        return self._validation_shards
 
     def shard_for_fetch(self, node: NodeRecord, shard_id: str) -> dict[str, Any]:
         """The shard's definition if `node` may download it (train: holds the lease; val: any)."""

@@ -1,6 +1,7 @@
 """`gpt5os-dashboard`: watch a gpt5os run from the terminal.
 
-    gpt5os-dashboard [--coordinator HOST:PORT] [--snapshot FILE.svg [--snapshot-timeout S]]
+    gpt5os-dashboard [--coordinator HOST:PORT] [--coordinator-fingerprint FP | --tls]
+                     [--snapshot FILE.svg [--snapshot-timeout S]]
 
 Interactive mode never gives up on an unreachable coordinator (it says so and retries with
 backoff); `--snapshot` is for scripts, so it exits non-zero with one line once the timeout passes.
@@ -44,6 +45,16 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"the coordinator's gRPC address (default {DEFAULT_COORDINATOR})",
     )
     p.add_argument(
+        "--coordinator-fingerprint",
+        metavar="SHA256",
+        help="talk TLS and accept only the coordinator certificate with this fingerprint",
+    )
+    p.add_argument(
+        "--tls",
+        action="store_true",
+        help="talk TLS to a coordinator whose certificate a trusted CA signed",
+    )
+    p.add_argument(
         "--snapshot",
         type=Path,
         metavar="FILE.svg",
@@ -69,13 +80,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # Imported here so `--help` and argument errors stay instant.
+    from gpt5os.common.channels import ChannelError, Security
     from gpt5os.dashboard.app import DashboardApp
     from gpt5os.dashboard.feed import CoordinatorSource
 
     prog = "gpt5os-dashboard"
     try:
-        source = CoordinatorSource(args.coordinator)
-    except ValueError as err:
+        security = Security.from_options(args.coordinator_fingerprint, args.tls)
+        source = CoordinatorSource(args.coordinator, security=security)
+    except (ValueError, ChannelError) as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
     if args.snapshot is not None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import grpc
+from gpt5os.common.channels import PLAINTEXT, ChannelError, Security, credentials
 from gpt5os.proto import pb, pb_grpc
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # a snapshot of a 10k-node swarm with history fits
@@ -77,28 +78,37 @@ def _describe(err: grpc.aio.AioRpcError) -> str:
 
 
 class CoordinatorSource:
-    """Talks to a coordinator over gRPC (insecure channel; TLS arrives with the auth work)."""
+    """Talks to a coordinator over gRPC, plaintext or TLS (common/channels.py)."""
 
-    def __init__(self, address: str, *, min_interval_s: float = 0.5) -> None:
+    def __init__(
+        self, address: str, *, min_interval_s: float = 0.5, security: Security = PLAINTEXT
+    ) -> None:
         host, port = parse_address(address)
         self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self.min_interval_s = min_interval_s
+        self.security = security
         self._channel: grpc.aio.Channel | None = None
 
-    def _new_channel(self) -> grpc.aio.Channel:
-        return grpc.aio.insecure_channel(
-            self.address,
-            options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.keepalive_time_ms", 20_000),
-                ("grpc.keepalive_timeout_ms", 10_000),
-                ("grpc.keepalive_permit_without_calls", 1),
-            ],
-        )
+    async def _new_channel(self) -> grpc.aio.Channel:
+        """A channel after the certificate check (a blocking probe: off the event loop)."""
+        try:
+            creds, extra = await asyncio.to_thread(credentials, self.address, self.security)
+        except ChannelError as err:
+            raise SourceError(str(err)) from None
+        options = [
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.keepalive_time_ms", 20_000),
+            ("grpc.keepalive_timeout_ms", 10_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+            *extra,
+        ]
+        if creds is None:  # made here, in the loop's thread: an aio channel binds to its loop
+            return grpc.aio.insecure_channel(self.address, options=options)
+        return grpc.aio.secure_channel(self.address, creds, options=options)
 
     async def watch(self) -> AsyncIterator[pb.SwarmUpdate]:
         await self.close()
-        self._channel = self._new_channel()
+        self._channel = await self._new_channel()
         stub = pb_grpc.CoordinatorStub(self._channel)
         call = stub.WatchSwarm(pb.WatchSwarmRequest(min_interval_s=self.min_interval_s))
         try:
@@ -111,7 +121,7 @@ class CoordinatorSource:
         raise SourceError("the coordinator ended the stream")
 
     async def get_node(self, node_id: str, *, timeout: float = 10.0) -> pb.NodeDetail:
-        channel = self._channel or self._new_channel()
+        channel = self._channel or await self._new_channel()
         try:
             stub = pb_grpc.CoordinatorStub(channel)
             return await stub.GetNode(pb.GetNodeRequest(node_id=node_id), timeout=timeout)

@@ -109,9 +109,44 @@ def main() -> None:
 @click.option(
     "--name", "display_name", default="", help="Your name on the dashboard's leaderboard."
 )
+@click.option(
+    "--coordinator-fingerprint",
+    default=None,
+    metavar="SHA256",
+    help="Talk TLS to the coordinator and accept only the certificate with this fingerprint "
+    "(`gpt5os-coordinator serve` prints it).",
+)
+@click.option(
+    "--tls", is_flag=True, help="Talk TLS to a coordinator whose certificate a trusted CA signed."
+)
+@click.option(
+    "--client-mode",
+    is_flag=True,
+    help="Run hivemind in client mode through relays without checking reachability (behind "
+    "NAT, this is what the check decides on its own).",
+)
+@click.option(
+    "--announce-host",
+    default=None,
+    metavar="HOST",
+    help="Announce this public host (name or IP) for a port-forwarded machine; fix the "
+    "port with --dht-listen /ip4/0.0.0.0/tcp/PORT.",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging, hivemind included.")
 def join(
-    coordinator, device, max_rounds, home, min_peers, dht_listen, threads, display_name, verbose
+    coordinator,
+    device,
+    max_rounds,
+    home,
+    min_peers,
+    dht_listen,
+    threads,
+    display_name,
+    coordinator_fingerprint,
+    tls,
+    client_mode,
+    announce_host,
+    verbose,
 ) -> None:
     """Join a run and train until Ctrl-C, SIGTERM or --max-rounds."""
     _setup_logging(verbose)
@@ -124,6 +159,10 @@ def join(
         dht_listen=dht_listen,
         threads=threads,
         display_name=display_name,
+        coordinator_fingerprint=coordinator_fingerprint,
+        tls=tls,
+        client_mode=client_mode,
+        announce_host=announce_host,
     )
     from .runner import NodeError, run_node
 

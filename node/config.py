@@ -32,6 +32,10 @@ class NodeConfig:
     threads: int | None = None  # torch CPU threads
     display_name: str = ""
     log_every_steps: int = 0  # 0: log only outer rounds
+    coordinator_fingerprint: str | None = None  # pin the coordinator's TLS certificate
+    tls: bool = False  # TLS to a coordinator whose certificate the system CAs trust
+    client_mode: bool = False  # hivemind client mode through relays without probing (behind NAT)
+    announce_host: str | None = None  # a port-forwarded public host to announce to the swarm
 
     @property
     def cache_dir(self) -> Path:

@@ -7,12 +7,15 @@ import hashlib
 import logging
 import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 
 import grpc
+from gpt5os.common.backoff import Backoff, retry, retryable
+from gpt5os.common.channels import PLAINTEXT, ChannelError, Security, open_channel
 from gpt5os.proto import pb, pb_grpc
 
 from .identity import NodeIdentity
@@ -22,6 +25,8 @@ log = logging.getLogger(__name__)
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 CONNECT_TIMEOUT_S = 15.0
 CALL_TIMEOUT_S = 30.0
+JOIN_ATTEMPTS = 8  # with JOIN_BACKOFF: up to ~2 min of retries while the coordinator recovers
+JOIN_BACKOFF = Backoff(base=1.0, cap=30.0)
 
 
 class CoordinatorError(RuntimeError):
@@ -57,27 +62,52 @@ class Session:
 class CoordinatorClient:
     """Synchronous calls to one coordinator; safe to use from the trainer and heartbeat threads."""
 
-    def __init__(self, address: str, identity: NodeIdentity, *, display_name: str = "") -> None:
+    def __init__(
+        self,
+        address: str,
+        identity: NodeIdentity,
+        *,
+        display_name: str = "",
+        security: Security = PLAINTEXT,
+    ) -> None:
         self.address = parse_address(address)
         self.identity = identity
         self.display_name = display_name
-        self._channel = grpc.insecure_channel(
-            self.address,
-            options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ],
-        )
-        self._stub = pb_grpc.CoordinatorStub(self._channel)
+        self.security = security
+        self._channel: grpc.Channel | None = None  # made by join(): it checks the certificate
+        self._stub: pb_grpc.CoordinatorStub = None  # type: ignore[assignment]
         self._lock = threading.Lock()
         self.session: Session | None = None
+        self.join_backoff = JOIN_BACKOFF  # after a restart every node joins at once: jitter
+        self.sleep: Callable[[float], object] = time.sleep
 
     def close(self) -> None:
-        self._channel.close()
+        if self._channel is not None:
+            self._channel.close()
+
+    def _connect(self) -> None:
+        """Open the channel once: plaintext, or TLS with the certificate checked (channels.py)."""
+        if self._channel is not None:
+            return
+        try:
+            self._channel = open_channel(
+                self.address,
+                self.security,
+                options=[
+                    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ],
+            )
+        except ChannelError as e:
+            raise CoordinatorError(str(e)) from None
+        if self.security.fingerprint:
+            log.info("coordinator certificate matches the pinned fingerprint; talking TLS")
+        self._stub = pb_grpc.CoordinatorStub(self._channel)
 
     # -- calls ------------------------------------------------------------------------------
 
     def join(self, device: str, swarm_public_key: bytes = b"") -> Session:
+        self._connect()
         try:
             grpc.channel_ready_future(self._channel).result(timeout=CONNECT_TIMEOUT_S)
         except grpc.FutureTimeoutError:
@@ -91,10 +121,17 @@ class CoordinatorClient:
             hostname=socket.gethostname(),
             display_name=self.display_name,
         )
-        response = self._call(
-            "Join",
-            pb.JoinRequest(
-                public_key=self.identity.public_key, info=info, swarm_public_key=swarm_public_key
+        request = pb.JoinRequest(
+            public_key=self.identity.public_key, info=info, swarm_public_key=swarm_public_key
+        )
+        response = retry(
+            lambda: self._call("Join", request),
+            should_retry=lambda e: retryable(getattr(e, "code", None)),
+            backoff=self.join_backoff,
+            attempts=JOIN_ATTEMPTS,
+            sleep=self.sleep,
+            on_retry=lambda e, n, delay: log.warning(
+                "join attempt %d failed (%s); retrying in %.1f s", n, e, delay
             ),
         )
         with self._lock:
@@ -123,6 +160,11 @@ class CoordinatorClient:
     def report_round(self, request: pb.ReportRoundRequest) -> None:
         request.auth.CopyFrom(self._auth())
         self._call("ReportRound", request)
+
+    def probe_reachability(self, port: int) -> pb.ProbeReachabilityResponse:
+        """Ask the coordinator to connect back to this machine on `port` (node/reachability.py)."""
+        request = pb.ProbeReachabilityRequest(auth=self._auth(), port=port)
+        return self._call("ProbeReachability", request)
 
     def leave(self, reason: str) -> None:
         self._call("Leave", pb.LeaveRequest(auth=self._auth(), reason=reason), timeout=5.0)

@@ -7,6 +7,7 @@ import threading
 from collections.abc import Callable
 
 import grpc
+from gpt5os.common.backoff import Backoff
 from gpt5os.proto import pb
 
 from .coordinator_client import CoordinatorClient, CoordinatorError
@@ -38,6 +39,7 @@ class Heartbeat(threading.Thread):
         self.spec_revision: int | None = None
         self.certified: pb.CertifiedRound | None = None  # the latest round the swarm certified
         self.refused: str | None = None  # why the coordinator will never accept us again
+        self.backoff = Backoff(base=self.interval_s, cap=max(60.0, 6 * self.interval_s))
 
     def beat(self) -> None:
         stats = pb.NodeStats(
@@ -69,12 +71,24 @@ class Heartbeat(threading.Thread):
             self.certified = response.certified
 
     def run(self) -> None:
-        while not self.stop_event.wait(self.interval_s):
+        failures = 0
+        while not self.stop_event.wait(self.next_wait(failures)):
             try:
                 self.beat()
+                failures = 0
             except CoordinatorError as e:
                 if getattr(e, "code", None) == grpc.StatusCode.PERMISSION_DENIED:  # banned
                     self.refused = str(e)
                     self.stop_event.set()  # retrying would never help: leave
                     return
-                log.warning("heartbeat failed: %s", e)
+                failures += 1
+                log.warning(
+                    "heartbeat failed (%s); next try in up to %.0f s",
+                    e,
+                    self.backoff.bound(failures),
+                )
+
+    def next_wait(self, failures: int) -> float:
+        """The interval while the coordinator answers; after failures, a jittered backoff from
+        it, so nodes that lost a restarting coordinator together do not return together."""
+        return self.interval_s if failures == 0 else self.backoff.delay(failures)

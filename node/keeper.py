@@ -29,6 +29,7 @@ import grpc
 import torch
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from gpt5os.common.channels import PLAINTEXT, ChannelError, Security, open_channel
 from gpt5os.proto import pb, pb_grpc
 
 from .claims import KEEPER_NODE_ID, RoundClaim
@@ -74,6 +75,7 @@ class KeeperConfig:
     checkpoint_every: int | None = None  # None: default_checkpoint_every(preset)
     keep_checkpoints: int = 3
     dht_listen: str = "/ip4/127.0.0.1/tcp/0"
+    security: Security = PLAINTEXT  # TLS to the coordinator (common/channels.py)
 
 
 def load_keeper_key(run_dir: Path) -> Ed25519PrivateKey:
@@ -95,9 +97,14 @@ def load_keeper_key(run_dir: Path) -> Ed25519PrivateKey:
 class KeeperReporter:
     """Signed KeeperReport calls to the coordinator."""
 
-    def __init__(self, address: str, key: Ed25519PrivateKey) -> None:
+    def __init__(
+        self, address: str, key: Ed25519PrivateKey, security: Security = PLAINTEXT
+    ) -> None:
         self.key = key
-        self._channel = grpc.insecure_channel(address)
+        try:
+            self._channel = open_channel(address, security)
+        except ChannelError as e:
+            raise KeeperError(str(e)) from None
         self._stub = pb_grpc.CoordinatorStub(self._channel)
 
     def report(self, request: pb.KeeperReportRequest) -> pb.KeeperReportResponse:
@@ -332,7 +339,7 @@ def run_keeper(config: KeeperConfig, stop: threading.Event) -> None:
     from .trainer import initial_model, model_config
 
     key = load_keeper_key(config.run_dir)
-    reporter = KeeperReporter(config.coordinator, key)
+    reporter = KeeperReporter(config.coordinator, key, config.security)
     swarm_key = SwarmKey()  # our hivemind identity; the coordinator's swarm token names it
     peer = None
     try:

@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 
 import click
+from gpt5os.common.channels import ChannelError, Security
 from gpt5os.common.lifetime import die_with_parent
 
 from .keeper import KeeperConfig, KeeperError, run_keeper
@@ -24,6 +25,8 @@ from .keeper import KeeperConfig, KeeperError, run_keeper
 @click.option("--keep-checkpoints", type=click.IntRange(min=1), default=3, show_default=True)
 @click.option("--dht-listen", default="/ip4/127.0.0.1/tcp/0", show_default=True)
 @click.option("--parent-pid", type=int, help="Exit when this process (the coordinator) dies.")
+@click.option("--coordinator-fingerprint", "fingerprint", help="Pin the coordinator's TLS cert.")
+@click.option("--tls", is_flag=True, help="TLS to a coordinator with a CA-signed certificate.")
 @click.option("-v", "--verbose", is_flag=True)
 def main(
     run_dir: Path,
@@ -32,6 +35,8 @@ def main(
     keep_checkpoints: int,
     dht_listen: str,
     parent_pid: int | None,
+    fingerprint: str | None,
+    tls: bool,
     verbose: bool,
 ) -> None:
     """Keep the run's θ_global: average every round, certify it, write checkpoints."""
@@ -50,12 +55,17 @@ def main(
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    try:
+        security = Security.from_options(fingerprint, tls)
+    except ChannelError as e:
+        raise click.ClickException(str(e)) from None
     config = KeeperConfig(
         run_dir=run_dir,
         coordinator=coordinator,
         checkpoint_every=checkpoint_every,
         keep_checkpoints=keep_checkpoints,
         dht_listen=dht_listen,
+        security=security,
     )
     try:
         run_keeper(config, stop)

@@ -12,9 +12,12 @@ import logging
 import signal
 import threading
 
+from gpt5os.common.channels import ChannelError, Security
+
 from .config import NodeConfig
 from .coordinator_client import CoordinatorClient, CoordinatorError, parse_address
 from .identity import load_or_create_identity
+from .reachability import network_mode
 
 log = logging.getLogger("gpt5os.node")
 
@@ -60,8 +63,9 @@ def run_node(config: NodeConfig, stop: threading.Event) -> int:
     """Join, train until stopped or --max-rounds, leave; returns the outer rounds completed."""
     try:
         parse_address(config.coordinator)
+        security = Security.from_options(config.coordinator_fingerprint, config.tls)
         identity = load_or_create_identity(config.home)
-    except (CoordinatorError, ValueError, OSError) as e:
+    except (CoordinatorError, ChannelError, ValueError, OSError) as e:
         raise NodeError(str(e)) from None
 
     import torch  # after the cheap checks: a typo is reported without waiting for torch
@@ -86,7 +90,9 @@ def run_node(config: NodeConfig, stop: threading.Event) -> int:
 
     from .swarm_access import SwarmAccess
 
-    client = CoordinatorClient(config.coordinator, identity, display_name=config.display_name)
+    client = CoordinatorClient(
+        config.coordinator, identity, display_name=config.display_name, security=security
+    )
     trainer = None
     reason = "stopped"
     swarm_key = SwarmKey()  # our hivemind identity; the coordinator's swarm token names it
@@ -105,6 +111,16 @@ def run_node(config: NodeConfig, stop: threading.Event) -> int:
         )
         check_memory(spec, device)
         try:
+            mode = network_mode(
+                client,
+                config.resolved_dht_listen(),
+                client_mode=config.client_mode,
+                announce_host=config.announce_host,
+            )
+        except ValueError as e:
+            raise NodeError(str(e)) from None
+        log.info("%s", mode.describe())
+        try:
             # hivemind forks its DHT and averager processes first, while this process holds no
             # model: forked later, each would keep a copy-on-write snapshot of the tensors that
             # training rewrites (bench/memory.py). The averager gets the outer state once it exists.
@@ -113,7 +129,9 @@ def run_node(config: NodeConfig, stop: threading.Event) -> int:
                 None,
                 spec,
                 initial_peers=list(session.join.initial_peers),
-                listen=config.resolved_dht_listen(),
+                listen=mode.listen,
+                client_mode=mode.client_mode,
+                announce=mode.announce,
                 prefix=swarm_prefix(session.join.dht_prefix, spec.run_id),
                 node_id=session.node_id,
                 numels=parameter_numels(spec),

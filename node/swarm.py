@@ -67,7 +67,12 @@ def swarm_prefix(dht_prefix: str, run_id: str) -> str:
 
 
 def start_dht(
-    initial_peers: list[str], listen: str, access: SwarmAccess | None = None
+    initial_peers: list[str],
+    listen: str,
+    access: SwarmAccess | None = None,
+    *,
+    client_mode: bool = False,
+    announce: Sequence[str] = (),
 ) -> hivemind.DHT:
     """Start our DHT peer, bootstrapping from the peers the coordinator handed us; its process and
     p2p daemon die with this process (common/lifetime.py). With `access` its identity is our
@@ -76,26 +81,32 @@ def start_dht(
     Those are recently active nodes, and one may have died since its last heartbeat: when none
     answers, p2pd refuses to start ("failed to connect to bootstrap peers"). Then start alone;
     nodes that join later are handed our address.
+
+    `client_mode` (a node others cannot reach, node/reachability.py): hivemind's client mode,
+    reaching others through libp2p relays; `announce`: addresses to announce instead of the
+    listen address (a port-forwarded public host).
     """
-    kwargs = {}
+    kwargs: dict = {"host_maddrs": [listen]}
     if access is not None:
         from gpt5os.common.swarm_auth import OwnedRecords, SwarmAuthorizer  # noqa: PLC0415
 
         authorizer = SwarmAuthorizer(access.key, access.coordinator_public_key, token=access.token)
-        kwargs = dict(
+        kwargs.update(
             access.key.dht_kwargs(),
             authorizer=authorizer,
             record_validators=[OwnedRecords(authorizer)],
         )
+    if client_mode:
+        kwargs.update(client_mode=True, use_relay=True, use_auto_relay=True)
+    if announce:
+        kwargs["announce_maddrs"] = list(announce)
     try:
-        return LinkedDHT(
-            initial_peers=list(initial_peers), host_maddrs=[listen], start=True, **kwargs
-        )
+        return LinkedDHT(initial_peers=list(initial_peers), start=True, **kwargs)
     except P2PDaemonError as e:
         if not initial_peers:
             raise
         log.warning("no bootstrap peer answered (%s): starting the DHT alone", e)
-        return LinkedDHT(initial_peers=[], host_maddrs=[listen], start=True, **kwargs)
+        return LinkedDHT(initial_peers=[], start=True, **kwargs)
 
 
 def visible_maddrs(dht: hivemind.DHT) -> list[str]:
@@ -169,6 +180,26 @@ class PseudoGradientAverager(hivemind.DecentralizedAverager):
             # start together must not download each other's state and end up swapped.
             allow_state_sharing=False,
         )
+
+    def _set_state_sharing(self, value: bool) -> None:
+        """A client-mode peer (behind NAT) cannot serve state: asking it to (here or through
+        the priority below) is a no-op instead of hivemind's ValueError."""
+        if value and self.client_mode:
+            return
+        hivemind.DecentralizedAverager.allow_state_sharing.fset(self, value)
+
+    allow_state_sharing = property(
+        hivemind.DecentralizedAverager.allow_state_sharing.fget, _set_state_sharing
+    )
+
+    def _set_sharing_priority(self, value: float) -> None:
+        if value and self.client_mode:
+            return
+        hivemind.DecentralizedAverager.state_sharing_priority.fset(self, value)
+
+    state_sharing_priority = property(
+        hivemind.DecentralizedAverager.state_sharing_priority.fget, _set_sharing_priority
+    )
 
     def run(self) -> None:
         """The averager's own process. hivemind's reducer sums every part in `torch.zeros(shape)`,
@@ -364,10 +395,13 @@ class SwarmPeer:
         keeper: bool = False,
         numels: Sequence[int] | None = None,
         access: SwarmAccess | None = None,
+        client_mode: bool = False,
+        announce: Sequence[str] = (),
     ) -> SwarmPeer:
         """`outer` may be None with `numels` given: see PseudoGradientAverager. With `access`
-        (our swarm token) we talk only to peers the coordinator admitted."""
-        dht = start_dht(initial_peers, listen, access)
+        (our swarm token) we talk only to peers the coordinator admitted. `client_mode` and
+        `announce`: see start_dht."""
+        dht = start_dht(initial_peers, listen, access, client_mode=client_mode, announce=announce)
         if access is not None:
             access.on_renewal(lambda token: install_token(dht, token))
         averager = PseudoGradientAverager(
@@ -409,7 +443,8 @@ class SwarmPeer:
         )
 
     def maddrs(self) -> list[str]:
-        return visible_maddrs(self.dht)
+        """Addresses others can bootstrap from: none for a client-mode peer (nobody can reach it)."""
+        return [] if self.averager.client_mode else visible_maddrs(self.dht)
 
     def close(self) -> None:
         """Leave the swarm: tracker, averager, DHT; safe to call more than once."""

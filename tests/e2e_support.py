@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
+from gpt5os.common.channels import PLAINTEXT, ChannelError, Security, open_channel
+from gpt5os.common.tls import TlsFiles, fingerprint
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 BIN = Path(sys.executable).parent
@@ -123,14 +125,14 @@ def running(args: list[str], log_path: Path, env: dict[str, str]) -> Iterator[Pr
         proc.stop()
 
 
-def healthy(address: str) -> bool:
-    """True once the coordinator's gRPC health service answers SERVING."""
+def healthy(address: str, security: Security = PLAINTEXT) -> bool:
+    """True once the coordinator's gRPC health service answers SERVING (TLS: `security`)."""
     try:
-        with grpc.insecure_channel(address) as channel:
+        with open_channel(address, security, timeout=1.0) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
             return reply.status == health_pb2.HealthCheckResponse.SERVING
-    except grpc.RpcError:
+    except (grpc.RpcError, ChannelError):
         return False
 
 
@@ -150,8 +152,12 @@ def start_coordinator(run_dir: Path, home: Path, log_path: Path, *extra: str) ->
             "the coordinator's port file",
         )
         address = f"127.0.0.1:{port}"
+        tls = TlsFiles.of_run(run_dir)  # `init --tls`: pin the run's own certificate
+        security = Security(fingerprint(tls.cert.read_bytes()), True) if tls.exists() else PLAINTEXT
         wait_for(
-            lambda: healthy(address) or _fail_if_dead(proc, "coordinator"), 60, "coordinator health"
+            lambda: healthy(address, security) or _fail_if_dead(proc, "coordinator"),
+            60,
+            "coordinator health",
         )
     except BaseException:
         proc.stop()

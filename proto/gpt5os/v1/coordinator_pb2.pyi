@@ -599,3 +599,23 @@ class KeeperStatus(_message.Message):
     certified: CertifiedRound
     checkpoint_round: int
     def __init__(self, live: _Optional[bool] = ..., last_round: _Optional[int] = ..., last_report_unix: _Optional[float] = ..., certified: _Optional[_Union[CertifiedRound, _Mapping]] = ..., checkpoint_round: _Optional[int] = ...) -> None: ...
+
+class ProbeReachabilityRequest(_message.Message):
+    __slots__ = ("auth", "port")
+    AUTH_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    auth: NodeAuth
+    port: int
+    def __init__(self, auth: _Optional[_Union[NodeAuth, _Mapping]] = ..., port: _Optional[int] = ...) -> None: ...
+
+class ProbeReachabilityResponse(_message.Message):
+    __slots__ = ("reachable", "greeting", "address", "error")
+    REACHABLE_FIELD_NUMBER: _ClassVar[int]
+    GREETING_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    reachable: bool
+    greeting: bytes
+    address: str
+    error: str
+    def __init__(self, reachable: _Optional[bool] = ..., greeting: _Optional[bytes] = ..., address: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...

@@ -89,6 +89,11 @@ class CoordinatorStub:
                 request_serializer=gpt5os_dot_v1_dot_coordinator__pb2.KeeperReportRequest.SerializeToString,
                 response_deserializer=gpt5os_dot_v1_dot_coordinator__pb2.KeeperReportResponse.FromString,
                 _registered_method=True)
+        self.ProbeReachability = channel.unary_unary(
+                '/gpt5os.v1.Coordinator/ProbeReachability',
+                request_serializer=gpt5os_dot_v1_dot_coordinator__pb2.ProbeReachabilityRequest.SerializeToString,
+                response_deserializer=gpt5os_dot_v1_dot_coordinator__pb2.ProbeReachabilityResponse.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServicer:
@@ -172,6 +177,14 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ProbeReachability(self, request, context):
+        """Whether a node's hivemind port can be reached from outside: the coordinator connects back to
+        the address the request came from (never to another) on the given port and reads a greeting.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -229,6 +242,11 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.KeeperReport,
                     request_deserializer=gpt5os_dot_v1_dot_coordinator__pb2.KeeperReportRequest.FromString,
                     response_serializer=gpt5os_dot_v1_dot_coordinator__pb2.KeeperReportResponse.SerializeToString,
+            ),
+            'ProbeReachability': grpc.unary_unary_rpc_method_handler(
+                    servicer.ProbeReachability,
+                    request_deserializer=gpt5os_dot_v1_dot_coordinator__pb2.ProbeReachabilityRequest.FromString,
+                    response_serializer=gpt5os_dot_v1_dot_coordinator__pb2.ProbeReachabilityResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -528,6 +546,33 @@ class Coordinator:
             '/gpt5os.v1.Coordinator/KeeperReport',
             gpt5os_dot_v1_dot_coordinator__pb2.KeeperReportRequest.SerializeToString,
             gpt5os_dot_v1_dot_coordinator__pb2.KeeperReportResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ProbeReachability(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gpt5os.v1.Coordinator/ProbeReachability',
+            gpt5os_dot_v1_dot_coordinator__pb2.ProbeReachabilityRequest.SerializeToString,
+            gpt5os_dot_v1_dot_coordinator__pb2.ProbeReachabilityResponse.FromString,
             options,
             channel_credentials,
             insecure,
