@@ -56,7 +56,8 @@ share_memory_by_descriptor()
 
 
 class LinkedDHT(hivemind.DHT):
-    """A hivemind.DHT whose process (and so its p2p daemon) dies when the creating process dies."""
+    """A hivemind.DHT whose process (and so its p2p daemon) dies when the creating process dies
+    and not of its terminal's signals (its own session)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._creator_pid = os.getpid()  # set before hivemind forks (start=True forks in __init__)
@@ -64,4 +65,9 @@ class LinkedDHT(hivemind.DHT):
 
     def run(self) -> None:
         die_with_parent(self._creator_pid)
+        # Its own session: a terminal's Ctrl-C (SIGINT to the whole foreground process group)
+        # must reach the node, which then shuts this process down in order, and not this process
+        # and its p2p daemon, which would exit at once under the averager and the shutdown
+        # (a traceback on a clean exit). It still dies with its creator (above).
+        os.setsid()
         super().run()
