@@ -170,8 +170,9 @@ def test_the_keeper_carries_the_model_across_an_empty_swarm(
 def test_a_run_from_a_checkpoint_starts_every_node_from_it(
     tmp_path: Path, small_corpus: Path
 ) -> None:
-    """init --from-checkpoint of an exported model: a node that joins at once (before the keeper
-    has reported anything) starts from the file's weights, not from the run's seeded model."""
+    """init --from-checkpoint of an exported model: round 0 is certified with the file's digest
+    from init on, so a node never starts from the run's seeded model. With no keeper yet it waits
+    (nobody serves that state); once a keeper runs, it starts from the file's weights."""
     from gpt5os.coordinator.run_spec import preset_spec
     from gpt5os.model import RWKV7, ModelConfig
     from gpt5os.model.checkpoint import tensors_sha256
@@ -200,10 +201,25 @@ def test_a_run_from_a_checkpoint_starts_every_node_from_it(
         check=True, capture_output=True, timeout=120,
     )  # fmt: skip
     coordinator, address = start_coordinator(
-        run_dir, tmp_path / "coord-home", tmp_path / "coordinator.log"
+        run_dir, tmp_path / "coord-home", tmp_path / "coordinator.log", "--no-keeper"
     )
     node = _node(address, tmp_path / "node", tmp_path / "node.log", "--max-rounds", "1")
+    keeper = None
     try:
+        wait_for(
+            lambda: (
+                _dead(node) or "no source served the certified state of round 0" in node.output()
+            ),
+            300,
+            "the node to look for round 0's certified state",
+            interval=0.5,
+        )
+        assert "starting at round" not in node.output()  # not from the seeded model
+        keeper = Proc(
+            [tool("gpt5os-coordinator"), "keeper", "--dir", str(run_dir), "--coordinator", address,
+             "--dht-listen", "/ip4/127.0.0.1/tcp/0"],
+            tmp_path / "keeper.log", process_env(tmp_path / "keeper-home"),
+        )  # fmt: skip
         started = wait_for(
             lambda: _dead(node) or ("starting at round" in node.output() and node.output()),
             300,
@@ -214,4 +230,6 @@ def test_a_run_from_a_checkpoint_starts_every_node_from_it(
         assert line.endswith(f"starting at round 0 from global model sha256 {digest}"), line
     finally:
         node.stop()
+        if keeper is not None:
+            keeper.stop()
         coordinator.stop()
