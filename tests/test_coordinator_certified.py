@@ -169,6 +169,27 @@ def test_the_majority_rule() -> None:
     assert certify.majority_due(100.0, live, 100.0 + certify.KEEPER_GRACE_S)
 
 
+def test_the_rules_at_their_edges() -> None:
+    """Mutation survivors of certify.py: each rule at its boundary."""
+    assert certify.majority([D1, D2, D3]).digest is None  # a plurality is no majority
+    assert certify.majority([]) == certify.MajorityVerdict(None, 0, 0)
+    # a keeper that never reported (0) is not live: the majority is due at once
+    assert certify.majority_due(finished_unix=30.0, keeper_last_unix=0.0, now=30.0)
+    live = certify.KEEPER_LIVE_S
+    assert not certify.majority_due(100.0, keeper_last_unix=100.0 - live, now=100.0)  # live
+    assert certify.majority_due(100.0, keeper_last_unix=100.0 - live - 0.5, now=100.0)
+    assert not certify.majority_due(100.0, 99.0, 100.0 + certify.KEEPER_GRACE_S - 0.5)
+    assert certify.majority_due(100.0, 99.0, 100.0 + certify.KEEPER_GRACE_S + 0.5)
+    cert = certify.Certified(1, 10, D1, certify.KEEPER, 0.0)
+    assert not certify.report_conflicts(None, D2)  # nothing certified yet
+    assert not certify.report_conflicts(cert, "")  # a report without a digest
+    assert not certify.report_conflicts(cert, D1)
+    assert certify.report_conflicts(cert, D2) and certify.report_conflicts(cert, "0" * 64)
+    # the keeper (or a node) past the latest certificate is a source of it
+    assert certify.continue_from(5, True, keeper_round=6, node_rounds=[]) is None
+    assert certify.continue_from(5, True, 4, node_rounds=[6]) is None
+
+
 def test_the_keeper_signs_the_bytes_the_coordinator_checks(tmp_path: Path) -> None:
     key = Ed25519PrivateKey.generate()
     reporter = KeeperReporter("127.0.0.1:1", key)

@@ -15,7 +15,15 @@ from gpt5os.node.config import NodeConfig
 from gpt5os.node.coordinator_client import Session
 from gpt5os.node.diloco import OuterState, tensors_sha256
 from gpt5os.node.group_average import Alone, Cancelled, Incomplete, Settled, Verdict, settled
-from gpt5os.node.state_sync import Adopted, NotAdopted, StateSync, Target, order_sources
+from gpt5os.node.state_sync import (
+    Adopted,
+    NotAdopted,
+    StateSync,
+    Target,
+    order_sources,
+    rejection,
+    sync_unshared,
+)
 from gpt5os.node.trainer import RoundApplied, RoundMissed, Trainer, build_training_state
 from gpt5os.proto import pb
 
@@ -268,6 +276,33 @@ def test_state_sync_reports_why_each_source_was_refused() -> None:
     sync.download = lambda p: ({"round": 1}, [torch.ones(2), torch.zeros(2)])
     sync.adopt = lambda meta, tensors: adopted.append(meta)
     assert isinstance(sync.sync(target), Adopted) and adopted == [{"round": 1}]
+
+
+def test_a_state_is_rejected_unless_round_and_digest_are_the_certified_ones() -> None:
+    """Mutation survivors: a newer round is no better than an older one, metadata without a
+    round is refused (not a KeyError), and the sharing toggle is off during the download."""
+    good = [torch.ones(2)]
+    target = Target(5, 0, tensors_sha256(good))
+    assert rejection({"round": 5}, good, 1, target) == ""
+    assert rejection({"round": 6}, good, 1, target) == "round 6, certified 5"
+    assert rejection({}, good, 1, target) == "no metadata"
+    assert rejection(None, good, 1, target) == "no metadata"
+    assert "expected at least 2" in rejection({"round": 5}, good, 2, target)
+    assert "is not the certified" in rejection({"round": 5}, [torch.zeros(2)], 1, target)
+
+    class Averager:
+        allow_state_sharing = True
+
+    averager, during = Averager(), []
+    sync = StateSync(
+        sources=lambda: [b"a"],
+        claims=dict,
+        download=lambda p: during.append(averager.allow_state_sharing) or None,
+        adopt=lambda meta, tensors: None,
+        n_params=1,
+    )
+    assert isinstance(sync_unshared(sync, averager, target), NotAdopted)
+    assert during == [False] and averager.allow_state_sharing  # shared again afterwards
 
 
 # -- the settle rule -------------------------------------------------------------------------
