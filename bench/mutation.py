@@ -41,6 +41,7 @@ TARGETS: dict[str, list[str]] = {
     "certify": [
         "tests/test_coordinator_certified.py::test_the_majority_rule",
         "tests/test_coordinator_certified.py::test_a_stuck_run_continues_from_the_keepers_round_the_rule",
+        "tests/test_coordinator_certified.py::test_the_rules_at_their_edges",
     ],
     # the node's round settlement after averaging: which state to adopt, from whom, and why not
     "state_sync": ["tests/test_node_outer_round.py"],
