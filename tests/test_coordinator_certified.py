@@ -184,6 +184,7 @@ def test_the_rules_at_their_edges() -> None:
     assert not certify.report_conflicts(None, D2)  # nothing certified yet
     assert not certify.report_conflicts(cert, "")  # a report without a digest
     assert not certify.report_conflicts(cert, D1)
+    assert not certify.report_conflicts(cert, D1.encode().decode())  # equal, not the same object
     assert certify.report_conflicts(cert, D2) and certify.report_conflicts(cert, "0" * 64)
     # the keeper (or a node) past the latest certificate is a source of it
     assert certify.continue_from(5, True, keeper_round=6, node_rounds=[]) is None
