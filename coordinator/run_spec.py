@@ -23,7 +23,11 @@ from gpt5os.proto import pb
 
 SPEC_VERSION = 1
 TOKENIZER = "rwkv-world-v20230424"
-COMPRESSIONS = ("none", "float16")
+# How pseudo-gradients travel (node/codec.py, node/allreduce.py): "blockwise8" (the default) and
+# "float16" with error feedback, every member decoding the same quantized average; "none": exact
+# float64 fixed point (8 bytes a value), for tests and as an option.
+COMPRESSIONS = ("blockwise8", "float16", "none")
+DEFAULT_COMPRESSION = "blockwise8"
 # Validation: every node measures the loss of θ_global on the same first `val_batches` full
 # batches (batch_size x seq_len tokens each) of the held-out split after each outer round.
 DEFAULT_VAL_BATCHES = 8
@@ -89,10 +93,9 @@ class RunSpec:
     inner: InnerOptimizerSpec
     outer: OuterOptimizerSpec = field(default_factory=OuterOptimizerSpec)
     tokens_per_round: int
-    # "none": exact fixed-point averaging, every peer keeps bitwise-identical global parameters
-    # (float64 on the wire); "float16": a quarter of those bytes, peers drift apart by ~1e-3 of an
-    # update per round.
-    compression: str = "none"
+    # See COMPRESSIONS: every mode keeps every peer's θ_global bitwise identical; blockwise8 sends
+    # ~1.001 bytes a value each way, float16 2, none 8.
+    compression: str = DEFAULT_COMPRESSION
     seed: int = 0
     min_node_version: str = field(default_factory=running_version)
     matchmaking_time_s: float = 3.0

@@ -77,7 +77,7 @@ class CoordinatorClient:
 
     # -- calls ------------------------------------------------------------------------------
 
-    def join(self, device: str) -> Session:
+    def join(self, device: str, swarm_public_key: bytes = b"") -> Session:
         try:
             grpc.channel_ready_future(self._channel).result(timeout=CONNECT_TIMEOUT_S)
         except grpc.FutureTimeoutError:
@@ -92,7 +92,10 @@ class CoordinatorClient:
             display_name=self.display_name,
         )
         response = self._call(
-            "Join", pb.JoinRequest(public_key=self.identity.public_key, info=info)
+            "Join",
+            pb.JoinRequest(
+                public_key=self.identity.public_key, info=info, swarm_public_key=swarm_public_key
+            ),
         )
         with self._lock:
             self.session = Session(
@@ -100,8 +103,11 @@ class CoordinatorClient:
             )
         return self.session
 
-    def heartbeat(self, stats: pb.NodeStats) -> pb.HeartbeatResponse:
-        return self._call("Heartbeat", pb.HeartbeatRequest(auth=self._auth(), stats=stats))
+    def heartbeat(self, stats: pb.NodeStats, swarm_public_key: bytes = b"") -> pb.HeartbeatResponse:
+        request = pb.HeartbeatRequest(
+            auth=self._auth(), stats=stats, swarm_public_key=swarm_public_key
+        )
+        return self._call("Heartbeat", request)
 
     def lease_shard(self) -> pb.LeaseShardResponse:
         return self._call("LeaseShard", pb.LeaseShardRequest(auth=self._auth()))

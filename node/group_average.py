@@ -15,6 +15,15 @@ an agreement, not a single call:
    round's average is settled; when any member failed, every member sees it and averages again
    from the same pseudo-gradients, with whoever is still matching under the round's key.
 
+With a lossy codec (codec.py, allreduce.py) the same rounds and verdicts apply, but the check in
+step 2 is the runner's own: every result part came from its reducer with every sender in it
+(each member decodes the same quantized bytes, so complete results are bitwise equal, and the
+verdicts compare their digests). This peer's pseudo-gradient travels with error feedback.
+
+Before any of it, a pseudo-gradient with NaN/Inf or a norm far above the swarm's recent median is
+not sent (robust.py): this peer then joins the round contributing nothing, like the keeper, and
+still receives the group's average.
+
 Attempts are not part of the group key: a peer that never really joined a group (a matchmaking
 race lost under load) and is still at its first try must be able to match the others' retry.
 
@@ -40,13 +49,16 @@ from hivemind.averaging.control import AveragingStage
 from hivemind.utils import get_dht_time
 
 from . import checksum, fixed_point
+from .codec import ErrorFeedback
 from .dht_records import dht_records
 from .diloco import tensors_sha256
+from .robust import SendGuard
 
 log = logging.getLogger(__name__)
 
 CANCELLABLE_STAGES = (AveragingStage.IDLE, AveragingStage.LOOKING_FOR_GROUP)
 ROUND_BITS = 16
+WIRE_REPORT = "__wire__"  # swarm.PseudoGradientAverager puts its WireReport under this key
 
 
 def group_bits(round_number: int) -> str:
@@ -82,6 +94,7 @@ class Settled:
     node_ids: list[str]  # the contributing members (keepers are members but not contributors)
     group_tokens: int
     attempts: int = 1
+    wire: dict | None = None  # this peer's WireReport of the settling all-reduce (codec modes)
 
 
 @dataclass(frozen=True)
@@ -118,6 +131,12 @@ class _NoGroup:
     """No group formed this time."""
 
 
+@dataclass(frozen=True)
+class _RoundInput:
+    norm: float | None  # this peer's pseudo-gradient norm (None: not checked, a keeper)
+    refused: bool  # SendGuard refused it: this peer contributes nothing this round
+
+
 def settled(ok: bool, digest: str, verdicts: dict[str, Verdict], members: list[str]) -> bool:
     """The settle rule: our checked result stands when every member agrees with it, or when some
     member never spoke (it left, or never really joined: it must not block us; a member whose
@@ -128,8 +147,21 @@ def settled(ok: bool, digest: str, verdicts: dict[str, Verdict], members: list[s
 
 
 def contributors(group: list[dict]) -> list[str]:
-    """The node ids of the members that contributed work (keepers receive the result only)."""
-    return [str(g["node_id"]) for g in group if not g.get("keeper")]
+    """The node ids of the members that contributed work (keepers, and members whose
+    pseudo-gradient was refused, receive the result only)."""
+    return [str(g["node_id"]) for g in group if not g.get("keeper") and not g.get("refused")]
+
+
+def declared_norms(group: list[dict]) -> list[float]:
+    """The pseudo-gradient norms the group's contributors declared (for SendGuard)."""
+    norms = []
+    for g in group:
+        try:
+            if not g.get("keeper") and not g.get("refused"):
+                norms.append(float(g["norm"]))
+        except (KeyError, TypeError, ValueError):
+            continue
+    return norms
 
 
 @dataclass(frozen=True)
@@ -196,6 +228,12 @@ class GroupAverage:
         self.min_group_size = min_group_size  # re-read before every attempt (swarm.py)
         self.verdicts = VerdictBoard(dht, prefix)
         self._contribution: checksum.Contribution | None = None  # this round's, once encoded
+        self.codec = None if exact else getattr(averager, "codec", None)
+        # this node's quantization error (node state, not θ_global): codec.py
+        self.feedback = ErrorFeedback(self.codec) if self.codec is not None else None
+        self.guard = SendGuard()
+        self.last_wire: dict | None = None  # the WireReport of this peer's latest all-reduce
+        self._round = _RoundInput(norm=None, refused=False)
 
     def run(
         self,
@@ -207,12 +245,27 @@ class GroupAverage:
     ) -> GroupOutcome:
         """Average `deltas` (this peer's Δ over `tokens` tokens) with the round's group."""
         self._contribution = None
-        attempts = self.config.max_attempts if self.exact else 1
+        norm, refusal = (None, None) if self.config.keeper else self.guard.check(deltas)
+        if refusal is not None:
+            log.warning(
+                "round %d: this node's pseudo-gradient is not sent: %s; it contributes nothing "
+                "this round and receives the group's average",
+                round_number + 1,
+                refusal,
+            )
+            deltas = [torch.zeros(d.numel(), dtype=torch.float32) for d in deltas]
+            tokens = 0
+        self._round = _RoundInput(norm=norm, refused=refusal is not None)
+        attempts = self.config.max_attempts
         patience_ends = time.monotonic() + self.config.group_patience_s
         attempt = 0
         while attempt < attempts:
             outcome = self._attempt(round_number, attempt, deltas, tokens, cancel)
-            if isinstance(outcome, Cancelled | Settled):
+            if isinstance(outcome, Settled):
+                if self.feedback is not None and not self._round.refused and tokens > 0:
+                    self.feedback.commit(deltas)  # the average we apply has our contribution
+                return outcome
+            if isinstance(outcome, Cancelled):
                 return outcome
             if isinstance(outcome, _NoGroup):
                 if cancel():
@@ -244,11 +297,14 @@ class GroupAverage:
         seed = round_number  # the same probe for every retry: peers may be at different tries
         weight = tokens / max(1, self.config.tokens_per_round)
         with self.averager.get_tensors() as buffers:
-            for buf, delta in zip(buffers, deltas, strict=True):
-                if self.exact:
-                    fixed_point.encode(delta, weight, buf)
-                else:
-                    buf.copy_(delta.reshape(-1))
+            if self.feedback is not None and tokens > 0:
+                self.feedback.write_contribution(deltas, buffers)  # roundtrip(Δ + e)
+            else:
+                for buf, delta in zip(buffers, deltas, strict=True):
+                    if self.exact:
+                        fixed_point.encode(delta, weight, buf)
+                    else:
+                        buf.copy_(delta.reshape(-1))
             if self.exact and self._contribution is None:  # the same on every try this round
                 self._contribution = checksum.project(buffers, seed)
             mine = self._contribution
@@ -260,12 +316,17 @@ class GroupAverage:
         }
         if self.config.keeper:
             gather["keeper"] = True
+        if self._round.refused:
+            gather["refused"] = True
+        if self._round.norm is not None:
+            gather["norm"] = self._round.norm
         if mine is not None:
             gather.update(probe=mine.probe, norm2=mine.norm2)
 
         gathered = self._step(round_number, gather, tokens, cancel)
         if gathered is None:
             return Cancelled()
+        wire = gathered.pop(WIRE_REPORT, None)
         if not gathered:
             return _NoGroup()
         group = list(gathered.values())
@@ -279,10 +340,17 @@ class GroupAverage:
         if not node_ids or group_tokens <= 0:  # only keepers: nothing was averaged
             return _NoGroup()
         name = group_name([str(g.get("nonce", "")) for g in group])
+        self.last_wire = wire
         with self.averager.get_tensors() as buffers:
-            if not self.exact:
-                return Settled([b.clone() for b in buffers], node_ids, group_tokens, 1)
-            total, ok = self._check(buffers, group, seed)
+            if self.exact:
+                total, ok = self._check(buffers, group, seed)
+            else:
+                total = [b.clone() for b in buffers]
+                ok = bool(wire and wire.get("parts") and not wire.get("incomplete_parts"))
+                if not ok:
+                    log.warning(
+                        "round %d: all-reduce result incomplete (%s)", round_number + 1, wire
+                    )
 
         digest = tensors_sha256(total) if ok else ""
         self.verdicts.publish(round_number, Verdict(self.config.node_id, name, ok, digest))
@@ -295,6 +363,21 @@ class GroupAverage:
                     round_number + 1,
                     ", ".join(missing),
                 )
+            self.guard.observe(declared_norms(group))
+            if not self.exact:  # the group's quantized mean, the same bits on every member
+                if wire:
+                    log.info(
+                        "round %d: %s wire: sent %d bytes for %d values (%.4f B/value), "
+                        "received %d bytes for %d values",
+                        round_number + 1,
+                        self.codec.name,
+                        wire["sent_bytes"],
+                        wire["sent_values"],
+                        wire["sent_bytes"] / max(1, wire["sent_values"]),
+                        wire["received_bytes"],
+                        wire["received_values"],
+                    )
+                return Settled(total, node_ids, group_tokens, attempt + 1, wire)
             total_weight = group_tokens / max(1, self.config.tokens_per_round)
             averaged = [t.div_(total_weight) for t in total]
             return Settled(averaged, node_ids, group_tokens, attempt + 1)
@@ -315,7 +398,7 @@ class GroupAverage:
         try:
             control = self.averager.step(
                 gather=gather,
-                weight=1.0 if self.exact else float(tokens),
+                weight=1.0 if self.exact else float(max(0, tokens)),
                 timeout=timeout,
                 wait=False,
             )

@@ -9,7 +9,8 @@ Where the bytes go, per model parameter (p):
   (fp32: 4 + 4 + 8; AdamW8bit keeps its moments in 1 byte each: 4 + 4 + 2); on the device;
 - outer state: θ_global and the outer momentum, fp32 on the host: 8;
 - the wire buffer hivemind averages, shared with the averager process: 8 (float64 fixed point
-  with compression "none"), 4 with "float16" (fp32 buffers sent as fp16);
+  with compression "none"); 4 + 4 with "float16" or "blockwise8" (fp32 buffers sent as fp16 or
+  8-bit codes, and the node's error-feedback buffer, codec.py);
 - while averaging: the fp32 pseudo-gradient (4) and the averaged update as fp32 gradients of
   θ_global (4); the float64 sum is decoded in the wire buffer itself.
 Activations and logits grow with batch_size × seq_len and sit on the device as well.
@@ -35,8 +36,8 @@ WEIGHTS = 4
 GRADS = 4
 ADAM_MOMENTS = {"adamw": 8, "adamw8bit": 2}
 OUTER_STATE = 8
-WIRE = {"none": 8, "float16": 4}
-AVERAGING_TRANSIENT = {"none": 4 + 4, "float16": 4 + 4}
+WIRE = {"none": 8, "float16": 4 + 4, "blockwise8": 4 + 4}  # float16 also keeps error feedback
+AVERAGING_TRANSIENT = {"none": 4 + 4, "float16": 4 + 4, "blockwise8": 4 + 4}
 # Activations saved for backward, in bytes per token, measured on the CPU path with fp32 (one
 # forward+backward at T=2048, peak RSS over the step before it; 2026-11-29): ~230 per layer and
 # channel, ~10.3 per vocabulary entry (logits, their fp32 copy and gradient), ~100 per channel.

@@ -12,36 +12,44 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import AsyncIterator  # noqa: UP035  (hivemind needs typing hints on rpc_*)
 
 import hivemind
 import torch
 from gpt5os.common.hivemind_children import LinkedDHT
 from gpt5os.common.lifetime import die_with_parent
+from gpt5os.common.swarm_auth import MemberCheck, install_token
 from gpt5os.proto import pb
+from hivemind.averaging.allreduce import AllreduceException
+from hivemind.averaging.partition import DEFAULT_PART_SIZE_BYTES
 from hivemind.compression import (
     CompressionInfo,
-    Float16Compression,
     NoCompression,
     deserialize_torch_tensor,
 )
 from hivemind.optim.progress_tracker import ProgressTracker
-from hivemind.p2p import PeerID
+from hivemind.p2p import P2PContext, PeerID
 from hivemind.p2p.p2p_daemon_bindings.utils import P2PDaemonError
 from hivemind.proto import averaging_pb2
 from hivemind.utils import MPFuture, get_dht_time
-from hivemind.utils.asyncio import aiter_with_timeout
+from hivemind.utils.asyncio import aiter_with_timeout, as_aiter, azip
 from hivemind.utils.streaming import combine_from_streaming
 
+from .allreduce import SameBytesRunner, WireReport
 from .claims import ClaimBoard
+from .codec import Blockwise8, Codec, codec_for
 from .dht_records import dht_records
 from .diloco import OuterState
 from .group_average import GroupAverage, GroupAverageConfig
 from .memory import return_freed_memory_to_os
+from .robust import RobustConfig
+from .swarm_access import SwarmAccess
 
 log = logging.getLogger(__name__)
 
 CHUNK_TIMEOUT_S = 20.0
 EXACT = "none"  # the spec's compression value for exact (fixed-point) averaging
+WIRE_REPORT = "__wire__"  # the key under which step()'s result carries the WireReport
 
 
 def swarm_prefix(dht_prefix: str, run_id: str) -> str:
@@ -58,21 +66,36 @@ def swarm_prefix(dht_prefix: str, run_id: str) -> str:
     return prefix
 
 
-def start_dht(initial_peers: list[str], listen: str) -> hivemind.DHT:
+def start_dht(
+    initial_peers: list[str], listen: str, access: SwarmAccess | None = None
+) -> hivemind.DHT:
     """Start our DHT peer, bootstrapping from the peers the coordinator handed us; its process and
-    p2p daemon die with this process (common/lifetime.py).
+    p2p daemon die with this process (common/lifetime.py). With `access` its identity is our
+    swarm key and it admits only peers with a coordinator-signed token (common/swarm_auth.py).
 
     Those are recently active nodes, and one may have died since its last heartbeat: when none
     answers, p2pd refuses to start ("failed to connect to bootstrap peers"). Then start alone;
     nodes that join later are handed our address.
     """
+    kwargs = {}
+    if access is not None:
+        from gpt5os.common.swarm_auth import OwnedRecords, SwarmAuthorizer  # noqa: PLC0415
+
+        authorizer = SwarmAuthorizer(access.key, access.coordinator_public_key, token=access.token)
+        kwargs = dict(
+            access.key.dht_kwargs(),
+            authorizer=authorizer,
+            record_validators=[OwnedRecords(authorizer)],
+        )
     try:
-        return LinkedDHT(initial_peers=list(initial_peers), host_maddrs=[listen], start=True)
+        return LinkedDHT(
+            initial_peers=list(initial_peers), host_maddrs=[listen], start=True, **kwargs
+        )
     except P2PDaemonError as e:
         if not initial_peers:
             raise
         log.warning("no bootstrap peer answered (%s): starting the DHT alone", e)
-        return LinkedDHT(initial_peers=[], host_maddrs=[listen], start=True)
+        return LinkedDHT(initial_peers=[], host_maddrs=[listen], start=True, **kwargs)
 
 
 def visible_maddrs(dht: hivemind.DHT) -> list[str]:
@@ -83,9 +106,11 @@ class PseudoGradientAverager(hivemind.DecentralizedAverager):
     """Averages one buffer per parameter and shares (round, θ_global, momentum) with joiners.
 
     With exact averaging (spec compression "none") the buffers are float64 fixed-point values
-    (see fixed_point.py) and every peer sends weight 1; with "float16" they are fp32 pseudo-
-    gradients sent as fp16 and weighted by tokens (half the bytes, results differ slightly
-    between peers).
+    (see fixed_point.py), hivemind's stock all-reduce sums them and every peer sends weight 1.
+    With a codec ("blockwise8", "float16": codec.py) they are fp32 pseudo-gradients weighted by
+    tokens, and our runner (allreduce.py) makes every member decode the same quantized average,
+    so results are bitwise equal on every peer; step()'s gathered dict then also carries this
+    peer's WireReport under WIRE_REPORT.
     """
 
     def __init__(
@@ -96,20 +121,30 @@ class PseudoGradientAverager(hivemind.DecentralizedAverager):
         prefix: str,
         spec: pb.RunSpec,
         numels: Sequence[int] | None = None,
+        access: SwarmAccess | None = None,
     ) -> None:
         """`outer` may come later (set `.outer` before state sharing is allowed) with `numels`
         giving the buffer sizes: hivemind forks the averager's process here, and a process forked
         after the model exists keeps a copy-on-write snapshot of every tensor that training then
         rewrites (measured: ~12 bytes per parameter for each of the DHT and averager processes)."""
         self.outer = outer
+        self.access = access  # our token (host process); None: an unmoderated swarm
+        self.members = MemberCheck(access.coordinator_public_key) if access else None
         self._creator_pid = os.getpid()  # hivemind forks our process inside __init__ (start=True)
         self.exact = spec.compression in ("", EXACT)
+        self.codec: Codec | None = None if self.exact else codec_for(spec.compression)
+        self.robust = RobustConfig()
+        self._wire_reports: dict[bytes, WireReport] = {}
         dtype = torch.float64 if self.exact else torch.float32
         if numels is None:
             assert outer is not None, "give the outer state or the buffers' sizes"
             numels = [p.numel() for p in outer.global_params]
         buffers = [torch.zeros(n, dtype=dtype) for n in numels]
-        compression = NoCompression() if self.exact else Float16Compression()
+        if isinstance(self.codec, Blockwise8):  # parts must be whole blocks (codec.py)
+            values = int(
+                DEFAULT_PART_SIZE_BYTES / (4 * self.codec.estimate_compression_ratio(None))
+            )
+            assert values % self.codec.block == 0, (values, self.codec.block)
         super().__init__(
             buffers,
             dht,
@@ -126,7 +161,8 @@ class PseudoGradientAverager(hivemind.DecentralizedAverager):
             # the group redoes the round, group_average.py) instead of stalling the whole
             # all-reduce until allreduce_timeout; also the per-chunk timeout of state downloads.
             next_chunk_timeout=CHUNK_TIMEOUT_S,
-            compression=compression,
+            compression=self.codec or NoCompression(),
+            part_size_bytes=DEFAULT_PART_SIZE_BYTES,
             state_compression=NoCompression(),
             declare_state_period=10.0,
             # Shared only once this node has tried to load the swarm's state itself: two nodes that
@@ -145,13 +181,94 @@ class PseudoGradientAverager(hivemind.DecentralizedAverager):
             torch.set_default_dtype(torch.float64)
         super().run()
 
+    async def _run_allreduce_inplace_(self, tensors, group_info, group_id=None, **kwargs):
+        """Codec modes: our runner, and each result part is copied in (not added as a delta)."""
+        if self.codec is None:
+            return await super()._run_allreduce_inplace_(tensors, group_info, group_id, **kwargs)
+        group_id = group_info.group_id if group_id is None else group_id
+        runner = SameBytesRunner(
+            robust=self.robust,
+            p2p=self._p2p,
+            servicer_type=type(self),
+            prefix=self.prefix,
+            tensors=tensors,
+            group_id=group_id,
+            ordered_peer_ids=group_info.peer_ids,
+            **kwargs,
+        )
+        assert group_id in self._running_groups, f"group {group_id} was not registered"
+        self._running_groups[group_id].set_result(runner)
+        async for tensor, result in azip(as_aiter(*tensors), runner):
+            tensor.copy_(result.reshape(tensor.shape))
+        self.last_updated = get_dht_time()
+        self._state_updated.set()
+        self._wire_reports[group_id] = runner.report
+
     def get_current_state(self):
         """Called in this process when a peer downloads our state (hivemind's state sharing)."""
         if self.outer is None:
             raise RuntimeError("no outer state to share yet")
         meta, tensors = self.outer.export()
+        if self.access is not None:  # the downloader checks that we are admitted
+            meta = dict(meta, swarm_token=self.access.token_bytes())
         infos = [CompressionInfo.from_tensor(t, key=i) for i, t in enumerate(tensors)]
         return meta, tensors, infos
+
+    # -- only peers with a coordinator-signed token average with us or serve us state ----------
+
+    def step(self, gather=None, **kwargs):
+        """hivemind's step, with our swarm token in the gather data every member checks."""
+        if self.access is not None:
+            gather = dict(gather or {}, swarm_token=self.access.token_bytes())
+        return super().step(gather=gather, **kwargs)
+
+    def member_problem(self, gather_bytes: bytes, peer: PeerID) -> str:
+        """Why a member's gather data does not admit it ("" when it does)."""
+        if self.members is None:
+            return ""
+        try:
+            _bandwidth, _mode, user = self.serializer.loads(gather_bytes)
+            user = self.serializer.loads(user)
+            token, name = user.get("swarm_token"), str(user.get("node_id"))
+        except Exception:  # a peer's garbage
+            token, name = None, None
+        return self.members.problem(token, peer, name)
+
+    def source_problem(self, meta: object, peer: PeerID) -> str:
+        """Why a state's metadata does not show its server admitted ("" when it does)."""
+        if self.members is None:
+            return ""
+        token = meta.get("swarm_token") if isinstance(meta, dict) else None
+        return self.members.problem(token, peer)
+
+    async def rpc_join_group(
+        self, request: averaging_pb2.JoinRequest, context: P2PContext
+    ) -> AsyncIterator[averaging_pb2.MessageFromLeader]:
+        """As a group's leader: refuse a follower without a valid token before anything else."""
+        why = self.member_problem(request.gather, context.remote_id)
+        if why:
+            log.warning("refused peer %s in averaging: %s", context.remote_id, why)
+            yield averaging_pb2.MessageFromLeader(code=averaging_pb2.PROTOCOL_VIOLATION)
+            return
+        async for message in super().rpc_join_group(request, context):
+            yield message
+
+    async def _aggregate_with_group(self, group_info, min_vector_size: int, **kwargs):
+        """Every member's token, checked by every member before any tensor moves: a group with
+        a peer the coordinator did not admit is abandoned (each member sees the same gathered
+        data, so all of them abandon it) and hivemind looks for another. In codec modes the
+        result also carries this peer's WireReport (the bytes it put on the wire)."""
+        for peer, gathered in zip(group_info.peer_ids, group_info.gathered, strict=True):
+            why = self.member_problem(gathered, peer)
+            if why:
+                log.warning("averaging group abandoned: member %s: %s", peer, why)
+                raise AllreduceException(f"group member {peer} is not admitted: {why}")
+        gathered = await super()._aggregate_with_group(group_info, min_vector_size, **kwargs)
+        report = self._wire_reports.pop(group_info.group_id, None)  # codec modes: bytes sent
+        if report is not None:
+            gathered = dict(gathered)
+            gathered[WIRE_REPORT] = report.to_dict()
+        return gathered
 
     def set_min_group_size(self, size: int) -> None:
         """hivemind's matchmaking reads min_group_size on every assembly: change it per round."""
@@ -192,6 +309,11 @@ class PseudoGradientAverager(hivemind.DecentralizedAverager):
             async for message in aiter_with_timeout(stream, timeout=timeout):
                 if message.metadata:
                     meta = self.serializer.loads(message.metadata)
+                    why = self.source_problem(meta, PeerID(peer))
+                    if why:
+                        log.warning("state from peer %s refused: %s", PeerID(peer), why)
+                        future.set_result(None)
+                        return
                 if message.tensor_part.dtype and parts:
                     tensors.append(deserialize_torch_tensor(combine_from_streaming(parts)))
                     parts = []
@@ -227,6 +349,7 @@ class SwarmPeer:
     group_average: GroupAverage
     claims: ClaimBoard
     membership: Membership
+    access: SwarmAccess | None = None
 
     @classmethod
     def start(
@@ -240,13 +363,22 @@ class SwarmPeer:
         node_id: str,
         keeper: bool = False,
         numels: Sequence[int] | None = None,
+        access: SwarmAccess | None = None,
     ) -> SwarmPeer:
-        """`outer` may be None with `numels` given: see PseudoGradientAverager."""
-        dht = start_dht(initial_peers, listen)
+        """`outer` may be None with `numels` given: see PseudoGradientAverager. With `access`
+        (our swarm token) we talk only to peers the coordinator admitted."""
+        dht = start_dht(initial_peers, listen, access)
+        if access is not None:
+            access.on_renewal(lambda token: install_token(dht, token))
         averager = PseudoGradientAverager(
-            outer, dht, prefix=f"{prefix}_diloco", spec=spec, numels=numels
+            outer, dht, prefix=f"{prefix}_diloco", spec=spec, numels=numels, access=access
         )
-        tracker = make_tracker(dht, f"{prefix}_diloco", spec.tokens_per_round)
+        tracker = make_tracker(
+            dht,
+            f"{prefix}_diloco",
+            spec.tokens_per_round,
+            private_key=access.key.private_key if access is not None else None,
+        )
         claims = ClaimBoard(dht, f"{prefix}_claims")
 
         def group_floor() -> int:
@@ -273,6 +405,7 @@ class SwarmPeer:
             group_average=group_average,
             claims=claims,
             membership=Membership(dht, f"{prefix}_members", node_id),
+            access=access,
         )
 
     def maddrs(self) -> list[str]:
@@ -289,10 +422,15 @@ class SwarmPeer:
                 stop()
             except Exception as e:  # shutting down: report, keep going
                 log.debug("stopping %s: %s", name, e)
+        if self.access is not None:
+            self.access.key.close()
 
 
-def make_tracker(dht: hivemind.DHT, prefix: str, tokens_per_round: int) -> ProgressTracker:
-    """hivemind's ProgressTracker counts tokens (its "samples") towards the round's target."""
+def make_tracker(
+    dht: hivemind.DHT, prefix: str, tokens_per_round: int, private_key=None
+) -> ProgressTracker:
+    """hivemind's ProgressTracker counts tokens (its "samples") towards the round's target.
+    Its records are signed with `private_key` (our swarm key: the one our token names)."""
     return ProgressTracker(
         dht,
         prefix,
@@ -301,6 +439,7 @@ def make_tracker(dht: hivemind.DHT, prefix: str, tokens_per_round: int) -> Progr
         max_refresh_period=2.0,
         default_refresh_period=1.0,
         metadata_expiration=30.0,
+        private_key=private_key,
         start=True,
     )
 

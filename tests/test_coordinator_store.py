@@ -27,7 +27,7 @@ def test_tiny_preset_defaults() -> None:
         128,
         4,
         16384,
-        "none",  # exact fixed-point averaging (the node's choice); "float16" is the option
+        "blockwise8",  # 8-bit blockwise with error feedback; "float16", "none" (exact): options
         0,
     )
     i = s.inner

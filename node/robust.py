@@ -1,0 +1,115 @@
+"""Robust sums: one peer's broken or hostile pseudo-gradient must not move θ_global far.
+
+Two places apply it, both pure logic here:
+
+- the sender (`SendGuard`): a pseudo-gradient with NaN/Inf, or with a norm far above the swarm's
+  recent median, is not sent; the node says why and contributes nothing that round (it still
+  receives the group's average, like the keeper);
+- the reducer of each part (`robust_mean`, called by allreduce.py): drops non-finite parts, caps
+  each sender's weight at `weight_cap` × the median positive weight, and clips each sender's part
+  to `clip` × the median part norm of the group's contributing senders. The median is the lower
+  median, so with two senders the smaller norm bounds both.
+
+What it guarantees (per part, with W the capped total weight and w the attacker's capped weight):
+the attacker's term in the mean has norm at most w/W · clip · median, so a ×1e6, a NaN or a
+sign-flipped update moves the result by at most (w/W) · (clip + 1) · median from the clean mean.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass(frozen=True)
+class RobustConfig:
+    clip: float = 2.0  # a part's norm is clipped to clip × the group's median part norm
+    weight_cap: float = 4.0  # a sender's weight is capped at weight_cap × the median weight
+
+
+@dataclass(frozen=True)
+class Reduction:
+    """What the reducer did to one part (for logs and tests)."""
+
+    dropped: tuple[int, ...] = ()  # senders whose part was non-finite
+    clipped: tuple[int, ...] = ()  # senders whose part was scaled down
+    capped: tuple[int, ...] = ()  # senders whose weight was capped
+    total_weight: float = 0.0
+
+
+def lower_median(values: Sequence[float]) -> float:
+    ordered = sorted(values)
+    return ordered[(len(ordered) - 1) // 2]
+
+
+def robust_mean(
+    parts: Sequence[torch.Tensor | None], weights: Sequence[float], config: RobustConfig
+) -> tuple[torch.Tensor | None, Reduction]:
+    """The weighted mean of `parts` (None: the sender sent nothing for this part) after dropping
+    non-finite ones, capping weights and clipping norms; None when no weight remains."""
+    usable = [
+        i
+        for i, (p, w) in enumerate(zip(parts, weights, strict=True))
+        if p is not None and math.isfinite(w) and w > 0
+    ]
+    dropped = tuple(i for i in usable if not bool(torch.isfinite(parts[i]).all()))
+    usable = [i for i in usable if i not in dropped]
+    if not usable:
+        return None, Reduction(dropped=dropped)
+    cap = config.weight_cap * lower_median([weights[i] for i in usable])
+    capped = tuple(i for i in usable if weights[i] > cap)
+    norms = {i: float(parts[i].double().norm()) for i in usable}
+    bound = config.clip * lower_median(list(norms.values()))
+    total = torch.zeros(parts[usable[0]].shape, dtype=torch.float64)
+    total_weight = 0.0
+    clipped = []
+    for i in usable:
+        w = min(weights[i], cap)
+        scale = 1.0
+        if norms[i] > bound:
+            scale = bound / norms[i]
+            clipped.append(i)
+        total.add_(parts[i].double(), alpha=w * scale)
+        total_weight += w
+    return (total / total_weight).to(torch.float32), Reduction(
+        dropped=dropped, clipped=tuple(clipped), capped=capped, total_weight=total_weight
+    )
+
+
+@dataclass
+class SendGuard:
+    """The sender's check (see module doc). `observe` records the norms that a group's members
+    declared (gather data); `check` compares ours with their recent median."""
+
+    factor: float = 10.0  # refuse a norm above factor × the swarm's recent median
+    min_samples: int = 3  # the median means something only with a few norms seen
+    window: int = 32
+    recent: deque = field(default_factory=deque)
+
+    def observe(self, norms: Sequence[float]) -> None:
+        for n in norms:
+            if math.isfinite(n) and n > 0:
+                self.recent.append(float(n))
+        while len(self.recent) > self.window:
+            self.recent.popleft()
+
+    def check(self, deltas: Sequence[torch.Tensor]) -> tuple[float, str | None]:
+        """(our norm, None) when the pseudo-gradient may be sent, else (norm, why not)."""
+        norm2 = 0.0
+        for d in deltas:
+            norm2 += float(d.detach().double().pow(2).sum())
+        norm = math.sqrt(norm2) if math.isfinite(norm2) else math.inf
+        if not math.isfinite(norm2):
+            return norm, "it has NaN/Inf values"
+        if len(self.recent) >= self.min_samples:
+            median = lower_median(list(self.recent))
+            if median > 0 and norm > self.factor * median:
+                return norm, (
+                    f"its norm {norm:.3g} is {norm / median:.0f}x the swarm's recent median "
+                    f"{median:.3g} (limit {self.factor:g}x)"
+                )
+        return norm, None

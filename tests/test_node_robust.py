@@ -1,0 +1,81 @@
+"""Robust sums (node/robust.py): the reducer's clipped, capped, NaN-dropping mean and the sender's
+guard, as pure logic."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from gpt5os.node.robust import RobustConfig, SendGuard, lower_median, robust_mean
+
+CONFIG = RobustConfig()
+
+
+def _honest(k: int = 3, n: int = 1000) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(3)
+    base = torch.randn(n, generator=g)
+    return [base + 0.3 * torch.randn(n, generator=g) for _ in range(k)]
+
+
+def _plain(parts, weights):
+    return sum(w * p for w, p in zip(weights, parts, strict=True)) / sum(weights)
+
+
+@pytest.mark.parametrize("attack", ["x1e6", "nan", "inf", "sign_flip"])
+def test_one_bad_sender_of_four_moves_the_mean_a_bounded_distance(attack: str) -> None:
+    """The bound from robust.py's doc: (w/W)·(clip + 1)·median, here w/W = 4/7 (the attacker
+    claimed 1000× the others' weight and is capped at 4×)."""
+    honest = _honest(4)
+    weights = [1.0, 1.0, 1.0, 1.0]
+    clean, _ = robust_mean(honest, weights, CONFIG)
+    bad = honest[3]
+    bad = {"x1e6": bad * 1e6, "nan": bad.clone().fill_(math.nan), "inf": bad.clone().fill_(math.inf),
+           "sign_flip": -bad}[attack]  # fmt: skip
+    got, what = robust_mean(honest[:3] + [bad], [1.0, 1.0, 1.0, 1000.0], CONFIG)
+    median = lower_median([float(p.norm()) for p in honest])
+    assert float((got - clean).norm()) <= (CONFIG.clip + 1) * median * 4 / 7 + 1e-4
+    if attack in ("nan", "inf"):
+        assert what.dropped == (3,)
+        assert float((got - _plain(honest[:3], [1.0] * 3)).norm()) < 1e-5
+    if attack == "x1e6":
+        assert what.clipped == (3,) and what.capped == (3,)
+        # the plain weighted mean would be a million times off
+        assert float((_plain(honest[:3] + [bad], [1.0, 1.0, 1.0, 1000.0]) - clean).norm()) > 1e6
+
+
+def test_honest_senders_are_untouched() -> None:
+    honest = _honest(3)
+    weights = [700.0, 300.0, 200.0]
+    got, what = robust_mean(honest, weights, CONFIG)
+    assert what.clipped == () and what.capped == () and what.dropped == ()
+    assert torch.allclose(got, _plain(honest, weights), atol=1e-6)
+
+
+def test_zero_weight_members_and_missing_parts_do_not_count() -> None:
+    """The keeper (weight 0, zeros) must not pull the median norm to zero."""
+    honest = _honest(2)
+    got, what = robust_mean([torch.zeros(1000), *honest, None], [0.0, 1.0, 1.0, 1.0], CONFIG)
+    assert what.clipped == ()
+    assert torch.allclose(got, _plain(honest, [1.0, 1.0]), atol=1e-6)
+    assert robust_mean([torch.zeros(3)], [0.0], CONFIG)[0] is None
+
+
+def test_with_two_senders_the_smaller_norm_bounds_both() -> None:
+    a, b = _honest(2)
+    got, what = robust_mean([a, b * 1e6], [1.0, 1.0], CONFIG)
+    assert what.clipped == (1,)
+    assert float(got.norm()) < (CONFIG.clip + 1) * float(a.norm())
+
+
+def test_send_guard_refuses_nan_and_outliers_but_not_before_it_has_seen_the_swarm() -> None:
+    guard = SendGuard(factor=10.0, min_samples=3)
+    d = [torch.ones(100)]  # norm 10
+    assert guard.check(d)[1] is None
+    _, why = guard.check([torch.tensor([1.0, math.nan])])
+    assert "NaN/Inf" in why
+    assert guard.check([d[0] * 1000])[1] is None  # nothing seen yet: no median to compare with
+    guard.observe([10.0, 12.0, 9.0, math.nan, 0.0])
+    assert guard.check([d[0] * 5])[1] is None
+    norm, why = guard.check([d[0] * 1000])
+    assert norm == pytest.approx(10_000) and "median" in why
