@@ -1,6 +1,7 @@
-"""Mutation testing of the coordinator's pure logic with cosmic-ray: `make mutation`.
+"""Mutation testing of the coordinator's and the node's pure logic with cosmic-ray: `make mutation`.
 
-For each module (scheduler, swarm state, store, request validation) cosmic-ray changes one
+For each module (scheduler, swarm state, store, request validation; the certificate rules; the
+node's re-sync decisions, state_sync) cosmic-ray changes one
 operator at a time and runs that module's *unit* tests; a mutant the tests do not notice
 "survives". The run happens in a copy of the working tree (cosmic-ray edits files in place), so
 other tests and editors never see a mutant; `PYTHONPATH` makes `gpt5os.*` resolve to the copy.
@@ -36,7 +37,23 @@ TARGETS: dict[str, list[str]] = {
     "swarm": ["tests/test_coordinator_swarm.py"],
     "store": ["tests/test_coordinator_store.py", "tests/test_coordinator_swarm.py"],
     "validate": ["tests/test_coordinator_validate.py"],
+    # the rules alone (the rest of the file starts an in-process gRPC server per test)
+    "certify": [
+        "tests/test_coordinator_certified.py::test_the_majority_rule",
+        "tests/test_coordinator_certified.py::test_a_stuck_run_continues_from_the_keepers_round_the_rule",
+        "tests/test_coordinator_certified.py::test_the_rules_at_their_edges",
+    ],
+    # the node's round settlement after averaging: which state to adopt, from whom, and why not
+    "state_sync": ["tests/test_node_outer_round.py"],
 }
+# modules outside coordinator/ (default: coordinator/<name>.py)
+MODULE_PATHS = {"state_sync": "node/state_sync.py"}
+
+
+def module_path(name: str) -> str:
+    return MODULE_PATHS.get(name, f"coordinator/{name}.py")
+
+
 EXCLUDED_OPERATORS = [
     r"core/ReplaceBinaryOperator_.*_(Pow|LShift|RShift|BitAnd|BitOr|BitXor|FloorDiv|Mod)$",
     r"core/ReplaceComparisonOperator_(Is|IsNot)_(Lt|LtE|Gt|GtE)$",
@@ -87,7 +104,7 @@ def run_module(name: str, src: Path, work: Path, env: dict[str, str], sample: in
     session = work / f"{name}.sqlite"
     config.write_text(
         "[cosmic-ray]\n"
-        f'module-path = "coordinator/{name}.py"\n'
+        f'module-path = "{module_path(name)}"\n'
         f"timeout = {TIMEOUT_S}\n"
         "excluded-modules = []\n"
         f'test-command = "{sys.executable} -S {RUNNER} --client {work / name}.sock"\n'
@@ -165,7 +182,7 @@ def retest(survivors_file: Path, src: Path, env: dict[str, str]) -> int:
     for module, operator, occurrence in heads:
         tests = " ".join(TARGETS[module])
         out = subprocess.run(
-            [str(BIN / "cosmic-ray"), "mutate-and-test", f"coordinator/{module}.py", operator,
+            [str(BIN / "cosmic-ray"), "mutate-and-test", module_path(module), operator,
              occurrence, f"{sys.executable} -m pytest -x -q -p no:cacheprovider {tests}"],
             cwd=src, env=env, capture_output=True, text=True,
         ).stdout  # fmt: skip

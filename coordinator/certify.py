@@ -17,8 +17,13 @@ from gpt5os.proto import pb
 
 KEEPER = "keeper"
 MAJORITY = "majority"
+CHECKPOINT = "checkpoint"  # round 0 of a run made by `init --from-checkpoint`: the file's digest
 KEEPER_LIVE_S = 60.0  # a keeper that reported within this long counts as live
 KEEPER_GRACE_S = 15.0  # a finished round waits this long for a live keeper before the majority
+# how long the latest certified round may have no live source before the run falls back to the
+# keeper's round: longer than a node's hand-over wait is not needed (they left already), but a
+# node between heartbeats or a coordinator that just restarted must not trigger it
+STUCK_GRACE_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -26,7 +31,7 @@ class Certified:
     round: int
     tokens: int
     params_sha256: str
-    source: str  # KEEPER or MAJORITY
+    source: str  # KEEPER, MAJORITY or CHECKPOINT
     unix: float
 
     def row(self) -> dict:
@@ -77,3 +82,20 @@ def report_conflicts(certified: Certified | None, params_sha256: str) -> bool:
     return (
         certified is not None and bool(params_sha256) and params_sha256 != certified.params_sha256
     )
+
+
+def continue_from(
+    latest: int, keeper_live: bool, keeper_round: int, node_rounds: Iterable[int]
+) -> int | None:
+    """The round a stuck run must continue from, or None when it is not stuck.
+
+    Stuck: the latest certified round is held by nobody who is live (every node that held it
+    left or died, and the keeper missed it), so a joining node could never find a source and
+    the keeper could never catch up. Then the newest state a live source can serve is the
+    keeper's: the run continues from the keeper's round. `node_rounds`: the outer round of each
+    active node in its current session."""
+    if not keeper_live or keeper_round >= latest:
+        return None
+    if any(r >= latest for r in node_rounds):
+        return None
+    return keeper_round

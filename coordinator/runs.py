@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gpt5os.coordinator import certify
+from gpt5os.coordinator.certify import Certified
 from gpt5os.coordinator.checkpoints import CHECKPOINTS_SUBDIR, CheckpointDir, CheckpointInfo
 from gpt5os.coordinator.manifest import Manifest, load_manifest
 from gpt5os.coordinator.run_spec import (
@@ -165,6 +167,7 @@ def create_run(
     config.validate()
     check_validation_split(spec, manifest, data_dir)
     try:
+        info = None
         if initial is not None:
             info = _write_round_zero(run_dir, spec, initial)
             log.info(
@@ -175,7 +178,7 @@ def create_run(
                 info.path,
                 info.params_sha256,
             )
-        _init_store(run_dir, config, manifest)
+        _init_store(run_dir, config, manifest, round_zero=info)
         tmp = run_dir / (RUN_FILE + ".tmp")
         tmp.write_text(config.to_json())
         os.replace(tmp, run_dir / RUN_FILE)
@@ -224,7 +227,16 @@ def check_validation_split(spec: RunSpec, manifest: Manifest, data_dir: Path) ->
         )
 
 
-def _init_store(run_dir: Path, config: RunConfig, manifest: Manifest) -> None:
+def _init_store(
+    run_dir: Path,
+    config: RunConfig,
+    manifest: Manifest,
+    *,
+    round_zero: CheckpointInfo | None = None,
+) -> None:
+    """The run's database; with `round_zero` (the checkpoint of `init --from-checkpoint`) its
+    digest is round 0's certificate from the start, so no node ever starts from the seeded model
+    (not even one that joins before the keeper's first report, or a run without a keeper)."""
     store = Store(run_dir / DB_NAME)
     try:
         sched = ShardScheduler.fresh(
@@ -250,6 +262,10 @@ def _init_store(run_dir: Path, config: RunConfig, manifest: Manifest) -> None:
                 for i, s in enumerate(manifest.shards)
             )
             store.put_shard_states(sched.states.values())
+            if round_zero is not None:
+                store.put_certified(
+                    Certified(0, 0, round_zero.params_sha256, certify.CHECKPOINT, time.time()).row()
+                )
     finally:
         store.close()
 

@@ -332,5 +332,11 @@ class Store:
             row,
         )
 
+    def drop_rounds_after(self, round_number: int) -> None:
+        """Forget every round after `round_number`: its record, reports and certificate (a stuck
+        run continuing from an older state, swarm.py)."""
+        for table in ("rounds", "round_reports", "certified"):
+            self.db.execute(f"DELETE FROM {table} WHERE round > ?", (round_number,))
+
     def certified(self) -> list[dict[str, Any]]:
         return [dict(r) for r in self.db.execute("SELECT * FROM certified ORDER BY round")]

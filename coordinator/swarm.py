@@ -118,6 +118,7 @@ class Swarm:
         self.keeper_checkpoint_error = ""
         self.keeper_checkpoint_round = int(store.get_meta("keeper_checkpoint_round") or 0)
         self._last_lost_check = 0.0
+        self._stuck_since: float | None = None
         self._pending_events: list[tuple[int, float, str, str, str]] = []
         self._dirty_nodes: set[str] = set()
         self._last_sample = 0.0
@@ -178,6 +179,7 @@ class Swarm:
         node.last_seen_unix = now
         node.session_tokens = 0
         node.tokens_per_second = 0.0
+        node.outer_round = 0  # this session's round: a node that comes back holds no state yet
         for key, value in info.items():
             setattr(node, key, value)
         with self.store.tx():
@@ -464,6 +466,50 @@ class Swarm:
             changed = True
         return changed
 
+    def _continue_if_stuck(self, now: float) -> bool:
+        """When nobody live holds the latest certified round (certify.continue_from) for
+        STUCK_GRACE_S, the run continues from the keeper's round: the rounds after it are
+        forgotten (records, reports, certificates), so the next node adopts the keeper's state
+        and its rounds are numbered on from there."""
+        latest = self.latest_certified()
+        target = None
+        if latest is not None:
+            target = certify.continue_from(
+                latest.round,
+                self.keeper_live(now),
+                self.keeper_last_round,
+                [n.outer_round for n in self.nodes.values() if n.state == "active"],
+            )
+        kept = self.certified.get(target) if target is not None else None
+        if kept is None or kept.source != certify.KEEPER:
+            self._stuck_since = None
+            return False
+        if self._stuck_since is None:
+            self._stuck_since = now
+        if now - self._stuck_since < certify.STUCK_GRACE_S:
+            return False
+        self._stuck_since = None
+        assert latest is not None and target is not None
+        for r in [r for r in self.rounds if r > target]:
+            del self.rounds[r]
+            self._open_rounds.discard(r)
+        for r in [r for r in self.certified if r > target]:
+            del self.certified[r]
+        self.loss_points = [p for p in self.loss_points if p[0] <= target]
+        self.val_points = [p for p in self.val_points if p[0] <= target]
+        self._event(
+            now,
+            "rounds_abandoned",
+            "",
+            f"no live node or keeper holds round {latest.round} (the keeper is at round {target}):"
+            f" rounds {target + 1}-{latest.round} are abandoned and the run continues from the "
+            f"keeper's round {target} ({kept.params_sha256[:12]})",
+        )
+        with self.store.tx():
+            self.store.drop_rounds_after(target)
+            self._write_events()
+        return True
+
     # -- periodic work ---------------------------------------------------------------------
 
     def tick(self, now: float, *, flush: bool = True) -> None:
@@ -493,6 +539,7 @@ class Swarm:
                     self.store.put_round(agg.row())
                 changed = True
         changed |= self._certify_by_majority(now)
+        changed |= self._continue_if_stuck(now)
         if now - self._last_sample >= THROUGHPUT_EVERY_S:
             self._last_sample = now
             seq = self.throughput[-1][0] + 1 if self.throughput else 1

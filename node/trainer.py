@@ -223,6 +223,7 @@ class Trainer:
         self.heartbeat.start()
         if not self._start_from_certified_state():
             return self.rounds
+        log.info("starting at round %d from global model sha256 %s", self.outer.round, self._digest)
         self._publish_claim()
         self.peer.averager.allow_state_sharing = True
         if self.config.min_peers > 1:

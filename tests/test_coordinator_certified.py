@@ -169,6 +169,28 @@ def test_the_majority_rule() -> None:
     assert certify.majority_due(100.0, live, 100.0 + certify.KEEPER_GRACE_S)
 
 
+def test_the_rules_at_their_edges() -> None:
+    """Mutation survivors of certify.py: each rule at its boundary."""
+    assert certify.majority([D1, D2, D3]).digest is None  # a plurality is no majority
+    assert certify.majority([]) == certify.MajorityVerdict(None, 0, 0)
+    # a keeper that never reported (0) is not live: the majority is due at once
+    assert certify.majority_due(finished_unix=30.0, keeper_last_unix=0.0, now=30.0)
+    live = certify.KEEPER_LIVE_S
+    assert not certify.majority_due(100.0, keeper_last_unix=100.0 - live, now=100.0)  # live
+    assert certify.majority_due(100.0, keeper_last_unix=100.0 - live - 0.5, now=100.0)
+    assert not certify.majority_due(100.0, 99.0, 100.0 + certify.KEEPER_GRACE_S - 0.5)
+    assert certify.majority_due(100.0, 99.0, 100.0 + certify.KEEPER_GRACE_S + 0.5)
+    cert = certify.Certified(1, 10, D1, certify.KEEPER, 0.0)
+    assert not certify.report_conflicts(None, D2)  # nothing certified yet
+    assert not certify.report_conflicts(cert, "")  # a report without a digest
+    assert not certify.report_conflicts(cert, D1)
+    assert not certify.report_conflicts(cert, D1.encode().decode())  # equal, not the same object
+    assert certify.report_conflicts(cert, D2) and certify.report_conflicts(cert, "0" * 64)
+    # the keeper (or a node) past the latest certificate is a source of it
+    assert certify.continue_from(5, True, keeper_round=6, node_rounds=[]) is None
+    assert certify.continue_from(5, True, 4, node_rounds=[6]) is None
+
+
 def test_the_keeper_signs_the_bytes_the_coordinator_checks(tmp_path: Path) -> None:
     key = Ed25519PrivateKey.generate()
     reporter = KeeperReporter("127.0.0.1:1", key)
@@ -194,3 +216,44 @@ async def test_a_failed_checkpoint_write_lands_in_the_event_log(server, stub) ->
     assert ("checkpoint_failed", "keeper: checkpoint of round 3 failed: ENOSPC") in events
     status = await stub.GetStatus(pb.GetStatusRequest())
     assert status.keeper.checkpoint_round == 2
+
+
+def test_a_stuck_run_continues_from_the_keepers_round_the_rule() -> None:
+    # the keeper missed round 5 and nobody live holds it: continue from the keeper's round 4
+    assert certify.continue_from(5, keeper_live=True, keeper_round=4, node_rounds=[]) == 4
+    assert certify.continue_from(5, True, 4, node_rounds=[0, 3]) == 4  # joiners hold nothing
+    assert certify.continue_from(5, True, 4, node_rounds=[5]) is None  # a live node holds it
+    assert certify.continue_from(5, True, 5, node_rounds=[]) is None  # the keeper holds it
+    assert certify.continue_from(5, False, 4, node_rounds=[]) is None  # no live source at all
+
+
+async def test_a_stuck_run_continues_from_the_keepers_round(server, stub) -> None:
+    """Every node that held the last round left, the keeper missed it: after a grace period the
+    coordinator forgets that round (event log says so) and a joiner is handed the keeper's."""
+    key, sw, t0 = keeper_key(server), server.swarm, time.time()
+    await stub.KeeperReport(signed(key, round=2, tokens=200, params_sha256=D1))
+    nodes = [(await join(stub))[0] for _ in range(2)]
+    for auth in nodes:
+        await report(stub, auth, 3, D2)
+    sw.tick(t0 + 1)
+    sw.tick(t0 + 2)  # (the nodes that hold round 3 are here: no grace period starts)
+    for auth in nodes:
+        await stub.Leave(pb.LeaveRequest(auth=auth, reason="done"))
+    stuck = t0 + certify.KEEPER_GRACE_S + 1
+    sw.tick(stuck)  # the keeper missed round 3: the majority certifies it; nobody holds it
+    assert (sw.latest_certified().round, sw.latest_certified().source) == (3, "majority")
+    sw.tick(stuck + certify.STUCK_GRACE_S - 1)
+    assert sw.latest_certified().round == 3  # not before the grace period
+    sw.tick(stuck + certify.STUCK_GRACE_S)  # the keeper (reported at t0) is still live
+    [event] = [e[4] for e in sw.events if e[2] == "rounds_abandoned"]
+    assert "round 3" in event and "continues from the keeper's round 2" in event, event
+    late, joined = await join(stub)
+    assert (joined.certified.round, joined.certified.params_sha256) == (2, D1)
+    status = await stub.GetStatus(pb.GetStatusRequest())
+    assert [r.round for r in status.rounds] == []  # round 3 is forgotten
+    await report(stub, late, 3, D3)  # the new round 3, from the keeper's state: not refused
+    status = await stub.GetStatus(pb.GetStatusRequest())
+    [round_3] = [r for r in status.rounds if r.round == 3]
+    assert list(round_3.node_ids) == [late.node_id]
+    # and it survives a restart: the store forgot round 3's old record and certificate too
+    assert [c["round"] for c in sw.store.certified()] == [2]

@@ -19,6 +19,7 @@ from click.testing import CliRunner
 from gpt5os.coordinator.checkpoints import CheckpointDir
 from gpt5os.coordinator.cli import main
 from gpt5os.coordinator.runs import RUN_FILE, load_run
+from gpt5os.coordinator.store import DB_NAME, Store
 from gpt5os.coordinator.testkit import make_data_dir
 from gpt5os.model import RWKV7, ModelConfig, load_checkpoint
 from gpt5os.model.checkpoint import read_checkpoint_metadata, tensors_sha256
@@ -222,6 +223,13 @@ def test_exported_pth_starts_a_run_with_the_same_sha(tmp_path, data_dir, runnabl
         assert r.exit_code == 0, r.output
         start = CheckpointDir(tmp_path / f"run-{fmt}").latest()
         assert (start.round, start.params_sha256) == (0, info.params_sha256), fmt
+        # round 0 is certified from init on: no node may start from the seeded model
+        [cert] = Store(tmp_path / f"run-{fmt}" / DB_NAME).certified()
+        assert (cert["round"], cert["params_sha256"], cert["source"]) == (
+            0,
+            info.params_sha256,
+            "checkpoint",
+        )
     # a run checkpoint itself is accepted too (its round and momentum are not carried over)
     r = init(tmp_path / "run-ckpt", data_dir, info.path)
     assert r.exit_code == 0, r.output

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from e2e_support import (
     Proc,
     coordinator_status,
@@ -163,4 +164,72 @@ def test_the_keeper_carries_the_model_across_an_empty_swarm(
     finally:
         for proc in procs:
             proc.stop()
+        coordinator.stop()
+
+
+def test_a_run_from_a_checkpoint_starts_every_node_from_it(
+    tmp_path: Path, small_corpus: Path
+) -> None:
+    """init --from-checkpoint of an exported model: round 0 is certified with the file's digest
+    from init on, so a node never starts from the run's seeded model. With no keeper yet it waits
+    (nobody serves that state); once a keeper runs, it starts from the file's weights."""
+    from gpt5os.coordinator.run_spec import preset_spec
+    from gpt5os.model import RWKV7, ModelConfig
+    from gpt5os.model.checkpoint import tensors_sha256
+
+    m = preset_spec("tiny", run_id="probe").model
+    config = ModelConfig(
+        vocab_size=m.vocab_size, n_layer=m.n_layer, n_embd=m.n_embd, head_size=m.head_size
+    )
+    torch.manual_seed(1234)  # not the run's seed: a model no node could build by itself
+    params = {n: p.detach().clone() for n, p in RWKV7(config).named_parameters()}
+    digest = tensors_sha256(params.values())
+    info = CheckpointDir(tmp_path / "src").write(params=params, momentum={}, round=7, tokens=1,
+                                                 run_spec_json="{}", model_config=config)  # fmt: skip
+    assert info.params_sha256 == digest
+    exported = tmp_path / "model.safetensors"
+    subprocess.run(
+        [tool("gpt5os-coordinator"), "export", "--dir", str(tmp_path / "src"), "--format",
+         "safetensors", "--out", str(exported)],
+        check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    run_dir = tmp_path / "run"
+    subprocess.run(
+        [tool("gpt5os-coordinator"), "init", "--dir", str(run_dir), "--data", str(small_corpus),
+         "--from-checkpoint", str(exported), "--preset", "tiny", "--tokens-per-round", "4096",
+         "--heartbeat-seconds", "1"],
+        check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    coordinator, address = start_coordinator(
+        run_dir, tmp_path / "coord-home", tmp_path / "coordinator.log", "--no-keeper"
+    )
+    node = _node(address, tmp_path / "node", tmp_path / "node.log", "--max-rounds", "1")
+    keeper = None
+    try:
+        wait_for(
+            lambda: (
+                _dead(node) or "no source served the certified state of round 0" in node.output()
+            ),
+            300,
+            "the node to look for round 0's certified state",
+            interval=0.5,
+        )
+        assert "starting at round" not in node.output()  # not from the seeded model
+        keeper = Proc(
+            [tool("gpt5os-coordinator"), "keeper", "--dir", str(run_dir), "--coordinator", address,
+             "--dht-listen", "/ip4/127.0.0.1/tcp/0"],
+            tmp_path / "keeper.log", process_env(tmp_path / "keeper-home"),
+        )  # fmt: skip
+        started = wait_for(
+            lambda: _dead(node) or ("starting at round" in node.output() and node.output()),
+            300,
+            "the node's starting state",
+            interval=0.5,
+        )
+        line = next(x for x in started.splitlines() if "starting at round" in x)
+        assert line.endswith(f"starting at round 0 from global model sha256 {digest}"), line
+    finally:
+        node.stop()
+        if keeper is not None:
+            keeper.stop()
         coordinator.stop()

@@ -1,6 +1,7 @@
 """No process outlives its parent: kill -9 a training node and its coordinator, and every process
 of theirs (hivemind's DHT and averager processes, the p2p daemons, torch's shared-memory manager)
-is gone within 10 s. Processes are found through their process trees, never by name."""
+is gone within 10 s, and none of them leaves a torch shared-memory segment in /dev/shm behind.
+Processes are found through their process trees, never by name."""
 
 from __future__ import annotations
 
@@ -52,9 +53,25 @@ def test_kill_9_leaves_no_orphans(tmp_path: Path) -> None:
             time.sleep(0.1)
         left = still_running(leftovers)
         assert not left, f"orphans after {GONE_WITHIN_S:.0f} s: {left}"
+        leaked = shm_segments_of(leftovers)
+        assert not leaked, f"shared memory left by the killed processes: {leaked}"
     finally:
         node.stop()  # also kills the process group's leftovers when the test failed
         coordinator.stop()
+
+
+def shm_segments_of(procs: list[ProcId]) -> list[str]:
+    """torch's named shared-memory segments (/dev/shm/torch_<pid>_...) made by any of `procs`."""
+    pids = {str(p.pid) for p in procs}
+    shm = Path("/dev/shm")
+    if not shm.is_dir():
+        return []
+    found = []
+    for f in shm.iterdir():
+        parts = f.name.split("_")
+        if len(parts) >= 2 and parts[0] == "torch" and parts[1] in pids:
+            found.append(f.name)
+    return sorted(found)
 
 
 def _tree_of_at_least(proc: Proc, count: int) -> list[ProcId] | None:

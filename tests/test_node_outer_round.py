@@ -15,7 +15,15 @@ from gpt5os.node.config import NodeConfig
 from gpt5os.node.coordinator_client import Session
 from gpt5os.node.diloco import OuterState, tensors_sha256
 from gpt5os.node.group_average import Alone, Cancelled, Incomplete, Settled, Verdict, settled
-from gpt5os.node.state_sync import Adopted, NotAdopted, StateSync, Target, order_sources
+from gpt5os.node.state_sync import (
+    Adopted,
+    NotAdopted,
+    StateSync,
+    Target,
+    order_sources,
+    rejection,
+    sync_unshared,
+)
 from gpt5os.node.trainer import RoundApplied, RoundMissed, Trainer, build_training_state
 from gpt5os.proto import pb
 
@@ -249,6 +257,16 @@ def test_sources_matching_the_certificate_come_first_in_random_order_then_the_ke
         assert order[6:] == [b"k", b"s"]
         firsts.add(order[0])
     assert len(firsts) > 2  # late joiners spread over the matching peers
+    # an older round or another digest is no match, even when it sorts below the certified one;
+    # digests are compared by value
+    copy = "".join(["d"] * 64)
+    odd = {
+        b"o": RoundClaim(4, "d" * 64, 2, "o"),
+        b"c": RoundClaim(5, "c" * 64, 2, "c"),
+        b"v": RoundClaim(5, copy, 2, "v"),
+    }
+    for seed in range(8):
+        assert order_sources([b"o", b"c", b"v"], odd, target, random.Random(seed))[0] == b"v"
 
 
 def test_state_sync_reports_why_each_source_was_refused() -> None:
@@ -267,7 +285,42 @@ def test_state_sync_reports_why_each_source_was_refused() -> None:
     adopted = []
     sync.download = lambda p: ({"round": 1}, [torch.ones(2), torch.zeros(2)])
     sync.adopt = lambda meta, tensors: adopted.append(meta)
-    assert isinstance(sync.sync(target), Adopted) and adopted == [{"round": 1}]
+    sync.sources = lambda: [bytes(range(20))]
+    outcome = sync.sync(target)
+    assert isinstance(outcome, Adopted) and adopted == [{"round": 1}]
+    assert outcome.source == "…0f10111213"  # the peer id's last 5 bytes
+
+
+def test_a_state_is_rejected_unless_round_and_digest_are_the_certified_ones() -> None:
+    """Mutation survivors: a newer round is no better than an older one, metadata without a
+    round is refused (not a KeyError), and the sharing toggle is off during the download."""
+    good = [torch.ones(2)]
+    target = Target(5, 0, tensors_sha256(good))
+    assert rejection({"round": 5}, good, 1, target) == ""
+    assert rejection({"round": 6}, good, 1, target) == "round 6, certified 5"
+    assert rejection({}, good, 1, target) == "no metadata"
+    assert rejection(None, good, 1, target) == "no metadata"
+    assert "expected at least 2" in rejection({"round": 5}, good, 2, target)
+    assert "is not the certified" in rejection({"round": 5}, [torch.zeros(2)], 1, target)
+    # a digest that sorts below the certified one is still another digest
+    assert "is not the certified" in rejection({"round": 5}, good, 1, Target(5, 0, "f" * 64))
+    big = Target(int("1000"), 0, tensors_sha256(good))  # rounds compared by value, not identity
+    assert rejection({"round": int("1000")}, good, 1, big) == ""
+    assert Target.from_pb(None) is None and Target.from_pb(pb.CertifiedRound(round=3)) is None
+
+    class Averager:
+        allow_state_sharing = True
+
+    averager, during = Averager(), []
+    sync = StateSync(
+        sources=lambda: [b"a"],
+        claims=dict,
+        download=lambda p: during.append(averager.allow_state_sharing) or None,
+        adopt=lambda meta, tensors: None,
+        n_params=1,
+    )
+    assert isinstance(sync_unshared(sync, averager, target), NotAdopted)
+    assert during == [False] and averager.allow_state_sharing  # shared again afterwards
 
 
 # -- the settle rule -------------------------------------------------------------------------
