@@ -109,9 +109,25 @@ def main() -> None:
 @click.option(
     "--name", "display_name", default="", help="Your name on the dashboard's leaderboard."
 )
+@click.option(
+    "--micro-batch",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Sequences per forward/backward when the run's batch does not fit at once: the step is "
+    "accumulated from micro-batches and is the same (default: the whole batch).",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging, hivemind included.")
 def join(
-    coordinator, device, max_rounds, home, min_peers, dht_listen, threads, display_name, verbose
+    coordinator,
+    device,
+    max_rounds,
+    home,
+    min_peers,
+    dht_listen,
+    threads,
+    display_name,
+    micro_batch,
+    verbose,
 ) -> None:
     """Join a run and train until Ctrl-C, SIGTERM or --max-rounds."""
     _setup_logging(verbose)
@@ -124,6 +140,7 @@ def join(
         dht_listen=dht_listen,
         threads=threads,
         display_name=display_name,
+        micro_batch=micro_batch,
     )
     from .runner import NodeError, run_node
 

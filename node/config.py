@@ -32,6 +32,8 @@ class NodeConfig:
     threads: int | None = None  # torch CPU threads
     display_name: str = ""
     log_every_steps: int = 0  # 0: log only outer rounds
+    # sequences per forward/backward; the run's batch is accumulated from them (None: all at once)
+    micro_batch: int | None = None
 
     @property
     def cache_dir(self) -> Path:

@@ -13,6 +13,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 import grpc
+from gpt5os.coordinator.run_spec import RunSpec
 from gpt5os.proto import pb, pb_grpc
 
 from .identity import NodeIdentity
@@ -46,7 +47,7 @@ def parse_address(address: str) -> str:
 class Session:
     node_id: str
     token: str
-    spec: pb.RunSpec
+    spec: RunSpec
     join: pb.JoinResponse
 
     @property
@@ -94,10 +95,15 @@ class CoordinatorClient:
         response = self._call(
             "Join", pb.JoinRequest(public_key=self.identity.public_key, info=info)
         )
+        try:
+            spec = RunSpec.from_pb(response.spec)
+        except (ValueError, TypeError) as e:
+            raise CoordinatorError(
+                f"the coordinator's run spec is not usable by this node ({e}): the node or the "
+                "coordinator needs another gpt5os version"
+            ) from None
         with self._lock:
-            self.session = Session(
-                response.node_id, response.session_token, response.spec, response
-            )
+            self.session = Session(response.node_id, response.session_token, spec, response)
         return self.session
 
     def heartbeat(self, stats: pb.NodeStats) -> pb.HeartbeatResponse:

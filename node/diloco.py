@@ -12,8 +12,8 @@ import threading
 from collections.abc import Sequence
 
 import torch
+from gpt5os.coordinator.run_spec import OuterOptimizerSpec
 from gpt5os.model.checkpoint import tensors_sha256
-from gpt5os.proto import pb
 
 __all__ = ["OuterState", "tensors_sha256"]
 
@@ -21,7 +21,7 @@ __all__ = ["OuterState", "tensors_sha256"]
 class OuterState:
     """θ_global plus the outer optimizer's momentum; thread-safe against state-sharing requests."""
 
-    def __init__(self, model: torch.nn.Module, outer: pb.OuterOptimizerSpec) -> None:
+    def __init__(self, model: torch.nn.Module, outer: OuterOptimizerSpec) -> None:
         self.local_params = [p for p in model.parameters()]
         self.global_params = [
             p.detach().to("cpu", torch.float32).clone() for p in self.local_params

@@ -1,5 +1,5 @@
 """The node's place in the hivemind swarm: its DHT peer, the pseudo-gradient averager and the
-tracker that decides, from every peer's reported tokens, when the swarm starts an outer round.
+tracker that decides, from every peer's reported tokens, when an outer round is due (rounds.py).
 
 Each averager installs signal handlers in its own process, so a node is one process with one
 averager; tests run each node as its own process too.
@@ -17,14 +17,13 @@ import hivemind
 import torch
 from gpt5os.common.hivemind_children import LinkedDHT
 from gpt5os.common.lifetime import die_with_parent
-from gpt5os.proto import pb
+from gpt5os.coordinator.run_spec import RunSpec
 from hivemind.compression import (
     CompressionInfo,
     Float16Compression,
     NoCompression,
     deserialize_torch_tensor,
 )
-from hivemind.optim.progress_tracker import ProgressTracker
 from hivemind.p2p import PeerID
 from hivemind.p2p.p2p_daemon_bindings.utils import P2PDaemonError
 from hivemind.proto import averaging_pb2
@@ -37,6 +36,7 @@ from .dht_records import dht_records
 from .diloco import OuterState
 from .group_average import GroupAverage, GroupAverageConfig
 from .memory import return_freed_memory_to_os
+from .rounds import RoundTracker
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ class PseudoGradientAverager(hivemind.DecentralizedAverager):
         dht: hivemind.DHT,
         *,
         prefix: str,
-        spec: pb.RunSpec,
+        spec: RunSpec,
         numels: Sequence[int] | None = None,
     ) -> None:
         """`outer` may come later (set `.outer` before state sharing is allowed) with `numels`
@@ -103,7 +103,7 @@ class PseudoGradientAverager(hivemind.DecentralizedAverager):
         rewrites (measured: ~12 bytes per parameter for each of the DHT and averager processes)."""
         self.outer = outer
         self._creator_pid = os.getpid()  # hivemind forks our process inside __init__ (start=True)
-        self.exact = spec.compression in ("", EXACT)
+        self.exact = spec.compression == EXACT
         dtype = torch.float64 if self.exact else torch.float32
         if numels is None:
             assert outer is not None, "give the outer state or the buffers' sizes"
@@ -116,12 +116,12 @@ class PseudoGradientAverager(hivemind.DecentralizedAverager):
             start=True,
             prefix=prefix,
             min_group_size=2,
-            min_matchmaking_time=spec.matchmaking_time_s or 3.0,
+            min_matchmaking_time=spec.matchmaking_time_s,
             # A follower that gives up on its leader a moment before the leader starts the
             # all-reduce leaves the leader in a group with a ghost; under load a short timeout
             # makes that likely. hivemind wants it below min_matchmaking_time.
-            request_timeout=max(1.0, 0.6 * (spec.matchmaking_time_s or 3.0)),
-            allreduce_timeout=spec.averaging_timeout_s or 120.0,
+            request_timeout=max(1.0, 0.6 * spec.matchmaking_time_s),
+            allreduce_timeout=spec.averaging_timeout_s,
             # A peer that sends no part for this long is dropped (its data is then missing and
             # the group redoes the round, group_average.py) instead of stalling the whole
             # all-reduce until allreduce_timeout; also the per-chunk timeout of state downloads.
@@ -223,7 +223,7 @@ class SwarmPeer:
 
     dht: hivemind.DHT
     averager: PseudoGradientAverager
-    tracker: ProgressTracker
+    tracker: RoundTracker
     group_average: GroupAverage
     claims: ClaimBoard
     membership: Membership
@@ -232,7 +232,7 @@ class SwarmPeer:
     def start(
         cls,
         outer: OuterState | None,
-        spec: pb.RunSpec,
+        spec: RunSpec,
         *,
         initial_peers: list[str],
         listen: str,
@@ -246,7 +246,7 @@ class SwarmPeer:
         averager = PseudoGradientAverager(
             outer, dht, prefix=f"{prefix}_diloco", spec=spec, numels=numels
         )
-        tracker = make_tracker(dht, f"{prefix}_diloco", spec.tokens_per_round)
+        tracker = make_tracker(dht, f"{prefix}_diloco", spec.round_tokens)
         claims = ClaimBoard(dht, f"{prefix}_claims")
 
         def group_floor() -> int:
@@ -259,8 +259,8 @@ class SwarmPeer:
             prefix=f"{prefix}_diloco",
             config=GroupAverageConfig(
                 node_id=node_id,
-                tokens_per_round=spec.tokens_per_round,
-                matchmaking_time_s=spec.matchmaking_time_s or 3.0,
+                tokens_per_round=spec.round_tokens,
+                matchmaking_time_s=spec.matchmaking_time_s,
                 keeper=keeper,
             ),
             exact=averager.exact,
@@ -291,12 +291,13 @@ class SwarmPeer:
                 log.debug("stopping %s: %s", name, e)
 
 
-def make_tracker(dht: hivemind.DHT, prefix: str, tokens_per_round: int) -> ProgressTracker:
-    """hivemind's ProgressTracker counts tokens (its "samples") towards the round's target."""
-    return ProgressTracker(
+def make_tracker(dht: hivemind.DHT, prefix: str, round_tokens: int) -> RoundTracker:
+    """Peers report the tokens (hivemind's "samples") of their round; a round is due when one
+    has trained `round_tokens` (its H inner steps; rounds.py)."""
+    return RoundTracker(
         dht,
         prefix,
-        target_batch_size=tokens_per_round,
+        round_tokens,
         min_refresh_period=0.25,
         max_refresh_period=2.0,
         default_refresh_period=1.0,

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 
 import torch
+from gpt5os.coordinator.run_spec import InnerOptimizerSpec, ModelSpec, RunSpec
 from gpt5os.model import RWKV7, ModelConfig
 from gpt5os.proto import pb
 
@@ -22,6 +23,7 @@ from .coordinator_client import CoordinatorClient, CoordinatorError, Session
 from .diloco import OuterState
 from .group_average import Alone, Cancelled, Incomplete, Settled
 from .heartbeat import Heartbeat
+from .inner_step import accumulate_gradients
 from .progress import NodeProgress
 from .schedule import inner_lr
 from .shard_feed import Batch, ShardFeed
@@ -51,7 +53,7 @@ def describe_device(device: torch.device) -> str:
     return "cpu"
 
 
-def model_config(spec: pb.ModelSpec) -> ModelConfig:
+def model_config(spec: ModelSpec) -> ModelConfig:
     return ModelConfig(
         vocab_size=spec.vocab_size,
         n_layer=spec.n_layer,
@@ -61,24 +63,24 @@ def model_config(spec: pb.ModelSpec) -> ModelConfig:
 
 
 def build_inner_optimizer(
-    model: torch.nn.Module, spec: pb.InnerOptimizerSpec
+    model: torch.nn.Module, spec: InnerOptimizerSpec
 ) -> torch.optim.Optimizer:
     kwargs = dict(
         lr=spec.lr,
-        betas=(spec.beta1 or 0.9, spec.beta2 or 0.95),
-        eps=spec.eps or 1e-8,
+        betas=(spec.beta1, spec.beta2),
+        eps=spec.eps,
         weight_decay=spec.weight_decay,
     )
     if spec.name == "adamw8bit":
         import bitsandbytes as bnb
 
         return bnb.optim.AdamW8bit(model.parameters(), **kwargs)
-    if spec.name not in ("", "adamw"):
+    if spec.name != "adamw":
         raise ValueError(f"unknown inner optimizer {spec.name!r} in the run spec")
     return torch.optim.AdamW(model.parameters(), **kwargs)
 
 
-def initial_model(spec: pb.RunSpec) -> RWKV7:
+def initial_model(spec: RunSpec) -> RWKV7:
     """The run's initial θ, bitwise the same on every node: built on the CPU from the spec's seed
     with one thread (multi-threaded LAPACK in the orthogonal init gives thread-dependent bits)."""
     threads = torch.get_num_threads()
@@ -90,7 +92,7 @@ def initial_model(spec: pb.RunSpec) -> RWKV7:
         torch.set_num_threads(threads)
 
 
-def parameter_numels(spec: pb.RunSpec) -> list[int]:
+def parameter_numels(spec: RunSpec) -> list[int]:
     """The sizes of the model's parameters in order, without allocating them (meta device)."""
     with torch.device("meta"):
         return [p.numel() for p in RWKV7(model_config(spec.model)).parameters()]
@@ -129,7 +131,7 @@ class RoundMissed:
 OuterRoundOutcome = RoundApplied | RoundMissed
 
 
-def build_training_state(spec: pb.RunSpec, device: torch.device) -> tuple[RWKV7, OuterState]:
+def build_training_state(spec: RunSpec, device: torch.device) -> tuple[RWKV7, OuterState]:
     """The run's initial model on `device` and its DiLoCo outer state (θ_global on the CPU)."""
     model = initial_model(spec).to(device)
     return model, OuterState(model, spec.outer)
@@ -286,15 +288,18 @@ class Trainer:
             group["lr"] = lr
         inputs = batch.inputs.to(self.device, non_blocking=True)
         targets = batch.targets.to(self.device, non_blocking=True)
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
-        with autocast:
-            loss = self.model.loss(inputs, targets)
-        value = float(loss.detach())
+        cuda = self.device.type == "cuda"
+        value = accumulate_gradients(
+            self.model.loss,
+            inputs,
+            targets,
+            self.config.micro_batch,
+            autocast=lambda: torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda),
+        )
         if not math.isfinite(value):
             log.warning("non-finite loss on shard %s: step skipped", batch.shard_id)
             self.inner_opt.zero_grad(set_to_none=True)
             return value
-        loss.backward()
         if self.spec.inner.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.spec.inner.grad_clip)
         self.inner_opt.step()

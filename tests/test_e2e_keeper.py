@@ -43,7 +43,7 @@ def small_corpus(tmp_path_factory) -> Path:
 def _init_run(run_dir: Path, data: Path) -> None:
     subprocess.run(
         [tool("gpt5os-coordinator"), "init", "--dir", str(run_dir), "--data", str(data),
-         "--preset", "tiny", "--tokens-per-round", "4096", "--compression", "none",
+         "--preset", "tiny", "--inner-steps", "4", "--compression", "none",
          "--heartbeat-seconds", "1", "--lease-seconds", "30"],
         check=True, capture_output=True, timeout=120,
     )  # fmt: skip

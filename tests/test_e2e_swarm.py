@@ -44,7 +44,7 @@ def _node(address: str, home: Path, log: Path, *extra: str) -> Proc:
 
 def test_two_nodes_average_every_round_and_learn(tmp_path: Path, small_corpus: Path) -> None:
     run_dir = tmp_path / "run"
-    _init_run(run_dir, small_corpus, "--tokens-per-round", "8192", "--compression", "none")
+    _init_run(run_dir, small_corpus, "--inner-steps", "8", "--compression", "none")
     coordinator, address = start_coordinator(
         run_dir, tmp_path / "coord-home", tmp_path / "coordinator.log"
     )
@@ -103,7 +103,7 @@ def test_a_lone_node_trains_alone_and_a_late_joiner_averages_with_it(
     tmp_path: Path, small_corpus: Path
 ) -> None:
     run_dir = tmp_path / "run"
-    _init_run(run_dir, small_corpus, "--tokens-per-round", "4096")
+    _init_run(run_dir, small_corpus, "--inner-steps", "4")
     coordinator, address = start_coordinator(
         run_dir, tmp_path / "coord-home", tmp_path / "coordinator.log"
     )

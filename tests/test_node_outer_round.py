@@ -10,6 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 from fake_swarm import FakeSwarmPeer
+from gpt5os.coordinator.run_spec import (
+    InnerOptimizerSpec,
+    ModelSpec,
+    OuterOptimizerSpec,
+    RunSpec,
+)
 from gpt5os.node.claims import KEEPER_NODE_ID, RoundClaim
 from gpt5os.node.config import NodeConfig
 from gpt5os.node.coordinator_client import Session
@@ -19,13 +25,24 @@ from gpt5os.node.state_sync import Adopted, NotAdopted, StateSync, Target, order
 from gpt5os.node.trainer import RoundApplied, RoundMissed, Trainer, build_training_state
 from gpt5os.proto import pb
 
-SPEC = pb.RunSpec(
+SPEC = RunSpec(
     run_id="unit",
     seed=7,
-    model=pb.ModelSpec(preset="unit", vocab_size=97, n_layer=1, n_embd=64, head_size=32),
-    inner=pb.InnerOptimizerSpec(name="adamw", lr=1e-3),
-    outer=pb.OuterOptimizerSpec(lr=0.7, momentum=0.9, nesterov=True),
-    tokens_per_round=1000,
+    model=ModelSpec(preset="unit", vocab_size=97, n_layer=1, n_embd=64, head_size=32),
+    seq_len=8,
+    batch_size=2,
+    inner=InnerOptimizerSpec(
+        lr=1e-3,
+        min_lr=1e-4,
+        weight_decay=0.0,
+        beta1=0.9,
+        beta2=0.95,
+        eps=1e-8,
+        warmup_tokens=0,
+        decay_tokens=0,
+    ),
+    outer=OuterOptimizerSpec(lr=0.7, momentum=0.9, nesterov=True),
+    inner_steps=4,
     compression="none",
 )
 
@@ -54,7 +71,7 @@ class FakeFeed:
 
 def make_trainer(tmp_path: Path, peer: FakeSwarmPeer) -> tuple[Trainer, FakeClient]:
     client = FakeClient()
-    session = Session(node_id="me", token="t", spec=SPEC, join=pb.JoinResponse(spec=SPEC))
+    session = Session(node_id="me", token="t", spec=SPEC, join=pb.JoinResponse(spec=SPEC.to_pb()))
     model, outer = build_training_state(SPEC, torch.device("cpu"))
     trainer = Trainer(
         NodeConfig(home=tmp_path, device="cpu"),

@@ -70,7 +70,10 @@ def test_dht_listens_on_loopback_for_a_local_coordinator(tmp_path) -> None:
 def test_adamw8bit_inner_optimizer_trains_with_8bit_state() -> None:
     """`inner.name: adamw8bit` builds bitsandbytes' AdamW8bit (its state really 8-bit) and
     trains like AdamW: the same falling loss on a fixed batch, to within quantisation."""
+    import dataclasses
+
     import torch
+    from gpt5os.coordinator.run_spec import preset_spec
     from gpt5os.model import RWKV7, ModelConfig
     from gpt5os.node.trainer import build_inner_optimizer
 
@@ -79,7 +82,8 @@ def test_adamw8bit_inner_optimizer_trains_with_8bit_state() -> None:
     for name in ("adamw", "adamw8bit"):
         torch.manual_seed(0)
         model = RWKV7(ModelConfig(vocab_size=257, n_layer=1, n_embd=64, head_size=32))
-        opt = build_inner_optimizer(model, pb.InnerOptimizerSpec(name=name, lr=3e-3))
+        inner = dataclasses.replace(preset_spec("tiny", run_id="u").inner, name=name, lr=3e-3)
+        opt = build_inner_optimizer(model, inner)
         losses[name] = []
         for _ in range(8):
             logits = model(batch[:, :-1])
