@@ -116,6 +116,13 @@ def main() -> None:
     help="Sequences per forward/backward when the run's batch does not fit at once: the step is "
     "accumulated from micro-batches and is the same (default: the whole batch).",
 )
+@click.option(
+    "--stats-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="When leaving, write this node's training figures (steps, utilization, its θ_global "
+    "digest) here as JSON.",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging, hivemind included.")
 def join(
     coordinator,
@@ -127,6 +134,7 @@ def join(
     threads,
     display_name,
     micro_batch,
+    stats_file,
     verbose,
 ) -> None:
     """Join a run and train until Ctrl-C, SIGTERM or --max-rounds."""
@@ -141,6 +149,7 @@ def join(
         threads=threads,
         display_name=display_name,
         micro_batch=micro_batch,
+        stats_file=stats_file,
     )
     from .runner import NodeError, run_node
 

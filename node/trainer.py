@@ -24,6 +24,7 @@ from .diloco import OuterState
 from .group_average import Alone, Cancelled, Incomplete, Settled
 from .heartbeat import Heartbeat
 from .inner_step import accumulate_gradients
+from .loop_stats import LoopStats
 from .progress import NodeProgress
 from .schedule import inner_lr
 from .shard_feed import Batch, ShardFeed
@@ -183,6 +184,7 @@ class Trainer:
         self._checked: Target | None = None  # the last certificate compared with our state
 
         self.progress = NodeProgress()
+        self.stats = LoopStats()
         self.feed = feed or ShardFeed(
             client,
             config.cache_dir,
@@ -233,26 +235,53 @@ class Trainer:
         else:
             self.peer.membership.announce()
         self._start_round()
-        for batch in self.feed.batches():
-            self.train_step(batch)
-            self.tracker.report_local_progress(self.outer.round, self._round_tokens)
-            if self.tracker.global_epoch > self.outer.round:
-                self.check_certificate(behind=True)
-            elif self.tracker.ready_to_update_epoch:
-                outcome = self.outer_round()
-                if isinstance(outcome, RoundApplied):
-                    self.rounds.append(outcome.record)
-                    self._start_round()
-                else:
-                    log.info("round %d: %s", self.outer.round + 1, outcome.reason)
-                    self.check_certificate(behind=True, force=True)
-            else:
-                self.check_certificate()
-            if self._done():
-                break
+        try:
+            self._loop()
+        finally:
+            self._write_stats()
         if self.rounds and not self.stop.is_set():
             self._hand_over()
         return self.rounds
+
+    def _loop(self) -> None:
+        for batch in self.feed.batches():
+            self.stats.step_begins()
+            started = time.monotonic()
+            self.train_step(batch)
+            stepped = time.monotonic()
+            self.stats.step_s += stepped - started
+            self._after_step()
+            self.stats.comm_s += time.monotonic() - stepped
+            if self._done():
+                break
+
+    def _after_step(self) -> None:
+        """Report progress; average when the round is due, re-sync when behind: all of it is time
+        the loop waits on the swarm (LoopStats.comm_s)."""
+        self.tracker.report_local_progress(self.outer.round, self._round_tokens)
+        if self.tracker.global_epoch > self.outer.round:
+            self.check_certificate(behind=True)
+        elif self.tracker.ready_to_update_epoch:
+            outcome = self.outer_round()
+            if isinstance(outcome, RoundApplied):
+                self.rounds.append(outcome.record)
+                self._start_round()
+            else:
+                log.info("round %d: %s", self.outer.round + 1, outcome.reason)
+                self.check_certificate(behind=True, force=True)
+        else:
+            self.check_certificate()
+
+    def _write_stats(self) -> None:
+        if self.config.stats_file is None:
+            return
+        self.stats.rounds = len(self.rounds)
+        self.stats.round = self.outer.round
+        self.stats.round_digest = self._digest
+        try:
+            self.stats.write(self.config.stats_file)
+        except OSError as e:
+            log.warning("could not write --stats-file %s: %s", self.config.stats_file, e)
 
     def _hand_over(self) -> None:
         """Before leaving after --max-rounds: stay (sharing our state) until the keeper has
@@ -307,6 +336,8 @@ class Trainer:
         tokens = batch.num_tokens
         self._round_tokens += tokens
         self._round_loss_sum += value * tokens
+        self.stats.steps += 1
+        self.stats.tokens += tokens
         self.progress.add_step(tokens, value)
         self.feed.record_loss(value, tokens)
         return value
