@@ -151,7 +151,7 @@ def sh(*args: str) -> None:
 def start_coordinator(run_dir: Path, root: Path, host: str) -> tuple[Proc, str]:
     port_file = root / "coordinator.port"
     args = [tool("gpt5os-coordinator"), "serve", "--dir", str(run_dir), "--host", host,
-            "--port", "0", "--port-file", str(port_file)]  # fmt: skip
+            "--port", "0", "--port-file", str(port_file), "--keep-checkpoints", "1000"]  # fmt: skip
     proc = Proc(args, root / "coordinator.log", process_env(root / "coordinator-home"))
 
     def port() -> int | None:
@@ -302,15 +302,15 @@ def run(args: argparse.Namespace, root: Path) -> dict:
         for i in range(args.nodes):
             nodes.append(launch(net, i, f"n{i}", address, root, args.rounds))
         if args.late:
-            wait_for(
-                lambda: certified_round(run_dir) >= 1 or _dead(nodes),
+            at = wait_for(
+                lambda: max(0, certified_round(run_dir)) or _dead(nodes),
                 args.timeout,
                 "round 1's certificate",
                 interval=2.0,
             )
-            for j in range(args.late):
+            for j in range(args.late):  # until the round the first nodes end at
                 i = args.nodes + j
-                nodes.append(launch(net, i, f"late{j}", address, root, max(1, args.rounds - 1)))
+                nodes.append(launch(net, i, f"late{j}", address, root, max(1, args.rounds - at)))
         deadline = time.monotonic() + args.timeout
         for node in nodes:
             rc = node.proc.wait(timeout=max(1.0, deadline - time.monotonic()))
@@ -327,9 +327,9 @@ def run(args: argparse.Namespace, root: Path) -> dict:
         net.close()
 
     stats = {n.name: n.stats() for n in nodes}
+    checkpoints = CheckpointDir(run_dir)
     params = sum(p.numel() for p in _model_params(spec))
     # θ_global: the keeper's last checkpoint (its digest is the certificate nodes compare with)
-    checkpoints = CheckpointDir(run_dir)
     latest = checkpoints.latest()
     loaded = checkpoints.load(latest)
     swarm_model = model_from_state_dict(loaded.model_config, loaded.params, source=str(latest.path))
@@ -341,13 +341,13 @@ def run(args: argparse.Namespace, root: Path) -> dict:
     baseline, baseline_steps, baseline_s = train_baseline(spec, data, swarm_tokens, baseline_batch)
     baseline_val = val_loss(baseline, batches)
 
+    # every node's θ_global after its last round is bitwise the keeper's of that round (the
+    # certified digest; nodes that end at the same round then agree with each other too)
     last_round = max(s.get("round", 0) for s in stats.values())
-    digests = {s.get("round_digest") for s in stats.values() if s.get("round") == last_round}
-    identical = (
-        len(digests) == 1
-        and all(s.get("round") == last_round for s in stats.values())
-        and certificate.get("round") == last_round
-        and certificate.get("params_sha256") in digests
+    keeper_digest = {info.round: info.params_sha256 for info in checkpoints.list()}
+    identical = all(
+        s.get("round_digest") and s.get("round_digest") == keeper_digest.get(s.get("round"))
+        for s in stats.values()
     )
     per_node = {}
     fp32_total = sent_total = 0
@@ -397,6 +397,7 @@ def run(args: argparse.Namespace, root: Path) -> dict:
         "utilization": {k: v["utilization"] for k, v in per_node.items()},
         "join_seconds": join_seconds,
         "identical_params": identical,
+        "final_rounds": {k: s.get("round") for k, s in stats.items()},
         "last_round": last_round,
         "certified": certificate,
         "swarm_seconds": swarm_s,
