@@ -338,6 +338,7 @@ def run(args: argparse.Namespace, root: Path) -> dict:
 
     swarm_tokens = sum(s.get("tokens", 0) for s in stats.values())
     baseline_batch = spec.batch_size * args.nodes
+    torch.set_num_threads(min(2, os.cpu_count() or 1))  # alone now: the nodes have left
     baseline, baseline_steps, baseline_s = train_baseline(spec, data, swarm_tokens, baseline_batch)
     baseline_val = val_loss(baseline, batches)
 
