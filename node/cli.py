@@ -117,6 +117,13 @@ def main() -> None:
     "accumulated from micro-batches and is the same (default: the whole batch).",
 )
 @click.option(
+    "--overlap/--no-overlap",
+    default=False,
+    show_default=True,
+    help="Average each round in the background while training the next round's first steps "
+    "(one-step-delayed outer update).",
+)
+@click.option(
     "--stats-file",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
@@ -134,6 +141,7 @@ def join(
     threads,
     display_name,
     micro_batch,
+    overlap,
     stats_file,
     verbose,
 ) -> None:
@@ -150,6 +158,7 @@ def join(
         display_name=display_name,
         micro_batch=micro_batch,
         stats_file=stats_file,
+        overlap=overlap,
     )
     from .runner import NodeError, run_node
 

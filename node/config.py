@@ -34,6 +34,8 @@ class NodeConfig:
     log_every_steps: int = 0  # 0: log only outer rounds
     # sequences per forward/backward; the run's batch is accumulated from them (None: all at once)
     micro_batch: int | None = None
+    # average each round in the background while the next round's first steps train
+    overlap: bool = False
     stats_file: Path | None = None  # write LoopStats here as JSON when leaving (bench/swarm.py)
 
     @property

@@ -55,10 +55,18 @@ class OuterState:
             ]
 
     def apply_outer_step(
-        self, averaged: Sequence[torch.Tensor], *, tokens: int, group_size: int
+        self,
+        averaged: Sequence[torch.Tensor],
+        *,
+        tokens: int,
+        group_size: int,
+        delayed: bool = False,
     ) -> None:
-        """θ_global ← OuterSGD(θ_global, Δ_avg); θ_local ← θ_global; one more round, `tokens` more."""
+        """θ_global ← OuterSGD(θ_global, Δ_avg); one more round, `tokens` more; then θ_local ←
+        θ_global, or with `delayed` (an overlapped round, see `begin_overlapped_round`)
+        θ_local += θ_global_new − θ_global_old: the steps trained since keep their progress."""
         with self.lock, torch.no_grad():
+            old = [g.clone() for g in self.global_params] if delayed else []
             self.round += 1
             self.swarm_tokens += tokens
             self.group_size = group_size
@@ -66,7 +74,20 @@ class OuterState:
                 g.grad = d.to(torch.float32).reshape(g.shape)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
-            self._copy_global_to_local()
+            if not delayed:
+                self._copy_global_to_local()
+                return
+            for p, g, o in zip(self.local_params, self.global_params, old, strict=False):
+                p.add_((g - o).to(p.device, p.dtype))
+
+    def begin_overlapped_round(self) -> list[torch.Tensor]:
+        """Δ = θ_global − θ_local for a round averaged in the background, and θ_local ← θ_global
+        (the old one): the next round's first steps train from it, and `apply_outer_step(...,
+        delayed=True)` moves them by the global update once it lands (the one-step-delayed outer
+        update of Streaming DiLoCo / arXiv 2502.12996)."""
+        deltas = self.pseudo_gradients()
+        self.reset_local()
+        return deltas
 
     def reset_local(self) -> None:
         """Throw away local progress: θ_local ← θ_global."""

@@ -6,6 +6,7 @@ the object that owns it.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import threading
@@ -123,6 +124,31 @@ class RoundApplied:
 
 
 @dataclass(frozen=True)
+class Averaged:
+    """What a round's all-reduce gave this node: the Δ to apply and who contributed."""
+
+    deltas: list[torch.Tensor]
+    peers: list[str]
+    group_tokens: int
+    attempts: int
+
+
+@dataclass
+class PendingRound:
+    """An overlapped round whose all-reduce runs in the background (join --overlap)."""
+
+    started: float
+    tokens: int
+    loss_sum: float
+    round_started: float
+    thread: threading.Thread | None = None
+    result: Averaged | RoundMissed | None = None
+
+    def landed(self) -> bool:
+        return self.thread is not None and not self.thread.is_alive()
+
+
+@dataclass(frozen=True)
 class RoundMissed:
     """The swarm finished the round without this node: its work is stale, it re-syncs."""
 
@@ -215,6 +241,9 @@ class Trainer:
         self._round_loss_sum = 0.0
         self._round_started = time.monotonic()
         self._next_check = 0.0
+        self._pending: PendingRound | None = None  # join --overlap: the round in the background
+        self._reporter: threading.Thread | None = None
+        self._eval_model: torch.nn.Module | None = None
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -238,6 +267,10 @@ class Trainer:
         try:
             self._loop()
         finally:
+            if self._pending is not None and self._pending.thread is not None:
+                self._pending.thread.join()  # stopping: its cancel() sees the stop
+            if self._reporter is not None:
+                self._reporter.join()
             self._write_stats()
         if self.rounds and not self.stop.is_set():
             self._hand_over()
@@ -258,9 +291,20 @@ class Trainer:
     def _after_step(self) -> None:
         """Report progress; average when the round is due, re-sync when behind: all of it is time
         the loop waits on the swarm (LoopStats.comm_s)."""
+        if self._pending is not None:  # an overlapped round: this node is done with it
+            self.tracker.report_local_progress(self.outer.round, self.spec.round_tokens)
+            if self._pending.landed():
+                self._land()
+            return
         self.tracker.report_local_progress(self.outer.round, self._round_tokens)
         if self.tracker.global_epoch > self.outer.round:
             self.check_certificate(behind=True)
+        elif (
+            self.tracker.ready_to_update_epoch
+            and self.config.overlap
+            and self.tracker.global_progress.num_peers > 1
+        ):
+            self._start_overlapped_round()
         elif self.tracker.ready_to_update_epoch:
             outcome = self.outer_round()
             if isinstance(outcome, RoundApplied):
@@ -347,19 +391,32 @@ class Trainer:
     def outer_round(self) -> OuterRoundOutcome:
         """Average pseudo-gradients with whoever is in the swarm now, then take the outer step."""
         started = time.monotonic()
-        tokens = max(1, self._round_tokens)
-        deltas = self.outer.pseudo_gradients()
+        averaged = self._average(self.outer.pseudo_gradients(), max(1, self._round_tokens))
+        if isinstance(averaged, RoundMissed):
+            return averaged
+        record = self._apply(
+            averaged,
+            started=started,
+            tokens=self._round_tokens,
+            loss_sum=self._round_loss_sum,
+            round_started=self._round_started,
+        )
+        return RoundApplied(record)
+
+    def _average(self, deltas: list[torch.Tensor], tokens: int) -> Averaged | RoundMissed:
+        """This round's all-reduce (or this node's own Δ when there is no group)."""
         averaged, peers, group_tokens = None, [self.session.node_id], tokens
         attempts = 1
+        round_number = self.outer.round
         if not all(torch.isfinite(d).all() for d in deltas):
             log.error("pseudo-gradient has NaN/Inf: this round's local work is discarded")
             deltas = [torch.zeros_like(d) for d in deltas]
         elif self.tracker.global_progress.num_peers > 1:
             result = self.peer.group_average.run(
-                self.outer.round,
+                round_number,
                 deltas,
                 tokens,
-                cancel=lambda: self.stop.is_set() or self.tracker.global_epoch > self.outer.round,
+                cancel=lambda: self.stop.is_set() or self.tracker.global_epoch > round_number,
             )
             if isinstance(result, Cancelled):
                 return RoundMissed("the swarm finished this round without this node")
@@ -375,38 +432,58 @@ class Trainer:
                 log.error(
                     "round %d: no checked average after %d attempt(s): applying this node's own "
                     "pseudo-gradient (the round's certificate will repair it)",
-                    self.outer.round + 1,
+                    round_number + 1,
                     result.attempts,
                 )
             else:
                 assert isinstance(result, Alone)
-                log.warning("round %d: no group formed; stepping alone", self.outer.round + 1)
-        if averaged is None and self.tracker.global_epoch > self.outer.round:
+                log.warning("round %d: no group formed; stepping alone", round_number + 1)
+        if averaged is None and self.tracker.global_epoch > round_number:
             return RoundMissed("a peer already finished this round")
+        return Averaged(averaged if averaged is not None else deltas, peers, group_tokens, attempts)
+
+    def _apply(
+        self,
+        averaged: Averaged,
+        *,
+        started: float,
+        tokens: int,
+        loss_sum: float,
+        round_started: float,
+        delayed: bool = False,
+    ) -> RoundRecord:
+        """Take the outer step, then validate and report the round (in the background when
+        `delayed`: an overlapped round must not stop the training loop)."""
         with self.tracker.pause_updates():
             self.outer.apply_outer_step(
-                averaged if averaged is not None else deltas,
-                tokens=group_tokens,
-                group_size=len(peers),
+                averaged.deltas,
+                tokens=averaged.group_tokens,
+                group_size=len(averaged.peers),
+                delayed=delayed,
             )
             self.tracker.update_epoch(self.outer.round)
         self._digest = self.outer.digest()
-        averaging_s = time.monotonic() - started
-        val_loss = self.validator.loss(self.model, self.device)
         record = RoundRecord(
             round=self.outer.round,
-            peer_node_ids=sorted(peers),
-            tokens=self._round_tokens,
-            group_tokens=group_tokens,
-            mean_loss=self._round_loss_sum / max(1, self._round_tokens),
-            duration_s=time.monotonic() - self._round_started,
-            averaging_s=averaging_s,
+            peer_node_ids=sorted(averaged.peers),
+            tokens=tokens,
+            group_tokens=averaged.group_tokens,
+            mean_loss=loss_sum / max(1, tokens),
+            duration_s=time.monotonic() - round_started,
+            averaging_s=time.monotonic() - started,
             params_sha256=self._digest,
-            val_loss=val_loss,
-            averaging_attempts=attempts,
+            averaging_attempts=averaged.attempts,
         )
         self.progress.outer_round = record.round
         self._publish_claim()
+        if delayed:
+            self._finish_in_background(record)
+        else:
+            record.val_loss = self.validator.loss(self.model, self.device)
+            self._finish(record)
+        return record
+
+    def _finish(self, record: RoundRecord) -> None:
         self._report(record)
         log.info(
             "round %d: %d peer%s, %d tokens here (%d in group), loss %.4f, val %s, %.0f tok/s, "
@@ -420,9 +497,67 @@ class Trainer:
             "-" if record.val_loss is None else f"{record.val_loss:.4f}",
             self.progress.tokens_per_second,
             record.averaging_s,
-            "" if attempts == 1 else f" ({attempts} attempts)",
+            "" if record.averaging_attempts == 1 else f" ({record.averaging_attempts} attempts)",
         )
-        return RoundApplied(record)
+
+    def _finish_in_background(self, record: RoundRecord) -> None:
+        """Validate θ_global (a copy: θ_local has moved on) and report, off the training loop."""
+        if self._reporter is not None:
+            self._reporter.join()
+        if self._eval_model is None:
+            self._eval_model = copy.deepcopy(self.model)
+        with torch.no_grad(), self.outer.lock:
+            for p, g in zip(self._eval_model.parameters(), self.outer.global_params, strict=True):
+                p.copy_(g.to(p.device, p.dtype))
+
+        def finish() -> None:
+            record.val_loss = self.validator.loss(self._eval_model, self.device)
+            self._finish(record)
+
+        self._reporter = threading.Thread(target=finish, name="round-report", daemon=True)
+        self._reporter.start()
+
+    # -- overlapped rounds (join --overlap) ------------------------------------------------------
+
+    def _start_overlapped_round(self) -> None:
+        """Average this round in the background and train on: see OuterState.begin_overlapped_round."""
+        started = time.monotonic()
+        tokens, loss_sum, round_started = (
+            self._round_tokens,
+            self._round_loss_sum,
+            self._round_started,
+        )
+        deltas = self.outer.begin_overlapped_round()
+        pending = PendingRound(started, tokens, loss_sum, round_started)
+
+        def average() -> None:
+            try:
+                pending.result = self._average(deltas, max(1, tokens))
+            except Exception as e:  # noqa: BLE001 - reported where the round lands
+                pending.result = RoundMissed(f"averaging failed: {e!r}")
+
+        pending.thread = threading.Thread(target=average, name="overlapped-round", daemon=True)
+        pending.thread.start()
+        self._pending = pending
+        self._start_round()
+
+    def _land(self) -> None:
+        """The background average is in: take the delayed outer step."""
+        pending, self._pending = self._pending, None
+        assert pending is not None and pending.result is not None
+        if isinstance(pending.result, RoundMissed):
+            log.info("round %d: %s", self.outer.round + 1, pending.result.reason)
+            self.check_certificate(behind=True, force=True)
+            return
+        record = self._apply(
+            pending.result,
+            started=pending.started,
+            tokens=pending.tokens,
+            loss_sum=pending.loss_sum,
+            round_started=pending.round_started,
+            delayed=True,
+        )
+        self.rounds.append(record)
 
     def _report(self, record: RoundRecord) -> None:
         request = pb.ReportRoundRequest(
