@@ -177,13 +177,16 @@ class Node:
         return json.loads(self.stats_file.read_text()) if self.stats_file.exists() else {}
 
 
-def launch(net: Net, i: int, name: str, address: str, root: Path, rounds: int) -> Node:
+def launch(
+    net: Net, i: int, name: str, address: str, root: Path, rounds: int, extra: list[str]
+) -> Node:
     home = root / f"node-{name}"
     stats_file = root / f"node-{name}.json"
     listen = f"/ip4/{net.ips[i]}/tcp/0"
     args = [tool("gpt5os-node"), "join", "--coordinator", address, "--device", "cpu",
             "--threads", "1", "--home", str(home), "--max-rounds", str(rounds),
-            "--dht-listen", listen, "--stats-file", str(stats_file), "--name", name]  # fmt: skip
+            "--dht-listen", listen, "--stats-file", str(stats_file), "--name", name,
+            *extra]  # fmt: skip
     launched = time.time()
     proc = Proc(net.wrap(i, args), root / f"node-{name}.log", process_env(home))
     return Node(name, proc, launched, stats_file, i)
@@ -297,10 +300,11 @@ def run(args: argparse.Namespace, root: Path) -> dict:
     coordinator = None
     nodes: list[Node] = []
     wall_started = time.monotonic()
+    extra = ["--overlap"] if args.overlap else []
     try:
         coordinator, address = start_coordinator(run_dir, root, net.host_ip)
         for i in range(args.nodes):
-            nodes.append(launch(net, i, f"n{i}", address, root, args.rounds))
+            nodes.append(launch(net, i, f"n{i}", address, root, args.rounds, extra))
         if args.late:
             at = wait_for(
                 lambda: max(0, certified_round(run_dir)) or _dead(nodes),
@@ -310,7 +314,8 @@ def run(args: argparse.Namespace, root: Path) -> dict:
             )
             for j in range(args.late):  # until the round the first nodes end at
                 i = args.nodes + j
-                nodes.append(launch(net, i, f"late{j}", address, root, max(1, args.rounds - at)))
+                rounds = max(1, args.rounds - at)
+                nodes.append(launch(net, i, f"late{j}", address, root, rounds, extra))
         deadline = time.monotonic() + args.timeout
         for node in nodes:
             rc = node.proc.wait(timeout=max(1.0, deadline - time.monotonic()))
@@ -386,6 +391,7 @@ def run(args: argparse.Namespace, root: Path) -> dict:
         "seq_len": spec.seq_len,
         "batch_size": spec.batch_size,
         "compression": spec.compression,
+        "overlap": args.overlap,
         "params": params,
         "network": ("netns+tbf " + RATE) if args.wan else ("netns" if net.measured else "loopback"),
         "bytes_measured_at": "veth counters (all traffic)" if net.measured else None,
@@ -463,6 +469,7 @@ def main() -> None:
     parser.add_argument("--compression", default="none")
     parser.add_argument("--val-batches", type=int, default=32)
     parser.add_argument("--val-batch-size", type=int, default=8)
+    parser.add_argument("--overlap", action="store_true", help="nodes run join --overlap")
     parser.add_argument("--wan", action="store_true", help="shape each node to 100 Mbit/s")
     parser.add_argument("--delay-ms", type=float, default=0.0)
     parser.add_argument("--loopback", action="store_true", help="no namespaces (no byte counts)")
