@@ -332,6 +332,8 @@ def run(args: argparse.Namespace, root: Path) -> dict:
         net.close()
 
     stats = {n.name: n.stats() for n in nodes}
+    # the swarm's side before the (long) baseline: a run cut short still leaves its figures
+    (root / "swarm.json").write_text(json.dumps({"wire": wire, "stats": stats}, indent=1))
     checkpoints = CheckpointDir(run_dir)
     params = sum(p.numel() for p in _model_params(spec))
     # θ_global: the keeper's last checkpoint (its digest is the certificate nodes compare with)
