@@ -20,12 +20,14 @@ from typing import Any
 os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
 import click  # noqa: E402
+from gpt5os.common.swarm_token import TOKEN_LIFETIME_S  # noqa: E402
 from gpt5os.coordinator.data.cli import data  # noqa: E402
 from gpt5os.coordinator.keeper_auth import ensure_keeper_key  # noqa: E402
 from gpt5os.coordinator.records import ApiError  # noqa: E402
 from gpt5os.coordinator.run_spec import COMPRESSIONS, PRESETS  # noqa: E402
 from gpt5os.coordinator.runs import RUN_FILE, create_run, load_run, update_spec  # noqa: E402
 from gpt5os.coordinator.store import DB_NAME, Store, StoreError  # noqa: E402
+from gpt5os.coordinator.swarm_key import ensure_coordinator_key  # noqa: E402
 
 EXPECTED = (OSError, ValueError, StoreError, ApiError)
 
@@ -95,6 +97,7 @@ def init(run_dir: Path, data_dir: Path, **options: Any) -> None:
     try:
         spec = create_run(run_dir, data_dir, **options)
         ensure_keeper_key(run_dir)
+        ensure_coordinator_key(run_dir)
     except EXPECTED as e:
         raise _fail(e) from None
     start = ""
@@ -212,6 +215,14 @@ def _write_port_file(path: Path, port: int) -> None:
     "--checkpoint-every", type=click.IntRange(min=1), help="Default: 1 for tiny, else 10."
 )
 @click.option("--keep-checkpoints", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option(
+    "--swarm-token-lifetime",
+    type=click.FloatRange(min=5.0),
+    default=TOKEN_LIFETIME_S,
+    show_default=True,
+    help="Seconds a hivemind swarm token admits its holder; renewed at half (a banned node's "
+    "is not).",
+)
 def serve(
     run_dir: Path,
     host: str,
@@ -222,6 +233,7 @@ def serve(
     keeper: bool,
     checkpoint_every: int | None,
     keep_checkpoints: int,
+    swarm_token_lifetime: float,
 ) -> None:
     """Serve the run in --dir (an empty or missing --dir gets the default stdlib run)."""
     _ensure_run(run_dir)
@@ -237,7 +249,18 @@ def serve(
             keep_checkpoints=keep_checkpoints,
         )
     try:
-        asyncio.run(_serve(run_dir, host, port, port_file, metrics_port, dht, keeper_options))
+        asyncio.run(
+            _serve(
+                run_dir,
+                host,
+                port,
+                port_file,
+                metrics_port,
+                dht,
+                keeper_options,
+                swarm_token_lifetime,
+            )
+        )
     except KeyboardInterrupt:  # a second Ctrl-C during shutdown
         pass
 
@@ -250,6 +273,7 @@ async def _serve(
     metrics_port: int | None,
     dht: bool,
     keeper_options: Any,
+    swarm_token_lifetime: float = TOKEN_LIFETIME_S,
 ) -> None:
     import dataclasses
 
@@ -257,7 +281,12 @@ async def _serve(
     from gpt5os.coordinator.server import CoordinatorServer, ServeError
 
     server = CoordinatorServer(
-        run_dir, host=host, port=port, metrics_port=metrics_port, start_dht=dht
+        run_dir,
+        host=host,
+        port=port,
+        metrics_port=metrics_port,
+        start_dht=dht,
+        swarm_token_lifetime_s=swarm_token_lifetime,
     )
     stop = asyncio.Event()
     try:

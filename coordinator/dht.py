@@ -14,10 +14,13 @@ from typing import Any
 
 
 class BootstrapPeer:
-    """A DHT peer that stores nothing of its own; it exists so joiners can find each other."""
+    """A DHT peer that stores nothing of its own; it exists so joiners can find each other.
+    With an `issuer` (the coordinator's token maker) it admits only peers holding the
+    coordinator's swarm tokens, and makes its own (common/swarm_auth.py)."""
 
-    def __init__(self, host: str) -> None:
+    def __init__(self, host: str, issuer: Any = None) -> None:
         self.host = host
+        self.issuer = issuer
         self.dht: Any = None
         self.maddrs: list[str] = []
 
@@ -26,7 +29,13 @@ class BootstrapPeer:
         from gpt5os.common.hivemind_children import LinkedDHT  # noqa: PLC0415
 
         listen = "0.0.0.0" if self.host in ("", "0.0.0.0", "::") else self.host
-        self.dht = LinkedDHT(start=True, host_maddrs=[f"/ip4/{listen}/tcp/0"])
+        kwargs: dict[str, Any] = {}
+        if self.issuer is not None:
+            from gpt5os.common.swarm_auth import SwarmAuthorizer, SwarmKey  # noqa: PLC0415
+
+            key = SwarmKey()
+            kwargs["authorizer"] = SwarmAuthorizer(key, self.issuer.public_key, issuer=self.issuer)
+        self.dht = LinkedDHT(start=True, host_maddrs=[f"/ip4/{listen}/tcp/0"], **kwargs)
         self.maddrs = [str(m) for m in self.dht.get_visible_maddrs()]
         return self.maddrs
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from gpt5os.common.swarm_token import TOKEN_LIFETIME_S, TokenIssuer
 from gpt5os.coordinator import snapshot as snap
 from gpt5os.coordinator import validate as v
 from gpt5os.coordinator.checkpoints import CheckpointDir, LatestCheckpoint
@@ -31,6 +32,7 @@ from gpt5os.coordinator.records import ApiError
 from gpt5os.coordinator.run_spec import dht_prefix
 from gpt5os.coordinator.runs import RUN_FILE, load_run
 from gpt5os.coordinator.swarm import Swarm, open_swarm
+from gpt5os.coordinator.swarm_key import ensure_coordinator_key
 from gpt5os.proto import pb, pb_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -44,6 +46,7 @@ FLUSH_CHUNK = 100  # node stats rows per transaction: a few ms of event loop eac
 METRICS_EVERY_TICKS = 4  # gauges every 2 s (scrapers poll every 15 s or so)
 WATCH_DEFAULT_S = 1.0
 WATCH_KEEPALIVE_S = 10.0
+KEEPER_USERNAME = "keeper"  # the keeper's name in its swarm token (node/claims.py's KEEPER_NODE_ID)
 
 log = logging.getLogger(__name__)
 
@@ -100,12 +103,23 @@ class Servicer(pb_grpc.CoordinatorServicer):
         node_id, token = v.auth(auth)
         return self.sw.authenticate(node_id, token)
 
+    def _swarm_token(self, username: str, swarm_public_key: bytes) -> dict[str, Any]:
+        """The swarm token fields of a response: a token for `swarm_public_key` (none when the
+        caller asked for none) and the key that checks every peer's token."""
+        issuer = self.server.token_issuer
+        fields: dict[str, Any] = {"coordinator_public_key": issuer.public_key}
+        if swarm_public_key:
+            fields["swarm_token"] = issuer.issue(username, swarm_public_key)
+        return fields
+
     @_rpc
     def Join(self, req: pb.JoinRequest, ctx: Any) -> pb.JoinResponse:
         public_key, info = v.join(req)
+        swarm_key = v.swarm_public_key(req.swarm_public_key)
         now = self.now()
         node, token = self.sw.join(public_key, info, now)
         return pb.JoinResponse(
+            **self._swarm_token(node.node_id, swarm_key),
             node_id=node.node_id,
             session_token=token,
             spec=self.sw.spec_pb,
@@ -124,10 +138,13 @@ class Servicer(pb_grpc.CoordinatorServicer):
 
     @_rpc
     def Heartbeat(self, req: pb.HeartbeatRequest, ctx: Any) -> pb.HeartbeatResponse:
-        node = self._node(req.auth)
+        node = self._node(req.auth)  # a banned node stops here: its swarm token is not renewed
         stats = v.stats(req.stats)
+        swarm_key = v.swarm_public_key(req.swarm_public_key)
         leases = self.sw.heartbeat(node, stats, self.now())
+        renewed = self._swarm_token(node.node_id, swarm_key) if swarm_key else {}
         return pb.HeartbeatResponse(
+            swarm_token=renewed.get("swarm_token"),
             leases=[snap.lease_msg(lease) for lease in leases],
             paused=self.sw.paused,
             spec_revision=self.sw.spec.revision,
@@ -202,9 +219,11 @@ class Servicer(pb_grpc.CoordinatorServicer):
     @_rpc
     def KeeperReport(self, req: pb.KeeperReportRequest, ctx: Any) -> pb.KeeperReportResponse:
         rep = v.keeper_report(req)  # shape first: a malformed report is not even verified
+        swarm_key = v.swarm_public_key(req.swarm_public_key)
         self.server.keeper_verifier.verify(req, self.now())
         latest = self.sw.keeper_report(rep, self.now())
         return pb.KeeperReportResponse(
+            **self._swarm_token(KEEPER_USERNAME, swarm_key),
             spec=self.sw.spec_pb,
             initial_peers=self.sw.initial_peers(self.server.dht_maddrs, "", self.now()),
             dht_prefix=dht_prefix(self.sw.run_id),
@@ -265,6 +284,7 @@ class CoordinatorServer:
     :param metrics_port: serve Prometheus metrics on this port (0 = any free port; None = off)
     :param start_dht: also run a hivemind DHT bootstrap peer and hand its addresses to nodes
     :param clock: the time source for leases, heartbeats and history (tests inject one)
+    :param swarm_token_lifetime_s: how long a swarm token admits its holder (swarm_token.py)
 
     Example::
 
@@ -283,8 +303,11 @@ class CoordinatorServer:
         metrics_port: int | None = None,
         start_dht: bool = False,
         clock: Callable[[], float] = time.time,
+        swarm_token_lifetime_s: float = TOKEN_LIFETIME_S,
     ) -> None:
         self.run_dir = Path(run_dir)
+        self.swarm_token_lifetime_s = swarm_token_lifetime_s
+        self.token_issuer: TokenIssuer = None  # type: ignore[assignment]  # made in start()
         self.host = host
         self.port = port
         self.metrics_port = metrics_port
@@ -312,10 +335,13 @@ class CoordinatorServer:
             self.swarm = open_swarm(self.run_dir, config, now=self.clock())
             self._spec_mtime = (self.run_dir / RUN_FILE).stat().st_mtime_ns
             self.keeper_verifier = KeeperVerifier(ensure_keeper_key(self.run_dir))
+            self.token_issuer = TokenIssuer(
+                ensure_coordinator_key(self.run_dir), self.swarm_token_lifetime_s, self.clock
+            )
         except (OSError, ValueError, RuntimeError) as e:
             raise ServeError(f"cannot open run directory {self.run_dir}: {e}") from e
         if self.start_dht:  # first: the DHT forks, and must not inherit gRPC threads (dht.py)
-            self._dht = BootstrapPeer(self.host)
+            self._dht = BootstrapPeer(self.host, self.token_issuer)
             try:
                 self.dht_maddrs = self._dht.start()
             except Exception as e:

@@ -156,3 +156,23 @@ def min_interval(value: float, default: float) -> float:
     if value == 0:
         return default
     return max(0.1, number(value, "min_interval_s", high=3600.0))
+
+
+def swarm_public_key(value: bytes, field: str = "swarm_public_key") -> bytes:
+    """A hivemind RSA public key in OpenSSH form (what hivemind's RSAPublicKey.to_bytes makes);
+    empty when the request asks for no swarm token."""
+    if not value:
+        return b""
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
+    from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: PLC0415
+    from gpt5os.common.swarm_token import MAX_PUBLIC_KEY_BYTES  # noqa: PLC0415
+
+    if len(value) > MAX_PUBLIC_KEY_BYTES:
+        raise bad(field, f"is {len(value)} bytes; at most {MAX_PUBLIC_KEY_BYTES}")
+    try:
+        key = serialization.load_ssh_public_key(bytes(value))
+    except (ValueError, TypeError, IndexError):
+        key = None
+    if not isinstance(key, rsa.RSAPublicKey) or not 2048 <= key.key_size <= 4096:
+        raise bad(field, "must be an RSA key of 2048-4096 bits in OpenSSH form ('ssh-rsa ...')")
+    return bytes(value)

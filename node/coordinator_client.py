@@ -78,7 +78,7 @@ class CoordinatorClient:
 
     # -- calls ------------------------------------------------------------------------------
 
-    def join(self, device: str) -> Session:
+    def join(self, device: str, swarm_public_key: bytes = b"") -> Session:
         try:
             grpc.channel_ready_future(self._channel).result(timeout=CONNECT_TIMEOUT_S)
         except grpc.FutureTimeoutError:
@@ -93,7 +93,10 @@ class CoordinatorClient:
             display_name=self.display_name,
         )
         response = self._call(
-            "Join", pb.JoinRequest(public_key=self.identity.public_key, info=info)
+            "Join",
+            pb.JoinRequest(
+                public_key=self.identity.public_key, info=info, swarm_public_key=swarm_public_key
+            ),
         )
         try:
             spec = RunSpec.from_pb(response.spec)
@@ -106,8 +109,11 @@ class CoordinatorClient:
             self.session = Session(response.node_id, response.session_token, spec, response)
         return self.session
 
-    def heartbeat(self, stats: pb.NodeStats) -> pb.HeartbeatResponse:
-        return self._call("Heartbeat", pb.HeartbeatRequest(auth=self._auth(), stats=stats))
+    def heartbeat(self, stats: pb.NodeStats, swarm_public_key: bytes = b"") -> pb.HeartbeatResponse:
+        request = pb.HeartbeatRequest(
+            auth=self._auth(), stats=stats, swarm_public_key=swarm_public_key
+        )
+        return self._call("Heartbeat", request)
 
     def lease_shard(self) -> pb.LeaseShardResponse:
         return self._call("LeaseShard", pb.LeaseShardRequest(auth=self._auth()))

@@ -11,6 +11,7 @@ from gpt5os.proto import pb
 
 from .coordinator_client import CoordinatorClient, CoordinatorError
 from .progress import NodeProgress
+from .swarm_access import SwarmAccess
 
 log = logging.getLogger(__name__)
 
@@ -24,8 +25,10 @@ class Heartbeat(threading.Thread):
         interval_s: float,
         maddrs: Callable[[], list[str]],
         stop: threading.Event,
+        swarm_access: SwarmAccess | None = None,
     ) -> None:
         super().__init__(name="heartbeat", daemon=True)
+        self.swarm_access = swarm_access  # renewed through heartbeats when due
         self.client = client
         self.progress = progress
         self.interval_s = max(0.5, interval_s)
@@ -44,7 +47,13 @@ class Heartbeat(threading.Thread):
             outer_round=self.progress.outer_round,
             dht_maddrs=self.maddrs(),
         )
-        response = self.client.heartbeat(stats)
+        access = self.swarm_access
+        if access is None:  # an unmoderated swarm: no token to renew
+            response = self.client.heartbeat(stats)
+        else:
+            response = self.client.heartbeat(stats, swarm_public_key=access.wanted())
+            if response.HasField("swarm_token"):
+                access.renewed(response.swarm_token)
         if response.paused != self.paused:
             log.info("the coordinator %s leasing", "paused" if response.paused else "resumed")
         self.paused = response.paused

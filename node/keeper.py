@@ -36,6 +36,7 @@ from .diloco import OuterState
 from .group_average import Settled
 from .state_sync import Adopted, StateSync, Target, sync_unshared
 from .swarm import CHUNK_TIMEOUT_S, SwarmPeer, swarm_prefix
+from .swarm_access import SwarmAccess
 
 if TYPE_CHECKING:
     from gpt5os.coordinator.checkpoints import CheckpointDir, LoadedCheckpoint
@@ -172,7 +173,12 @@ class Keeper:
             checkpoint_error=self.checkpoint_error,
             checkpoint_round=self.checkpoint_round,
         )
+        access = getattr(self.peer, "access", None)
+        if access is not None:
+            request.swarm_public_key = access.wanted()
         response = self.reporter.report(request)
+        if access is not None and response.HasField("swarm_token"):
+            access.renewed(response.swarm_token)
         if response.HasField("certified"):
             self.certified = Target.from_pb(response.certified)
         self._next_report = time.monotonic() + REPORT_EVERY_S
@@ -319,6 +325,7 @@ class Keeper:
 
 def run_keeper(config: KeeperConfig, stop: threading.Event) -> None:
     """Wire a Keeper from the run directory and the coordinator, run it until `stop`."""
+    from gpt5os.common.swarm_auth import SwarmKey
     from gpt5os.coordinator.checkpoints import CheckpointDir
     from gpt5os.coordinator.run_spec import RunSpec
 
@@ -326,10 +333,13 @@ def run_keeper(config: KeeperConfig, stop: threading.Event) -> None:
 
     key = load_keeper_key(config.run_dir)
     reporter = KeeperReporter(config.coordinator, key)
+    swarm_key = SwarmKey()  # our hivemind identity; the coordinator's swarm token names it
     peer = None
     try:
         try:
-            hello = reporter.report(pb.KeeperReportRequest(hello=True))
+            hello = reporter.report(
+                pb.KeeperReportRequest(hello=True, swarm_public_key=swarm_key.public_key)
+            )
         except KeeperError as e:
             raise KeeperError(f"coordinator at {config.coordinator}: {e}") from None
         spec = RunSpec.from_pb(hello.spec)
@@ -356,6 +366,7 @@ def run_keeper(config: KeeperConfig, stop: threading.Event) -> None:
             prefix=swarm_prefix(hello.dht_prefix, spec.run_id),
             node_id=KEEPER_NODE_ID,
             keeper=True,
+            access=SwarmAccess.from_response(swarm_key, hello),
         )
         keeper = Keeper(
             outer=outer,
@@ -374,4 +385,5 @@ def run_keeper(config: KeeperConfig, stop: threading.Event) -> None:
     finally:
         if peer is not None:
             peer.close()
+        swarm_key.close()
         reporter.close()

@@ -88,11 +88,17 @@ def run_node(config: NodeConfig, stop: threading.Event) -> int:
     except (ValueError, RuntimeError) as e:
         raise NodeError(f"bad --device {config.device!r}: {e}") from None
 
+    from gpt5os.common.swarm_auth import SwarmKey
+
+    from .swarm_access import SwarmAccess
+
     client = CoordinatorClient(config.coordinator, identity, display_name=config.display_name)
     trainer = None
     reason = "stopped"
+    swarm_key = SwarmKey()  # our hivemind identity; the coordinator's swarm token names it
     try:
-        session = client.join(describe_device(device))
+        session = client.join(describe_device(device), swarm_public_key=swarm_key.public_key)
+        access = SwarmAccess.from_response(swarm_key, session.join)
         spec = session.spec
         log.info(
             "joined run %s as node %s: preset %s, %d inner steps per round, %d bootstrap peers, device %s",
@@ -117,6 +123,7 @@ def run_node(config: NodeConfig, stop: threading.Event) -> int:
                 prefix=swarm_prefix(session.join.dht_prefix, spec.run_id),
                 node_id=session.node_id,
                 numels=parameter_numels(spec),
+                access=access,
             )
             # hivemind's DecentralizedAverager.run_in_background sets SIGINT to SIG_IGN in *this*
             # process before it forks: without this, Ctrl-C would be ignored from here on.
@@ -147,6 +154,7 @@ def run_node(config: NodeConfig, stop: threading.Event) -> int:
         stop.set()
         if trainer is not None:
             trainer.close()
+        swarm_key.close()
         if client.session is not None:
             try:
                 client.leave(reason)

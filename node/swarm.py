@@ -12,19 +12,22 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import AsyncIterator  # noqa: UP035  (hivemind needs typing hints on rpc_*)
 
 import hivemind
 import torch
 from gpt5os.common.hivemind_children import LinkedDHT
 from gpt5os.common.lifetime import die_with_parent
+from gpt5os.common.swarm_auth import MemberCheck, install_token
 from gpt5os.coordinator.run_spec import RunSpec
+from hivemind.averaging.allreduce import AllreduceException
 from hivemind.compression import (
     CompressionInfo,
     Float16Compression,
     NoCompression,
     deserialize_torch_tensor,
 )
-from hivemind.p2p import PeerID
+from hivemind.p2p import P2PContext, PeerID
 from hivemind.p2p.p2p_daemon_bindings.utils import P2PDaemonError
 from hivemind.proto import averaging_pb2
 from hivemind.utils import MPFuture, get_dht_time
@@ -37,6 +40,7 @@ from .diloco import OuterState
 from .group_average import GroupAverage, GroupAverageConfig
 from .memory import return_freed_memory_to_os
 from .rounds import RoundTracker
+from .swarm_access import SwarmAccess
 
 log = logging.getLogger(__name__)
 
@@ -58,21 +62,36 @@ def swarm_prefix(dht_prefix: str, run_id: str) -> str:
     return prefix
 
 
-def start_dht(initial_peers: list[str], listen: str) -> hivemind.DHT:
+def start_dht(
+    initial_peers: list[str], listen: str, access: SwarmAccess | None = None
+) -> hivemind.DHT:
     """Start our DHT peer, bootstrapping from the peers the coordinator handed us; its process and
-    p2p daemon die with this process (common/lifetime.py).
+    p2p daemon die with this process (common/lifetime.py). With `access` its identity is our
+    swarm key and it admits only peers with a coordinator-signed token (common/swarm_auth.py).
 
     Those are recently active nodes, and one may have died since its last heartbeat: when none
     answers, p2pd refuses to start ("failed to connect to bootstrap peers"). Then start alone;
     nodes that join later are handed our address.
     """
+    kwargs = {}
+    if access is not None:
+        from gpt5os.common.swarm_auth import OwnedRecords, SwarmAuthorizer  # noqa: PLC0415
+
+        authorizer = SwarmAuthorizer(access.key, access.coordinator_public_key, token=access.token)
+        kwargs = dict(
+            access.key.dht_kwargs(),
+            authorizer=authorizer,
+            record_validators=[OwnedRecords(authorizer)],
+        )
     try:
-        return LinkedDHT(initial_peers=list(initial_peers), host_maddrs=[listen], start=True)
+        return LinkedDHT(
+            initial_peers=list(initial_peers), host_maddrs=[listen], start=True, **kwargs
+        )
     except P2PDaemonError as e:
         if not initial_peers:
             raise
         log.warning("no bootstrap peer answered (%s): starting the DHT alone", e)
-        return LinkedDHT(initial_peers=[], host_maddrs=[listen], start=True)
+        return LinkedDHT(initial_peers=[], host_maddrs=[listen], start=True, **kwargs)
 
 
 def visible_maddrs(dht: hivemind.DHT) -> list[str]:
@@ -96,12 +115,15 @@ class PseudoGradientAverager(hivemind.DecentralizedAverager):
         prefix: str,
         spec: RunSpec,
         numels: Sequence[int] | None = None,
+        access: SwarmAccess | None = None,
     ) -> None:
         """`outer` may come later (set `.outer` before state sharing is allowed) with `numels`
         giving the buffer sizes: hivemind forks the averager's process here, and a process forked
         after the model exists keeps a copy-on-write snapshot of every tensor that training then
         rewrites (measured: ~12 bytes per parameter for each of the DHT and averager processes)."""
         self.outer = outer
+        self.access = access  # our token (host process); None: an unmoderated swarm
+        self.members = MemberCheck(access.coordinator_public_key) if access else None
         self._creator_pid = os.getpid()  # hivemind forks our process inside __init__ (start=True)
         self.exact = spec.compression == EXACT
         dtype = torch.float64 if self.exact else torch.float32
@@ -150,8 +172,60 @@ class PseudoGradientAverager(hivemind.DecentralizedAverager):
         if self.outer is None:
             raise RuntimeError("no outer state to share yet")
         meta, tensors = self.outer.export()
+        if self.access is not None:  # the downloader checks that we are admitted
+            meta = dict(meta, swarm_token=self.access.token_bytes())
         infos = [CompressionInfo.from_tensor(t, key=i) for i, t in enumerate(tensors)]
         return meta, tensors, infos
+
+    # -- only peers with a coordinator-signed token average with us or serve us state ----------
+
+    def step(self, gather=None, **kwargs):
+        """hivemind's step, with our swarm token in the gather data every member checks."""
+        if self.access is not None:
+            gather = dict(gather or {}, swarm_token=self.access.token_bytes())
+        return super().step(gather=gather, **kwargs)
+
+    def member_problem(self, gather_bytes: bytes, peer: PeerID) -> str:
+        """Why a member's gather data does not admit it ("" when it does)."""
+        if self.members is None:
+            return ""
+        try:
+            _bandwidth, _mode, user = self.serializer.loads(gather_bytes)
+            user = self.serializer.loads(user)
+            token, name = user.get("swarm_token"), str(user.get("node_id"))
+        except Exception:  # a peer's garbage
+            token, name = None, None
+        return self.members.problem(token, peer, name)
+
+    def source_problem(self, meta: object, peer: PeerID) -> str:
+        """Why a state's metadata does not show its server admitted ("" when it does)."""
+        if self.members is None:
+            return ""
+        token = meta.get("swarm_token") if isinstance(meta, dict) else None
+        return self.members.problem(token, peer)
+
+    async def rpc_join_group(
+        self, request: averaging_pb2.JoinRequest, context: P2PContext
+    ) -> AsyncIterator[averaging_pb2.MessageFromLeader]:
+        """As a group's leader: refuse a follower without a valid token before anything else."""
+        why = self.member_problem(request.gather, context.remote_id)
+        if why:
+            log.warning("refused peer %s in averaging: %s", context.remote_id, why)
+            yield averaging_pb2.MessageFromLeader(code=averaging_pb2.PROTOCOL_VIOLATION)
+            return
+        async for message in super().rpc_join_group(request, context):
+            yield message
+
+    async def _aggregate_with_group(self, group_info, min_vector_size: int, **kwargs):
+        """Every member's token, checked by every member before any tensor moves: a group with
+        a peer the coordinator did not admit is abandoned (each member sees the same gathered
+        data, so all of them abandon it) and hivemind looks for another."""
+        for peer, gathered in zip(group_info.peer_ids, group_info.gathered, strict=True):
+            why = self.member_problem(gathered, peer)
+            if why:
+                log.warning("averaging group abandoned: member %s: %s", peer, why)
+                raise AllreduceException(f"group member {peer} is not admitted: {why}")
+        return await super()._aggregate_with_group(group_info, min_vector_size, **kwargs)
 
     def set_min_group_size(self, size: int) -> None:
         """hivemind's matchmaking reads min_group_size on every assembly: change it per round."""
@@ -192,6 +266,11 @@ class PseudoGradientAverager(hivemind.DecentralizedAverager):
             async for message in aiter_with_timeout(stream, timeout=timeout):
                 if message.metadata:
                     meta = self.serializer.loads(message.metadata)
+                    why = self.source_problem(meta, PeerID(peer))
+                    if why:
+                        log.warning("state from peer %s refused: %s", PeerID(peer), why)
+                        future.set_result(None)
+                        return
                 if message.tensor_part.dtype and parts:
                     tensors.append(deserialize_torch_tensor(combine_from_streaming(parts)))
                     parts = []
@@ -227,6 +306,7 @@ class SwarmPeer:
     group_average: GroupAverage
     claims: ClaimBoard
     membership: Membership
+    access: SwarmAccess | None = None
 
     @classmethod
     def start(
@@ -240,13 +320,22 @@ class SwarmPeer:
         node_id: str,
         keeper: bool = False,
         numels: Sequence[int] | None = None,
+        access: SwarmAccess | None = None,
     ) -> SwarmPeer:
-        """`outer` may be None with `numels` given: see PseudoGradientAverager."""
-        dht = start_dht(initial_peers, listen)
+        """`outer` may be None with `numels` given: see PseudoGradientAverager. With `access`
+        (our swarm token) we talk only to peers the coordinator admitted."""
+        dht = start_dht(initial_peers, listen, access)
+        if access is not None:
+            access.on_renewal(lambda token: install_token(dht, token))
         averager = PseudoGradientAverager(
-            outer, dht, prefix=f"{prefix}_diloco", spec=spec, numels=numels
+            outer, dht, prefix=f"{prefix}_diloco", spec=spec, numels=numels, access=access
         )
-        tracker = make_tracker(dht, f"{prefix}_diloco", spec.round_tokens)
+        tracker = make_tracker(
+            dht,
+            f"{prefix}_diloco",
+            spec.round_tokens,
+            private_key=access.key.private_key if access is not None else None,
+        )
         claims = ClaimBoard(dht, f"{prefix}_claims")
 
         def group_floor() -> int:
@@ -273,6 +362,7 @@ class SwarmPeer:
             group_average=group_average,
             claims=claims,
             membership=Membership(dht, f"{prefix}_members", node_id),
+            access=access,
         )
 
     def maddrs(self) -> list[str]:
@@ -289,11 +379,16 @@ class SwarmPeer:
                 stop()
             except Exception as e:  # shutting down: report, keep going
                 log.debug("stopping %s: %s", name, e)
+        if self.access is not None:
+            self.access.key.close()
 
 
-def make_tracker(dht: hivemind.DHT, prefix: str, round_tokens: int) -> RoundTracker:
+def make_tracker(
+    dht: hivemind.DHT, prefix: str, round_tokens: int, private_key=None
+) -> RoundTracker:
     """Peers report the tokens (hivemind's "samples") of their round; a round is due when one
-    has trained `round_tokens` (its H inner steps; rounds.py)."""
+    has trained `round_tokens` (its H inner steps; rounds.py). Its records are signed with
+    `private_key` (our swarm key: the one our token names)."""
     return RoundTracker(
         dht,
         prefix,
@@ -302,6 +397,7 @@ def make_tracker(dht: hivemind.DHT, prefix: str, round_tokens: int) -> RoundTrac
         max_refresh_period=2.0,
         default_refresh_period=1.0,
         metadata_expiration=30.0,
+        private_key=private_key,
         start=True,
     )
 

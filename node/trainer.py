@@ -233,6 +233,7 @@ class Trainer:
             interval_s=session.join.heartbeat_interval_s or 10.0,
             maddrs=peer.maddrs,
             stop=stop,
+            swarm_access=getattr(peer, "access", None),
         )
         if session.join.HasField("certified"):
             self.heartbeat.certified = session.join.certified

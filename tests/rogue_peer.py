@@ -1,36 +1,64 @@
-"""A hostile peer for e2e tests: joins the run like a node, then serves a tampered θ_global while
-its DHT claim forges the certified (round, digest). An honest joiner must try it (its claim
-matches), reject what it serves, and adopt the certified state from another source.
+"""A hostile peer for e2e tests.
 
+Default: joins the run like a node, then serves a tampered θ_global while its DHT claim forges
+the certified (round, digest). An honest joiner must try it (its claim matches), reject what it
+serves, and adopt the certified state from another source.
 Usage: python rogue_peer.py --coordinator HOST:PORT --home DIR
 Prints "rogue ready" once it serves; runs until SIGTERM.
+
+`--stranger SECONDS`: a peer the coordinator gave no swarm token (it Joins without a swarm key,
+so it learns the DHT prefix and the volunteers' addresses, as anyone can). It carries a token it
+signed itself and trusts every answer, then for SECONDS tries to read and write the swarm's DHT
+records, to advertise itself as a state source, and to enter averaging groups by calling every
+volunteer's rpc_join_group directly. It prints one `stranger <what> <result>` line per attempt
+kind (JSON) and `stranger done`.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
 import signal
 import threading
+import time
+from functools import partial
 from pathlib import Path
 
+import hivemind
 import torch
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from gpt5os.common.swarm_auth import SwarmAuthorizer, SwarmKey
+from gpt5os.common.swarm_token import TokenIssuer
 from gpt5os.node.claims import RoundClaim
 from gpt5os.node.coordinator_client import CoordinatorClient
+from gpt5os.node.group_average import group_bits
 from gpt5os.node.identity import load_or_create_identity
-from gpt5os.node.swarm import SwarmPeer
-from gpt5os.node.trainer import build_training_state
+from gpt5os.node.swarm import PseudoGradientAverager, SwarmPeer, swarm_prefix
+from gpt5os.node.swarm_access import SwarmAccess
+from gpt5os.node.trainer import build_training_state, parameter_numels
+from hivemind.averaging.allreduce import AveragingMode
+from hivemind.p2p import PeerID
+from hivemind.proto import averaging_pb2
+from hivemind.utils import MPFuture, get_dht_time
+from hivemind.utils.multiaddr import Multiaddr
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--coordinator", required=True)
     parser.add_argument("--home", type=Path, required=True)
+    parser.add_argument("--stranger", type=float, default=None)
     args = parser.parse_args()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    if args.stranger is not None:
+        stranger(args.coordinator, args.home, args.stranger)
+        return
 
     client = CoordinatorClient(args.coordinator, load_or_create_identity(args.home))
-    session = client.join("cpu")
+    key = SwarmKey()  # admitted: it holds a swarm token, and misbehaves anyway
+    session = client.join("cpu", swarm_public_key=key.public_key)
     certified = session.join.certified
     model, outer = build_training_state(session.spec, torch.device("cpu"))
     with torch.no_grad():
@@ -45,6 +73,7 @@ def main() -> None:
         listen="/ip4/127.0.0.1/tcp/0",
         prefix=session.join.dht_prefix,
         node_id=session.node_id,
+        access=SwarmAccess.from_response(key, session.join),
     )
     try:
         forged = RoundClaim(int(certified.round), certified.params_sha256, 99, session.node_id)
@@ -61,3 +90,102 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+# -- the stranger ---------------------------------------------------------------------------------
+
+
+class Forger(SwarmAuthorizer):
+    """Signs its requests with a token of its own making and believes every peer's."""
+
+    def is_token_valid(self, access_token) -> bool:
+        return True
+
+
+class StrangerAverager(PseudoGradientAverager):
+    async def _attack(self, peers: list[bytes], gather: dict, seconds: float, future) -> None:
+        """Call rpc_join_group on every peer, again and again; the first answer's code each."""
+        codes: dict[str, int] = {}
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            for peer in peers:
+                request = averaging_pb2.JoinRequest(
+                    schema_hash=self._matchmaking.schema_hash,
+                    expiration=get_dht_time() + 5,
+                    gather=self.serializer.dumps(
+                        [
+                            self.bandwidth or 1.0,
+                            AveragingMode.NODE.value,
+                            self.serializer.dumps(gather),
+                        ]
+                    ),
+                    group_key=self._matchmaking.group_key_manager.current_key,
+                )
+                try:
+                    stub = self.get_stub(self._p2p, PeerID(peer), namespace=self.prefix)
+                    stream = await stub.rpc_join_group(request)
+                    message = await asyncio.wait_for(anext(stream), 5)
+                    name = averaging_pb2.MessageCode.Name(message.code)
+                except Exception as e:
+                    name = type(e).__name__
+                codes[name] = codes.get(name, 0) + 1
+            await asyncio.sleep(0.2)
+        future.set_result(codes)
+
+
+async def _store_remote(key: str, subkey: bytes, value: object, _dht, node) -> bool:
+    return await node.store(key, value, get_dht_time() + 300, subkey=subkey, exclude_self=True)
+
+
+def stranger(coordinator: str, home: Path, seconds: float) -> None:
+    client = CoordinatorClient(coordinator, load_or_create_identity(home))
+    session = client.join("cpu")  # no swarm key: no token
+    assert not session.join.HasField("swarm_token")
+    spec, join = session.spec, session.join
+    prefix = swarm_prefix(join.dht_prefix, spec.run_id)
+    key = SwarmKey()
+    fake = TokenIssuer(Ed25519PrivateKey.generate())
+    forged = fake.issue(session.node_id, key.public_key)
+    dht = hivemind.DHT(
+        initial_peers=list(join.initial_peers),
+        start=True,
+        ensure_bootstrap_success=False,
+        authorizer=Forger(key, fake.public_key, issuer=fake),
+        **key.dht_kwargs(),
+    )
+    averager = StrangerAverager(
+        None, dht, prefix=f"{prefix}_diloco", spec=spec, numels=parameter_numels(spec)
+    )
+    averager.set_group_bits(group_bits(int(join.outer_round)))
+    print(f"stranger peer {dht.peer_id}", flush=True)
+    keys = [f"{prefix}_claims", f"{prefix}_members", f"{prefix}_diloco.all_averagers"]
+    found = {k: dht.get(k, latest=True) for k in keys}
+    print("stranger read " + json.dumps({k: v is not None for k, v in found.items()}), flush=True)
+    claims_key, sources_key = f"{prefix}_claims", f"{prefix}_diloco.all_averagers"
+    forged_claim = {"round": 10**6, "digest": "0" * 64, "group_size": 9, "node_id": "x"}
+    wrote = {  # stored by any peer but itself (its own storage takes anything)
+        "claim": dht.run_coroutine(
+            partial(_store_remote, claims_key, dht.peer_id.to_bytes(), forged_claim)
+        ),
+        "state_source": dht.run_coroutine(
+            partial(_store_remote, sources_key, dht.peer_id.to_bytes(), 1e9)
+        ),
+    }
+    print("stranger wrote " + json.dumps(wrote), flush=True)
+    peers = [PeerID.from_base58(str(Multiaddr(m)["p2p"])).to_bytes() for m in join.initial_peers]
+    gather = {
+        "node_id": session.node_id,
+        "tokens": 10**9,
+        "round": int(join.outer_round),
+        "nonce": "ab" * 8,
+        "swarm_token": forged.SerializeToString(),
+    }
+    future = MPFuture()
+    averager._outer_pipe.send(("_attack", [peers, gather, seconds], dict(future=future)))
+    codes = future.result(timeout=seconds + 60)
+    print("stranger joins " + json.dumps(codes), flush=True)
+    print("stranger done", flush=True)
+    averager.shutdown()
+    dht.shutdown()
+    key.close()
+    client.close()

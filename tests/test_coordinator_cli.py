@@ -68,21 +68,41 @@ def stop(proc: subprocess.Popen) -> tuple[int, str]:
 
 DHT_PROBE = """
 import sys
+import grpc
 import hivemind
+from gpt5os.common.swarm_auth import SwarmKey
+from gpt5os.node.swarm import start_dht
+from gpt5os.node.swarm_access import SwarmAccess
+from gpt5os.proto import pb, pb_grpc
 from hivemind.utils import get_dht_time
-peers = sys.argv[1:]
-writer = hivemind.DHT(initial_peers=peers, start=True)
-assert writer.store("probe", "hello", get_dht_time() + 60)
-reader = hivemind.DHT(initial_peers=peers, start=True)
+
+def admitted(name):  # a Join with a swarm key: a DHT peer holding the coordinator's token
+    key = SwarmKey()
+    with grpc.insecure_channel(sys.argv[1]) as ch:
+        reply = pb_grpc.CoordinatorStub(ch).Join(pb.JoinRequest(
+            public_key=name * 32, info=pb.NodeInfo(software_version="0.1.0"),
+            swarm_public_key=key.public_key), timeout=10)
+    return start_dht(list(reply.initial_peers), "/ip4/127.0.0.1/tcp/0",
+                     SwarmAccess.from_response(key, reply))
+
+peers = sys.argv[2:]
+writer = admitted(b"w")
+mine = writer.peer_id.to_bytes()  # a record's subkey names its writer (swarm_auth.OwnedRecords)
+assert writer.store("probe", subkey=mine, value="hello", expiration_time=get_dht_time() + 60)
+reader = admitted(b"r")
 found = reader.get("probe", latest=True)
-print(found.value if found is not None else "nothing")
-writer.shutdown()
-reader.shutdown()
+stranger = hivemind.DHT(initial_peers=peers, start=True, ensure_bootstrap_success=False)
+seen = stranger.get("probe", latest=True)
+print(found.value[mine].value if found is not None else "nothing",
+      "nothing" if seen is None else seen.value)
+for dht in (writer, reader, stranger):
+    dht.shutdown()
 """
 
 
 def test_serve_empty_dir_makes_default_run_with_dht_bootstrap(tmp_path: Path) -> None:
-    """An empty RUN_DIR gets the stdlib/tiny run; nodes get the DHT's addresses from Join."""
+    """An empty RUN_DIR gets the stdlib/tiny run; nodes get the DHT's addresses from Join, and
+    only peers holding the coordinator's swarm token find each other's records."""
     run_dir = tmp_path / "run"
     proc, port_file = start_serve(run_dir, "--metrics-port", "0")
     try:
@@ -104,16 +124,19 @@ def test_serve_empty_dir_makes_default_run_with_dht_bootstrap(tmp_path: Path) ->
         # in a child process: forking hivemind's DHT from a process that has used gRPC threads
         # (earlier tests) can deadlock the fork
         probe = subprocess.run(
-            [sys.executable, "-c", DHT_PROBE, *reply.initial_peers],
+            [sys.executable, "-c", DHT_PROBE, f"127.0.0.1:{port}", *reply.initial_peers],
             capture_output=True, text=True, timeout=120,
         )  # fmt: skip
-        assert probe.returncode == 0 and probe.stdout.strip() == "hello", probe.stderr[-2000:]
+        # ... and a DHT peer without the coordinator's token reads nothing (swarm_auth.py)
+        assert probe.returncode == 0, probe.stderr[-2000:]
+        assert probe.stdout.strip() == "hello nothing", probe.stderr[-2000:]
         status = json.loads(cli("status", "--dir", str(run_dir), "--json").stdout)
         assert (
             status["shards"]["total"] > 10
             and status["shards"]["pending"] == status["shards"]["total"]
         )
-        assert [n["node_id"] for n in status["nodes"]] == [reply.node_id]
+        assert reply.node_id in [n["node_id"] for n in status["nodes"]]
+        assert len(status["nodes"]) == 3  # ours and the probe's two admitted DHT peers
         human = cli("status", "--coordinator", f"127.0.0.1:{port}")
         assert human.returncode == 0 and status["run_id"] in human.stdout
         children = descendants(proc.pid)

@@ -103,15 +103,29 @@ class NodeInfo(_message.Message):
     def __init__(self, software_version: _Optional[str] = ..., device: _Optional[str] = ..., hostname: _Optional[str] = ..., display_name: _Optional[str] = ...) -> None: ...
 
 class JoinRequest(_message.Message):
-    __slots__ = ("public_key", "info")
+    __slots__ = ("public_key", "info", "swarm_public_key")
     PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     INFO_FIELD_NUMBER: _ClassVar[int]
+    SWARM_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     public_key: bytes
     info: NodeInfo
-    def __init__(self, public_key: _Optional[bytes] = ..., info: _Optional[_Union[NodeInfo, _Mapping]] = ...) -> None: ...
+    swarm_public_key: bytes
+    def __init__(self, public_key: _Optional[bytes] = ..., info: _Optional[_Union[NodeInfo, _Mapping]] = ..., swarm_public_key: _Optional[bytes] = ...) -> None: ...
+
+class SwarmToken(_message.Message):
+    __slots__ = ("username", "public_key", "expiration_time", "signature")
+    USERNAME_FIELD_NUMBER: _ClassVar[int]
+    PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    EXPIRATION_TIME_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    username: str
+    public_key: bytes
+    expiration_time: str
+    signature: bytes
+    def __init__(self, username: _Optional[str] = ..., public_key: _Optional[bytes] = ..., expiration_time: _Optional[str] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class JoinResponse(_message.Message):
-    __slots__ = ("node_id", "session_token", "spec", "initial_peers", "heartbeat_interval_s", "lease_duration_s", "outer_round", "dht_prefix", "validation_shards", "certified")
+    __slots__ = ("node_id", "session_token", "spec", "initial_peers", "heartbeat_interval_s", "lease_duration_s", "outer_round", "dht_prefix", "validation_shards", "certified", "swarm_token", "coordinator_public_key")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     SESSION_TOKEN_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
@@ -122,6 +136,8 @@ class JoinResponse(_message.Message):
     DHT_PREFIX_FIELD_NUMBER: _ClassVar[int]
     VALIDATION_SHARDS_FIELD_NUMBER: _ClassVar[int]
     CERTIFIED_FIELD_NUMBER: _ClassVar[int]
+    SWARM_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    COORDINATOR_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     session_token: str
     spec: RunSpec
@@ -132,7 +148,9 @@ class JoinResponse(_message.Message):
     dht_prefix: str
     validation_shards: _containers.RepeatedCompositeFieldContainer[Lease]
     certified: CertifiedRound
-    def __init__(self, node_id: _Optional[str] = ..., session_token: _Optional[str] = ..., spec: _Optional[_Union[RunSpec, _Mapping]] = ..., initial_peers: _Optional[_Iterable[str]] = ..., heartbeat_interval_s: _Optional[float] = ..., lease_duration_s: _Optional[float] = ..., outer_round: _Optional[int] = ..., dht_prefix: _Optional[str] = ..., validation_shards: _Optional[_Iterable[_Union[Lease, _Mapping]]] = ..., certified: _Optional[_Union[CertifiedRound, _Mapping]] = ...) -> None: ...
+    swarm_token: SwarmToken
+    coordinator_public_key: bytes
+    def __init__(self, node_id: _Optional[str] = ..., session_token: _Optional[str] = ..., spec: _Optional[_Union[RunSpec, _Mapping]] = ..., initial_peers: _Optional[_Iterable[str]] = ..., heartbeat_interval_s: _Optional[float] = ..., lease_duration_s: _Optional[float] = ..., outer_round: _Optional[int] = ..., dht_prefix: _Optional[str] = ..., validation_shards: _Optional[_Iterable[_Union[Lease, _Mapping]]] = ..., certified: _Optional[_Union[CertifiedRound, _Mapping]] = ..., swarm_token: _Optional[_Union[SwarmToken, _Mapping]] = ..., coordinator_public_key: _Optional[bytes] = ...) -> None: ...
 
 class NodeAuth(_message.Message):
     __slots__ = ("node_id", "session_token")
@@ -157,24 +175,28 @@ class NodeStats(_message.Message):
     def __init__(self, tokens_per_second: _Optional[float] = ..., tokens_trained: _Optional[int] = ..., last_loss: _Optional[float] = ..., outer_round: _Optional[int] = ..., dht_maddrs: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("auth", "stats")
+    __slots__ = ("auth", "stats", "swarm_public_key")
     AUTH_FIELD_NUMBER: _ClassVar[int]
     STATS_FIELD_NUMBER: _ClassVar[int]
+    SWARM_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     auth: NodeAuth
     stats: NodeStats
-    def __init__(self, auth: _Optional[_Union[NodeAuth, _Mapping]] = ..., stats: _Optional[_Union[NodeStats, _Mapping]] = ...) -> None: ...
+    swarm_public_key: bytes
+    def __init__(self, auth: _Optional[_Union[NodeAuth, _Mapping]] = ..., stats: _Optional[_Union[NodeStats, _Mapping]] = ..., swarm_public_key: _Optional[bytes] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
-    __slots__ = ("leases", "paused", "spec_revision", "certified")
+    __slots__ = ("leases", "paused", "spec_revision", "certified", "swarm_token")
     LEASES_FIELD_NUMBER: _ClassVar[int]
     PAUSED_FIELD_NUMBER: _ClassVar[int]
     SPEC_REVISION_FIELD_NUMBER: _ClassVar[int]
     CERTIFIED_FIELD_NUMBER: _ClassVar[int]
+    SWARM_TOKEN_FIELD_NUMBER: _ClassVar[int]
     leases: _containers.RepeatedCompositeFieldContainer[Lease]
     paused: bool
     spec_revision: int
     certified: CertifiedRound
-    def __init__(self, leases: _Optional[_Iterable[_Union[Lease, _Mapping]]] = ..., paused: _Optional[bool] = ..., spec_revision: _Optional[int] = ..., certified: _Optional[_Union[CertifiedRound, _Mapping]] = ...) -> None: ...
+    swarm_token: SwarmToken
+    def __init__(self, leases: _Optional[_Iterable[_Union[Lease, _Mapping]]] = ..., paused: _Optional[bool] = ..., spec_revision: _Optional[int] = ..., certified: _Optional[_Union[CertifiedRound, _Mapping]] = ..., swarm_token: _Optional[_Union[SwarmToken, _Mapping]] = ...) -> None: ...
 
 class LeaveRequest(_message.Message):
     __slots__ = ("auth", "reason")
@@ -523,7 +545,7 @@ class CertifiedRound(_message.Message):
     def __init__(self, round: _Optional[int] = ..., tokens: _Optional[int] = ..., params_sha256: _Optional[str] = ..., source: _Optional[str] = ...) -> None: ...
 
 class KeeperReportRequest(_message.Message):
-    __slots__ = ("round", "tokens", "params_sha256", "unix", "nonce", "dht_maddrs", "hello", "signature", "checkpoint_error", "checkpoint_round")
+    __slots__ = ("round", "tokens", "params_sha256", "unix", "nonce", "dht_maddrs", "hello", "signature", "checkpoint_error", "checkpoint_round", "swarm_public_key")
     ROUND_FIELD_NUMBER: _ClassVar[int]
     TOKENS_FIELD_NUMBER: _ClassVar[int]
     PARAMS_SHA256_FIELD_NUMBER: _ClassVar[int]
@@ -534,6 +556,7 @@ class KeeperReportRequest(_message.Message):
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_ERROR_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_ROUND_FIELD_NUMBER: _ClassVar[int]
+    SWARM_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     round: int
     tokens: int
     params_sha256: str
@@ -544,19 +567,24 @@ class KeeperReportRequest(_message.Message):
     signature: bytes
     checkpoint_error: str
     checkpoint_round: int
-    def __init__(self, round: _Optional[int] = ..., tokens: _Optional[int] = ..., params_sha256: _Optional[str] = ..., unix: _Optional[float] = ..., nonce: _Optional[bytes] = ..., dht_maddrs: _Optional[_Iterable[str]] = ..., hello: _Optional[bool] = ..., signature: _Optional[bytes] = ..., checkpoint_error: _Optional[str] = ..., checkpoint_round: _Optional[int] = ...) -> None: ...
+    swarm_public_key: bytes
+    def __init__(self, round: _Optional[int] = ..., tokens: _Optional[int] = ..., params_sha256: _Optional[str] = ..., unix: _Optional[float] = ..., nonce: _Optional[bytes] = ..., dht_maddrs: _Optional[_Iterable[str]] = ..., hello: _Optional[bool] = ..., signature: _Optional[bytes] = ..., checkpoint_error: _Optional[str] = ..., checkpoint_round: _Optional[int] = ..., swarm_public_key: _Optional[bytes] = ...) -> None: ...
 
 class KeeperReportResponse(_message.Message):
-    __slots__ = ("spec", "initial_peers", "dht_prefix", "certified")
+    __slots__ = ("spec", "initial_peers", "dht_prefix", "certified", "swarm_token", "coordinator_public_key")
     SPEC_FIELD_NUMBER: _ClassVar[int]
     INITIAL_PEERS_FIELD_NUMBER: _ClassVar[int]
     DHT_PREFIX_FIELD_NUMBER: _ClassVar[int]
     CERTIFIED_FIELD_NUMBER: _ClassVar[int]
+    SWARM_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    COORDINATOR_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     spec: RunSpec
     initial_peers: _containers.RepeatedScalarFieldContainer[str]
     dht_prefix: str
     certified: CertifiedRound
-    def __init__(self, spec: _Optional[_Union[RunSpec, _Mapping]] = ..., initial_peers: _Optional[_Iterable[str]] = ..., dht_prefix: _Optional[str] = ..., certified: _Optional[_Union[CertifiedRound, _Mapping]] = ...) -> None: ...
+    swarm_token: SwarmToken
+    coordinator_public_key: bytes
+    def __init__(self, spec: _Optional[_Union[RunSpec, _Mapping]] = ..., initial_peers: _Optional[_Iterable[str]] = ..., dht_prefix: _Optional[str] = ..., certified: _Optional[_Union[CertifiedRound, _Mapping]] = ..., swarm_token: _Optional[_Union[SwarmToken, _Mapping]] = ..., coordinator_public_key: _Optional[bytes] = ...) -> None: ...
 
 class KeeperStatus(_message.Message):
     __slots__ = ("live", "last_round", "last_report_unix", "certified", "checkpoint_round")
