@@ -118,14 +118,13 @@ def run_preset(preset: str, args: argparse.Namespace, root: Path) -> dict:
     if not data.exists():
         make_data_dir(data, n_train=8, n_val=1, shard_tokens=4096)
     run_dir = root / f"run-{preset}"
-    tokens_per_round = args.tokens_per_round or 2 * args.seq_len * args.batch_size * args.steps
     overrides = {}
     if args.shape:  # a model between the presets: LAYERSxWIDTH on the preset's settings
         n_layer, n_embd = (int(x) for x in args.shape.lower().split("x"))
         overrides = {"model_n_layer": n_layer, "model_n_embd": n_embd}
     create_run(
         run_dir, data, preset=preset, seq_len=args.seq_len, batch_size=args.batch_size,
-        tokens_per_round=tokens_per_round, inner_name=args.optimizer, **overrides,
+        inner_steps=args.steps, inner_name=args.optimizer, **overrides,
     )  # fmt: skip
     coordinator, address = start_coordinator(run_dir, root / "ch", root / f"coord-{preset}.log")
     nodes, samplers, stop = [], [], threading.Event()
@@ -178,7 +177,6 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--steps", type=int, default=4, help="inner steps per node per round")
-    parser.add_argument("--tokens-per-round", type=int, default=0)
     parser.add_argument("--optimizer", default="adamw", choices=sorted(memory.ADAM_MOMENTS))
     parser.add_argument("--timeout", type=float, default=1800)
     parser.add_argument("--shape", default="", help="LAYERSxWIDTH instead of the preset's")

@@ -26,14 +26,11 @@ class Flat(torch.nn.Module):
 
 
 def spec():
-    from gpt5os.proto import pb
+    from gpt5os.coordinator.run_spec import preset_spec
 
-    return pb.RunSpec(
-        compression="none",
-        matchmaking_time_s=2.0,
-        tokens_per_round=1000,
-        outer=pb.OuterOptimizerSpec(lr=0.7, momentum=0.9, nesterov=True),
-    )
+    s = preset_spec("tiny", run_id="bench")
+    s.matchmaking_time_s = 2.0
+    return s
 
 
 def serve(numel: int, maddrs_q: mp.Queue, stop: mp.Event) -> None:

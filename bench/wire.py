@@ -37,13 +37,14 @@ def deltas(params: int, seed: int, round_number: int) -> list[torch.Tensor]:
 
 
 def peer(me: int, args, codec: str, maddrs_q: mp.Queue, barrier, out: mp.Queue) -> None:
+    from gpt5os.coordinator.run_spec import preset_spec
     from gpt5os.node.diloco import tensors_sha256
     from gpt5os.node.group_average import GroupAverage, GroupAverageConfig, Settled
     from gpt5os.node.swarm import PseudoGradientAverager, start_dht, visible_maddrs
-    from gpt5os.proto import pb
 
     torch.set_num_threads(1)
-    spec = pb.RunSpec(compression=codec, matchmaking_time_s=2.0, tokens_per_round=TOKENS_PER_ROUND)
+    spec = preset_spec("tiny", run_id="wire")
+    spec.compression, spec.matchmaking_time_s = codec, 2.0
     initial = [] if me == 0 else maddrs_q.get(timeout=120)
     dht = start_dht(initial, "/ip4/127.0.0.1/tcp/0")
     if me == 0:

@@ -76,7 +76,11 @@ def _fail(e: BaseException) -> click.ClickException:
 @click.option("--run-id", help="Default: <preset>-<random hex>.")
 @click.option("--seq-len", type=click.IntRange(min=1))
 @click.option("--batch-size", type=click.IntRange(min=1))
-@click.option("--tokens-per-round", type=click.IntRange(min=1))
+@click.option(
+    "--inner-steps",
+    type=click.IntRange(min=1),
+    help="DiLoCo's H: inner steps each node trains between two outer rounds [default: 500, tiny 16].",
+)
 @click.option("--inner-lr", type=click.FloatRange(min=0, min_open=True))
 @click.option("--inner-min-lr", type=click.FloatRange(min=0))
 @click.option("--inner-optimizer", "inner_name", type=click.Choice(["adamw", "adamw8bit"]))

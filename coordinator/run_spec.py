@@ -92,7 +92,9 @@ class RunSpec:
     batch_size: int
     inner: InnerOptimizerSpec
     outer: OuterOptimizerSpec = field(default_factory=OuterOptimizerSpec)
-    tokens_per_round: int
+    # DiLoCo's H: inner steps each node trains between two outer rounds, however many nodes there
+    # are (a slower node joins the round when a peer has trained H steps, with what it trained).
+    inner_steps: int
     # See COMPRESSIONS: every mode keeps every peer's θ_global bitwise identical; blockwise8 sends
     # ~1.001 bytes a value each way, float16 2, none 8.
     compression: str = DEFAULT_COMPRESSION
@@ -101,6 +103,12 @@ class RunSpec:
     matchmaking_time_s: float = 3.0
     averaging_timeout_s: float = 60.0
     val_batches: int = DEFAULT_VAL_BATCHES
+
+    @property
+    def round_tokens(self) -> int:
+        """Tokens one node trains in a full round (H steps of batch_size x seq_len): the unit of
+        a member's weight in the round's average."""
+        return self.inner_steps * self.batch_size * self.seq_len
 
     @property
     def val_tokens(self) -> int:
@@ -113,7 +121,7 @@ class RunSpec:
         positive_ints = {
             "seq_len": self.seq_len,
             "batch_size": self.batch_size,
-            "tokens_per_round": self.tokens_per_round,
+            "inner_steps": self.inner_steps,
             "val_batches": self.val_batches,
             "model.n_layer": self.model.n_layer,
             "model.n_embd": self.model.n_embd,
@@ -152,6 +160,9 @@ class RunSpec:
                 f"run spec version {raw.get('spec_version')} is not {SPEC_VERSION}: "
                 "this run was made by another gpt5os version"
             )
+        legacy = raw.pop("tokens_per_round", None)  # run.json written before inner_steps
+        if legacy is not None and "inner_steps" not in raw:
+            raw["inner_steps"] = max(1, int(legacy) // (raw["seq_len"] * raw["batch_size"]))
         raw["model"] = ModelSpec(**raw["model"])
         raw["inner"] = InnerOptimizerSpec(**raw["inner"])
         raw["outer"] = OuterOptimizerSpec(**raw.get("outer", {}))
@@ -182,12 +193,14 @@ class RunSpec:
         }
         if not top["val_batches"]:  # a peer from before the field existed sends 0
             top["val_batches"] = DEFAULT_VAL_BATCHES
-        return cls(
+        spec = cls(
             **top,
             model=ModelSpec(**fields(msg.model, ModelSpec)),
             inner=InnerOptimizerSpec(**fields(msg.inner, InnerOptimizerSpec)),
             outer=OuterOptimizerSpec(**fields(msg.outer, OuterOptimizerSpec)),
         )
+        spec.validate()
+        return spec
 
 
 def val_tokens_needed(seq_len: int, batch_size: int, val_batches: int) -> int:
@@ -234,6 +247,10 @@ _PRESETS: dict[str, tuple[int, int, int, int, float, float]] = {
     "7b": (32, 4096, 4096, 2, 1.5e-4, 1.5e-5),
 }
 PRESETS = tuple(_PRESETS)
+# DiLoCo's H (Douillard et al. 2023: 500) for the real presets; the tiny CPU preset rounds every
+# few steps so a 2-core laptop sees several rounds in minutes.
+INNER_STEPS = 500
+TINY_INNER_STEPS = 16
 
 
 def preset_spec(preset: str, *, run_id: str) -> RunSpec:
@@ -260,7 +277,7 @@ def preset_spec(preset: str, *, run_id: str) -> RunSpec:
             seq_len=seq_len,
             batch_size=batch,
             inner=inner,
-            tokens_per_round=16384,
+            inner_steps=TINY_INNER_STEPS,
         )
     tokens_per_step = seq_len * batch
     inner = InnerOptimizerSpec(
@@ -279,8 +296,7 @@ def preset_spec(preset: str, *, run_id: str) -> RunSpec:
         seq_len=seq_len,
         batch_size=batch,
         inner=inner,
-        # DiLoCo's H=500 inner steps per outer round, counted in swarm tokens.
-        tokens_per_round=tokens_per_step * 500,
+        inner_steps=INNER_STEPS,
         matchmaking_time_s=15.0,
         averaging_timeout_s=600.0,
     )

@@ -290,7 +290,7 @@ def load_run(run_dir: Path) -> RunConfig:
 def update_spec(run_dir: Path, changes: dict[str, str]) -> RunSpec:
     """Change the spec of an existing run and bump its revision (`gpt5os-coordinator spec`).
 
-    Keys name fields as in `create_run` (`inner_lr`, `tokens_per_round`, `outer.momentum` also
+    Keys name fields as in `create_run` (`inner_lr`, `inner_steps`, `outer.momentum` also
     works); values are text converted to the field's type. A running server picks the new spec
     up within a second and tells nodes through HeartbeatResponse.spec_revision.
     """

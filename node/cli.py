@@ -132,6 +132,27 @@ def main() -> None:
     help="Announce this public host (name or IP) for a port-forwarded machine; fix the "
     "port with --dht-listen /ip4/0.0.0.0/tcp/PORT.",
 )
+@click.option(
+    "--micro-batch",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Sequences per forward/backward when the run's batch does not fit at once: the step is "
+    "accumulated from micro-batches and is the same (default: the whole batch).",
+)
+@click.option(
+    "--overlap/--no-overlap",
+    default=False,
+    show_default=True,
+    help="Average each round in the background while training the next round's first steps "
+    "(one-step-delayed outer update).",
+)
+@click.option(
+    "--stats-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="When leaving, write this node's training figures (steps, utilization, its θ_global "
+    "digest) here as JSON.",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging, hivemind included.")
 def join(
     coordinator,
@@ -146,6 +167,9 @@ def join(
     tls,
     client_mode,
     announce_host,
+    micro_batch,
+    overlap,
+    stats_file,
     verbose,
 ) -> None:
     """Join a run and train until Ctrl-C, SIGTERM or --max-rounds."""
@@ -163,6 +187,9 @@ def join(
         tls=tls,
         client_mode=client_mode,
         announce_host=announce_host,
+        micro_batch=micro_batch,
+        stats_file=stats_file,
+        overlap=overlap,
     )
     from .runner import NodeError, run_node
 

@@ -36,6 +36,11 @@ class NodeConfig:
     tls: bool = False  # TLS to a coordinator whose certificate the system CAs trust
     client_mode: bool = False  # hivemind client mode through relays without probing (behind NAT)
     announce_host: str | None = None  # a port-forwarded public host to announce to the swarm
+    # sequences per forward/backward; the run's batch is accumulated from them (None: all at once)
+    micro_batch: int | None = None
+    # average each round in the background while the next round's first steps train
+    overlap: bool = False
+    stats_file: Path | None = None  # write LoopStats here as JSON when leaving (bench/swarm.py)
 
     @property
     def cache_dir(self) -> Path:

@@ -16,6 +16,7 @@ from pathlib import Path
 import grpc
 from gpt5os.common.backoff import Backoff, retry, retryable
 from gpt5os.common.channels import PLAINTEXT, ChannelError, Security, open_channel
+from gpt5os.coordinator.run_spec import RunSpec
 from gpt5os.proto import pb, pb_grpc
 
 from .identity import NodeIdentity
@@ -51,7 +52,7 @@ def parse_address(address: str) -> str:
 class Session:
     node_id: str
     token: str
-    spec: pb.RunSpec
+    spec: RunSpec
     join: pb.JoinResponse
 
     @property
@@ -134,10 +135,15 @@ class CoordinatorClient:
                 "join attempt %d failed (%s); retrying in %.1f s", n, e, delay
             ),
         )
+        try:
+            spec = RunSpec.from_pb(response.spec)
+        except (ValueError, TypeError) as e:
+            raise CoordinatorError(
+                f"the coordinator's run spec is not usable by this node ({e}): the node or the "
+                "coordinator needs another gpt5os version"
+            ) from None
         with self._lock:
-            self.session = Session(
-                response.node_id, response.session_token, response.spec, response
-            )
+            self.session = Session(response.node_id, response.session_token, spec, response)
         return self.session
 
     def heartbeat(self, stats: pb.NodeStats, swarm_public_key: bytes = b"") -> pb.HeartbeatResponse:

@@ -12,8 +12,8 @@ import threading
 from collections.abc import Sequence
 
 import torch
+from gpt5os.coordinator.run_spec import OuterOptimizerSpec
 from gpt5os.model.checkpoint import tensors_sha256
-from gpt5os.proto import pb
 
 __all__ = ["OuterState", "tensors_sha256"]
 
@@ -21,7 +21,7 @@ __all__ = ["OuterState", "tensors_sha256"]
 class OuterState:
     """θ_global plus the outer optimizer's momentum; thread-safe against state-sharing requests."""
 
-    def __init__(self, model: torch.nn.Module, outer: pb.OuterOptimizerSpec) -> None:
+    def __init__(self, model: torch.nn.Module, outer: OuterOptimizerSpec) -> None:
         self.local_params = [p for p in model.parameters()]
         self.global_params = [
             p.detach().to("cpu", torch.float32).clone() for p in self.local_params
@@ -55,10 +55,18 @@ class OuterState:
             ]
 
     def apply_outer_step(
-        self, averaged: Sequence[torch.Tensor], *, tokens: int, group_size: int
+        self,
+        averaged: Sequence[torch.Tensor],
+        *,
+        tokens: int,
+        group_size: int,
+        delayed: bool = False,
     ) -> None:
-        """θ_global ← OuterSGD(θ_global, Δ_avg); θ_local ← θ_global; one more round, `tokens` more."""
+        """θ_global ← OuterSGD(θ_global, Δ_avg); one more round, `tokens` more; then θ_local ←
+        θ_global, or with `delayed` (an overlapped round, see `begin_overlapped_round`)
+        θ_local += θ_global_new − θ_global_old: the steps trained since keep their progress."""
         with self.lock, torch.no_grad():
+            old = [g.clone() for g in self.global_params] if delayed else []
             self.round += 1
             self.swarm_tokens += tokens
             self.group_size = group_size
@@ -66,7 +74,20 @@ class OuterState:
                 g.grad = d.to(torch.float32).reshape(g.shape)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
-            self._copy_global_to_local()
+            if not delayed:
+                self._copy_global_to_local()
+                return
+            for p, g, o in zip(self.local_params, self.global_params, old, strict=False):
+                p.add_((g - o).to(p.device, p.dtype))
+
+    def begin_overlapped_round(self) -> list[torch.Tensor]:
+        """Δ = θ_global − θ_local for a round averaged in the background, and θ_local ← θ_global
+        (the old one): the next round's first steps train from it, and `apply_outer_step(...,
+        delayed=True)` moves them by the global update once it lands (the one-step-delayed outer
+        update of Streaming DiLoCo / arXiv 2502.12996)."""
+        deltas = self.pseudo_gradients()
+        self.reset_local()
+        return deltas
 
     def reset_local(self) -> None:
         """Throw away local progress: θ_local ← θ_global."""

@@ -54,8 +54,8 @@ SYNC_RETRY_S = 5.0
 BEHIND_REPORT_EVERY_S = 2.0  # how often a keeper behind the swarm asks for the certificate
 # hivemind's ProgressTracker publishes a peer's progress only once it has reported samples
 # (`last_report_epoch`, optim/progress_tracker.py): with 0 the keeper would be invisible and a
-# lone node would never average with it. One token per round moves when a round ends by 1 token
-# in tokens_per_round; the average itself counts the keeper's 0 tokens.
+# lone node would never average with it. One token is far below a node's round (rounds.py), so it
+# never makes a round due; the average itself counts the keeper's 0 tokens.
 PRESENCE_SAMPLES = 1
 
 
@@ -349,7 +349,7 @@ def run_keeper(config: KeeperConfig, stop: threading.Event) -> None:
             )
         except KeeperError as e:
             raise KeeperError(f"coordinator at {config.coordinator}: {e}") from None
-        spec = hello.spec
+        spec = RunSpec.from_pb(hello.spec)
         torch.set_flush_denormal(True)  # the same CPU outer-step bits as every node
         model = initial_model(spec)
         outer = OuterState(model, spec.outer)
@@ -382,7 +382,7 @@ def run_keeper(config: KeeperConfig, stop: threading.Event) -> None:
             reporter=reporter,
             checkpoints=checkpoints,
             checkpoint_every=every,
-            spec_json=RunSpec.from_pb(spec).to_json(),
+            spec_json=spec.to_json(),
             model_config=model_config(spec.model),
             stop=stop,
         )

@@ -96,8 +96,8 @@ def shape_of(spec) -> ModelShape:
         vocab_size=m.vocab_size,
         seq_len=spec.seq_len,
         batch_size=spec.batch_size,
-        optimizer=spec.inner.name or "adamw",
-        compression=spec.compression or "none",
+        optimizer=spec.inner.name,
+        compression=spec.compression,
     )
 
 

@@ -32,11 +32,17 @@ def one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text}"
 
 
-def check_memory(spec, device) -> None:
-    """Refuse, with one line, a run this machine cannot hold (node/memory.py's estimate)."""
+def check_memory(spec, device, micro_batch: int | None = None) -> None:
+    """Refuse, with one line, a run this machine cannot hold (node/memory.py's estimate);
+    activations are those of one micro-batch."""
+    import dataclasses
+
     from . import memory
 
-    need = memory.estimate(memory.shape_of(spec), device.type)
+    shape = memory.shape_of(spec)
+    if micro_batch:
+        shape = dataclasses.replace(shape, batch_size=min(micro_batch, shape.batch_size))
+    need = memory.estimate(shape, device.type)
     device_free = None
     if device.type == "cuda":
         import torch
@@ -101,15 +107,15 @@ def run_node(config: NodeConfig, stop: threading.Event) -> int:
         access = SwarmAccess.from_response(swarm_key, session.join)
         spec = session.spec
         log.info(
-            "joined run %s as node %s: preset %s, %d tokens per round, %d bootstrap peers, device %s",
+            "joined run %s as node %s: preset %s, %d inner steps per round, %d bootstrap peers, device %s",
             spec.run_id,
             session.node_id,
             spec.model.preset,
-            spec.tokens_per_round,
+            spec.inner_steps,
             len(session.join.initial_peers),
             device,
         )
-        check_memory(spec, device)
+        check_memory(spec, device, config.micro_batch)
         try:
             mode = network_mode(
                 client,

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import math
 
-from gpt5os.proto import pb
+from gpt5os.coordinator.run_spec import InnerOptimizerSpec
 
 
-def inner_lr(spec: pb.InnerOptimizerSpec, swarm_tokens: int) -> float:
+def inner_lr(spec: InnerOptimizerSpec, swarm_tokens: int) -> float:
     peak, floor = spec.lr, min(spec.min_lr, spec.lr)
     if spec.warmup_tokens and swarm_tokens < spec.warmup_tokens:
         return peak * (swarm_tokens + 1) / spec.warmup_tokens

@@ -1,5 +1,5 @@
 """The node's place in the hivemind swarm: its DHT peer, the pseudo-gradient averager and the
-tracker that decides, from every peer's reported tokens, when the swarm starts an outer round.
+tracker that decides, from every peer's reported tokens, when an outer round is due (rounds.py).
 
 Each averager installs signal handlers in its own process, so a node is one process with one
 averager; tests run each node as its own process too.
@@ -19,7 +19,7 @@ import torch
 from gpt5os.common.hivemind_children import LinkedDHT
 from gpt5os.common.lifetime import die_with_parent
 from gpt5os.common.swarm_auth import MemberCheck, install_token
-from gpt5os.proto import pb
+from gpt5os.coordinator.run_spec import RunSpec
 from hivemind.averaging.allreduce import AllreduceException
 from hivemind.averaging.partition import DEFAULT_PART_SIZE_BYTES
 from hivemind.compression import (
@@ -27,7 +27,6 @@ from hivemind.compression import (
     NoCompression,
     deserialize_torch_tensor,
 )
-from hivemind.optim.progress_tracker import ProgressTracker
 from hivemind.p2p import P2PContext, PeerID
 from hivemind.p2p.p2p_daemon_bindings.utils import P2PDaemonError
 from hivemind.proto import averaging_pb2
@@ -43,6 +42,7 @@ from .diloco import OuterState
 from .group_average import GroupAverage, GroupAverageConfig
 from .memory import return_freed_memory_to_os
 from .robust import RobustConfig
+from .rounds import RoundTracker
 from .swarm_access import SwarmAccess
 
 log = logging.getLogger(__name__)
@@ -130,7 +130,7 @@ class PseudoGradientAverager(hivemind.DecentralizedAverager):
         dht: hivemind.DHT,
         *,
         prefix: str,
-        spec: pb.RunSpec,
+        spec: RunSpec,
         numels: Sequence[int] | None = None,
         access: SwarmAccess | None = None,
     ) -> None:
@@ -142,7 +142,7 @@ class PseudoGradientAverager(hivemind.DecentralizedAverager):
         self.access = access  # our token (host process); None: an unmoderated swarm
         self.members = MemberCheck(access.coordinator_public_key) if access else None
         self._creator_pid = os.getpid()  # hivemind forks our process inside __init__ (start=True)
-        self.exact = spec.compression in ("", EXACT)
+        self.exact = spec.compression == EXACT
         self.codec: Codec | None = None if self.exact else codec_for(spec.compression)
         self.robust = RobustConfig()
         self._wire_reports: dict[bytes, WireReport] = {}
@@ -162,12 +162,12 @@ class PseudoGradientAverager(hivemind.DecentralizedAverager):
             start=True,
             prefix=prefix,
             min_group_size=2,
-            min_matchmaking_time=spec.matchmaking_time_s or 3.0,
+            min_matchmaking_time=spec.matchmaking_time_s,
             # A follower that gives up on its leader a moment before the leader starts the
             # all-reduce leaves the leader in a group with a ghost; under load a short timeout
             # makes that likely. hivemind wants it below min_matchmaking_time.
-            request_timeout=max(1.0, 0.6 * (spec.matchmaking_time_s or 3.0)),
-            allreduce_timeout=spec.averaging_timeout_s or 120.0,
+            request_timeout=max(1.0, 0.6 * spec.matchmaking_time_s),
+            allreduce_timeout=spec.averaging_timeout_s,
             # A peer that sends no part for this long is dropped (its data is then missing and
             # the group redoes the round, group_average.py) instead of stalling the whole
             # all-reduce until allreduce_timeout; also the per-chunk timeout of state downloads.
@@ -376,7 +376,7 @@ class SwarmPeer:
 
     dht: hivemind.DHT
     averager: PseudoGradientAverager
-    tracker: ProgressTracker
+    tracker: RoundTracker
     group_average: GroupAverage
     claims: ClaimBoard
     membership: Membership
@@ -386,7 +386,7 @@ class SwarmPeer:
     def start(
         cls,
         outer: OuterState | None,
-        spec: pb.RunSpec,
+        spec: RunSpec,
         *,
         initial_peers: list[str],
         listen: str,
@@ -410,7 +410,7 @@ class SwarmPeer:
         tracker = make_tracker(
             dht,
             f"{prefix}_diloco",
-            spec.tokens_per_round,
+            spec.round_tokens,
             private_key=access.key.private_key if access is not None else None,
         )
         claims = ClaimBoard(dht, f"{prefix}_claims")
@@ -425,8 +425,8 @@ class SwarmPeer:
             prefix=f"{prefix}_diloco",
             config=GroupAverageConfig(
                 node_id=node_id,
-                tokens_per_round=spec.tokens_per_round,
-                matchmaking_time_s=spec.matchmaking_time_s or 3.0,
+                tokens_per_round=spec.round_tokens,
+                matchmaking_time_s=spec.matchmaking_time_s,
                 keeper=keeper,
             ),
             exact=averager.exact,
@@ -462,14 +462,15 @@ class SwarmPeer:
 
 
 def make_tracker(
-    dht: hivemind.DHT, prefix: str, tokens_per_round: int, private_key=None
-) -> ProgressTracker:
-    """hivemind's ProgressTracker counts tokens (its "samples") towards the round's target.
-    Its records are signed with `private_key` (our swarm key: the one our token names)."""
-    return ProgressTracker(
+    dht: hivemind.DHT, prefix: str, round_tokens: int, private_key=None
+) -> RoundTracker:
+    """Peers report the tokens (hivemind's "samples") of their round; a round is due when one
+    has trained `round_tokens` (its H inner steps; rounds.py). Its records are signed with
+    `private_key` (our swarm key: the one our token names)."""
+    return RoundTracker(
         dht,
         prefix,
-        target_batch_size=tokens_per_round,
+        round_tokens,
         min_refresh_period=0.25,
         max_refresh_period=2.0,
         default_refresh_period=1.0,

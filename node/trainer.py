@@ -6,6 +6,7 @@ the object that owns it.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import threading
@@ -13,6 +14,7 @@ import time
 from dataclasses import dataclass
 
 import torch
+from gpt5os.coordinator.run_spec import InnerOptimizerSpec, ModelSpec, RunSpec
 from gpt5os.model import RWKV7, ModelConfig
 from gpt5os.proto import pb
 
@@ -22,6 +24,8 @@ from .coordinator_client import CoordinatorClient, CoordinatorError, Session
 from .diloco import OuterState
 from .group_average import Alone, Cancelled, Incomplete, Settled
 from .heartbeat import Heartbeat
+from .inner_step import accumulate_gradients
+from .loop_stats import LoopStats
 from .progress import NodeProgress
 from .schedule import inner_lr
 from .shard_feed import Batch, ShardFeed
@@ -51,7 +55,7 @@ def describe_device(device: torch.device) -> str:
     return "cpu"
 
 
-def model_config(spec: pb.ModelSpec) -> ModelConfig:
+def model_config(spec: ModelSpec) -> ModelConfig:
     return ModelConfig(
         vocab_size=spec.vocab_size,
         n_layer=spec.n_layer,
@@ -61,24 +65,24 @@ def model_config(spec: pb.ModelSpec) -> ModelConfig:
 
 
 def build_inner_optimizer(
-    model: torch.nn.Module, spec: pb.InnerOptimizerSpec
+    model: torch.nn.Module, spec: InnerOptimizerSpec
 ) -> torch.optim.Optimizer:
     kwargs = dict(
         lr=spec.lr,
-        betas=(spec.beta1 or 0.9, spec.beta2 or 0.95),
-        eps=spec.eps or 1e-8,
+        betas=(spec.beta1, spec.beta2),
+        eps=spec.eps,
         weight_decay=spec.weight_decay,
     )
     if spec.name == "adamw8bit":
         import bitsandbytes as bnb
 
         return bnb.optim.AdamW8bit(model.parameters(), **kwargs)
-    if spec.name not in ("", "adamw"):
+    if spec.name != "adamw":
         raise ValueError(f"unknown inner optimizer {spec.name!r} in the run spec")
     return torch.optim.AdamW(model.parameters(), **kwargs)
 
 
-def initial_model(spec: pb.RunSpec) -> RWKV7:
+def initial_model(spec: RunSpec) -> RWKV7:
     """The run's initial θ, bitwise the same on every node: built on the CPU from the spec's seed
     with one thread (multi-threaded LAPACK in the orthogonal init gives thread-dependent bits)."""
     threads = torch.get_num_threads()
@@ -90,7 +94,7 @@ def initial_model(spec: pb.RunSpec) -> RWKV7:
         torch.set_num_threads(threads)
 
 
-def parameter_numels(spec: pb.RunSpec) -> list[int]:
+def parameter_numels(spec: RunSpec) -> list[int]:
     """The sizes of the model's parameters in order, without allocating them (meta device)."""
     with torch.device("meta"):
         return [p.numel() for p in RWKV7(model_config(spec.model)).parameters()]
@@ -120,6 +124,31 @@ class RoundApplied:
 
 
 @dataclass(frozen=True)
+class Averaged:
+    """What a round's all-reduce gave this node: the Δ to apply and who contributed."""
+
+    deltas: list[torch.Tensor]
+    peers: list[str]
+    group_tokens: int
+    attempts: int
+
+
+@dataclass
+class PendingRound:
+    """An overlapped round whose all-reduce runs in the background (join --overlap)."""
+
+    started: float
+    tokens: int
+    loss_sum: float
+    round_started: float
+    thread: threading.Thread | None = None
+    result: Averaged | RoundMissed | None = None
+
+    def landed(self) -> bool:
+        return self.thread is not None and not self.thread.is_alive()
+
+
+@dataclass(frozen=True)
 class RoundMissed:
     """The swarm finished the round without this node: its work is stale, it re-syncs."""
 
@@ -129,7 +158,7 @@ class RoundMissed:
 OuterRoundOutcome = RoundApplied | RoundMissed
 
 
-def build_training_state(spec: pb.RunSpec, device: torch.device) -> tuple[RWKV7, OuterState]:
+def build_training_state(spec: RunSpec, device: torch.device) -> tuple[RWKV7, OuterState]:
     """The run's initial model on `device` and its DiLoCo outer state (θ_global on the CPU)."""
     model = initial_model(spec).to(device)
     return model, OuterState(model, spec.outer)
@@ -181,6 +210,7 @@ class Trainer:
         self._checked: Target | None = None  # the last certificate compared with our state
 
         self.progress = NodeProgress()
+        self.stats = LoopStats()
         self.feed = feed or ShardFeed(
             client,
             config.cache_dir,
@@ -212,6 +242,9 @@ class Trainer:
         self._round_loss_sum = 0.0
         self._round_started = time.monotonic()
         self._next_check = 0.0
+        self._pending: PendingRound | None = None  # join --overlap: the round in the background
+        self._reporter: threading.Thread | None = None
+        self._eval_model: torch.nn.Module | None = None
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -233,26 +266,68 @@ class Trainer:
         else:
             self.peer.membership.announce()
         self._start_round()
-        for batch in self.feed.batches():
-            self.train_step(batch)
-            self.tracker.report_local_progress(self.outer.round, self._round_tokens)
-            if self.tracker.global_epoch > self.outer.round:
-                self.check_certificate(behind=True)
-            elif self.tracker.ready_to_update_epoch:
-                outcome = self.outer_round()
-                if isinstance(outcome, RoundApplied):
-                    self.rounds.append(outcome.record)
-                    self._start_round()
-                else:
-                    log.info("round %d: %s", self.outer.round + 1, outcome.reason)
-                    self.check_certificate(behind=True, force=True)
-            else:
-                self.check_certificate()
-            if self._done():
-                break
+        try:
+            self._loop()
+        finally:
+            if self._pending is not None and self._pending.thread is not None:
+                self._pending.thread.join()  # stopping: its cancel() sees the stop
+            if self._reporter is not None:
+                self._reporter.join()
+            self._write_stats()
         if self.rounds and not self.stop.is_set():
             self._hand_over()
         return self.rounds
+
+    def _loop(self) -> None:
+        for batch in self.feed.batches():
+            self.stats.step_begins()
+            started = time.monotonic()
+            self.train_step(batch)
+            stepped = time.monotonic()
+            self.stats.step_s += stepped - started
+            self._after_step()
+            self.stats.comm_s += time.monotonic() - stepped
+            if self._done():
+                break
+
+    def _after_step(self) -> None:
+        """Report progress; average when the round is due, re-sync when behind: all of it is time
+        the loop waits on the swarm (LoopStats.comm_s)."""
+        if self._pending is not None:  # an overlapped round: this node is done with it
+            self.tracker.report_local_progress(self.outer.round, self.spec.round_tokens)
+            if self._pending.landed():
+                self._land()
+            return
+        self.tracker.report_local_progress(self.outer.round, self._round_tokens)
+        if self.tracker.global_epoch > self.outer.round:
+            self.check_certificate(behind=True)
+        elif (
+            self.tracker.ready_to_update_epoch
+            and self.config.overlap
+            and self.tracker.global_progress.num_peers > 1
+        ):
+            self._start_overlapped_round()
+        elif self.tracker.ready_to_update_epoch:
+            outcome = self.outer_round()
+            if isinstance(outcome, RoundApplied):
+                self.rounds.append(outcome.record)
+                self._start_round()
+            else:
+                log.info("round %d: %s", self.outer.round + 1, outcome.reason)
+                self.check_certificate(behind=True, force=True)
+        else:
+            self.check_certificate()
+
+    def _write_stats(self) -> None:
+        if self.config.stats_file is None:
+            return
+        self.stats.rounds = len(self.rounds)
+        self.stats.round = self.outer.round
+        self.stats.round_digest = self._digest
+        try:
+            self.stats.write(self.config.stats_file)
+        except OSError as e:
+            log.warning("could not write --stats-file %s: %s", self.config.stats_file, e)
 
     def _hand_over(self) -> None:
         """Before leaving after --max-rounds: stay (sharing our state) until the keeper has
@@ -288,15 +363,18 @@ class Trainer:
             group["lr"] = lr
         inputs = batch.inputs.to(self.device, non_blocking=True)
         targets = batch.targets.to(self.device, non_blocking=True)
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
-        with autocast:
-            loss = self.model.loss(inputs, targets)
-        value = float(loss.detach())
+        cuda = self.device.type == "cuda"
+        value = accumulate_gradients(
+            self.model.loss,
+            inputs,
+            targets,
+            self.config.micro_batch,
+            autocast=lambda: torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda),
+        )
         if not math.isfinite(value):
             log.warning("non-finite loss on shard %s: step skipped", batch.shard_id)
             self.inner_opt.zero_grad(set_to_none=True)
             return value
-        loss.backward()
         if self.spec.inner.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.spec.inner.grad_clip)
         self.inner_opt.step()
@@ -304,6 +382,8 @@ class Trainer:
         tokens = batch.num_tokens
         self._round_tokens += tokens
         self._round_loss_sum += value * tokens
+        self.stats.steps += 1
+        self.stats.tokens += tokens
         self.progress.add_step(tokens, value)
         self.feed.record_loss(value, tokens)
         return value
@@ -313,19 +393,32 @@ class Trainer:
     def outer_round(self) -> OuterRoundOutcome:
         """Average pseudo-gradients with whoever is in the swarm now, then take the outer step."""
         started = time.monotonic()
-        tokens = max(1, self._round_tokens)
-        deltas = self.outer.pseudo_gradients()
+        averaged = self._average(self.outer.pseudo_gradients(), max(1, self._round_tokens))
+        if isinstance(averaged, RoundMissed):
+            return averaged
+        record = self._apply(
+            averaged,
+            started=started,
+            tokens=self._round_tokens,
+            loss_sum=self._round_loss_sum,
+            round_started=self._round_started,
+        )
+        return RoundApplied(record)
+
+    def _average(self, deltas: list[torch.Tensor], tokens: int) -> Averaged | RoundMissed:
+        """This round's all-reduce (or this node's own Δ when there is no group)."""
         averaged, peers, group_tokens = None, [self.session.node_id], tokens
         attempts = 1
+        round_number = self.outer.round
         if not all(torch.isfinite(d).all() for d in deltas):
             log.error("pseudo-gradient has NaN/Inf: this round's local work is discarded")
             deltas = [torch.zeros_like(d) for d in deltas]
         elif self.tracker.global_progress.num_peers > 1:
             result = self.peer.group_average.run(
-                self.outer.round,
+                round_number,
                 deltas,
                 tokens,
-                cancel=lambda: self.stop.is_set() or self.tracker.global_epoch > self.outer.round,
+                cancel=lambda: self.stop.is_set() or self.tracker.global_epoch > round_number,
             )
             if isinstance(result, Cancelled):
                 return RoundMissed("the swarm finished this round without this node")
@@ -341,38 +434,58 @@ class Trainer:
                 log.error(
                     "round %d: no checked average after %d attempt(s): applying this node's own "
                     "pseudo-gradient (the round's certificate will repair it)",
-                    self.outer.round + 1,
+                    round_number + 1,
                     result.attempts,
                 )
             else:
                 assert isinstance(result, Alone)
-                log.warning("round %d: no group formed; stepping alone", self.outer.round + 1)
-        if averaged is None and self.tracker.global_epoch > self.outer.round:
+                log.warning("round %d: no group formed; stepping alone", round_number + 1)
+        if averaged is None and self.tracker.global_epoch > round_number:
             return RoundMissed("a peer already finished this round")
+        return Averaged(averaged if averaged is not None else deltas, peers, group_tokens, attempts)
+
+    def _apply(
+        self,
+        averaged: Averaged,
+        *,
+        started: float,
+        tokens: int,
+        loss_sum: float,
+        round_started: float,
+        delayed: bool = False,
+    ) -> RoundRecord:
+        """Take the outer step, then validate and report the round (in the background when
+        `delayed`: an overlapped round must not stop the training loop)."""
         with self.tracker.pause_updates():
             self.outer.apply_outer_step(
-                averaged if averaged is not None else deltas,
-                tokens=group_tokens,
-                group_size=len(peers),
+                averaged.deltas,
+                tokens=averaged.group_tokens,
+                group_size=len(averaged.peers),
+                delayed=delayed,
             )
             self.tracker.update_epoch(self.outer.round)
         self._digest = self.outer.digest()
-        averaging_s = time.monotonic() - started
-        val_loss = self.validator.loss(self.model, self.device)
         record = RoundRecord(
             round=self.outer.round,
-            peer_node_ids=sorted(peers),
-            tokens=self._round_tokens,
-            group_tokens=group_tokens,
-            mean_loss=self._round_loss_sum / max(1, self._round_tokens),
-            duration_s=time.monotonic() - self._round_started,
-            averaging_s=averaging_s,
+            peer_node_ids=sorted(averaged.peers),
+            tokens=tokens,
+            group_tokens=averaged.group_tokens,
+            mean_loss=loss_sum / max(1, tokens),
+            duration_s=time.monotonic() - round_started,
+            averaging_s=time.monotonic() - started,
             params_sha256=self._digest,
-            val_loss=val_loss,
-            averaging_attempts=attempts,
+            averaging_attempts=averaged.attempts,
         )
         self.progress.outer_round = record.round
         self._publish_claim()
+        if delayed:
+            self._finish_in_background(record)
+        else:
+            record.val_loss = self.validator.loss(self.model, self.device)
+            self._finish(record)
+        return record
+
+    def _finish(self, record: RoundRecord) -> None:
         self._report(record)
         log.info(
             "round %d: %d peer%s, %d tokens here (%d in group), loss %.4f, val %s, %.0f tok/s, "
@@ -386,9 +499,67 @@ class Trainer:
             "-" if record.val_loss is None else f"{record.val_loss:.4f}",
             self.progress.tokens_per_second,
             record.averaging_s,
-            "" if attempts == 1 else f" ({attempts} attempts)",
+            "" if record.averaging_attempts == 1 else f" ({record.averaging_attempts} attempts)",
         )
-        return RoundApplied(record)
+
+    def _finish_in_background(self, record: RoundRecord) -> None:
+        """Validate θ_global (a copy: θ_local has moved on) and report, off the training loop."""
+        if self._reporter is not None:
+            self._reporter.join()
+        if self._eval_model is None:
+            self._eval_model = copy.deepcopy(self.model)
+        with torch.no_grad(), self.outer.lock:
+            for p, g in zip(self._eval_model.parameters(), self.outer.global_params, strict=True):
+                p.copy_(g.to(p.device, p.dtype))
+
+        def finish() -> None:
+            record.val_loss = self.validator.loss(self._eval_model, self.device)
+            self._finish(record)
+
+        self._reporter = threading.Thread(target=finish, name="round-report", daemon=True)
+        self._reporter.start()
+
+    # -- overlapped rounds (join --overlap) ------------------------------------------------------
+
+    def _start_overlapped_round(self) -> None:
+        """Average this round in the background and train on: see OuterState.begin_overlapped_round."""
+        started = time.monotonic()
+        tokens, loss_sum, round_started = (
+            self._round_tokens,
+            self._round_loss_sum,
+            self._round_started,
+        )
+        deltas = self.outer.begin_overlapped_round()
+        pending = PendingRound(started, tokens, loss_sum, round_started)
+
+        def average() -> None:
+            try:
+                pending.result = self._average(deltas, max(1, tokens))
+            except Exception as e:  # noqa: BLE001 - reported where the round lands
+                pending.result = RoundMissed(f"averaging failed: {e!r}")
+
+        pending.thread = threading.Thread(target=average, name="overlapped-round", daemon=True)
+        pending.thread.start()
+        self._pending = pending
+        self._start_round()
+
+    def _land(self) -> None:
+        """The background average is in: take the delayed outer step."""
+        pending, self._pending = self._pending, None
+        assert pending is not None and pending.result is not None
+        if isinstance(pending.result, RoundMissed):
+            log.info("round %d: %s", self.outer.round + 1, pending.result.reason)
+            self.check_certificate(behind=True, force=True)
+            return
+        record = self._apply(
+            pending.result,
+            started=pending.started,
+            tokens=pending.tokens,
+            loss_sum=pending.loss_sum,
+            round_started=pending.round_started,
+            delayed=True,
+        )
+        self.rounds.append(record)
 
     def _report(self, record: RoundRecord) -> None:
         request = pb.ReportRoundRequest(

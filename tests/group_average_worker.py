@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import torch
+from gpt5os.coordinator.run_spec import preset_spec
 from gpt5os.node import fixed_point
 from gpt5os.node.diloco import OuterState, tensors_sha256
 from gpt5os.node.group_average import GroupAverage, GroupAverageConfig, Settled
@@ -134,9 +135,8 @@ def main() -> None:
         nan_scales()  # before the averager's process is forked: it is the one that sends
 
     exact = args.compression == "none"
-    spec = pb.RunSpec(
-        compression=args.compression, matchmaking_time_s=2.0, tokens_per_round=TOKENS_PER_ROUND
-    )
+    spec = preset_spec("tiny", run_id="worker")
+    spec.compression, spec.matchmaking_time_s = args.compression, 2.0
     outer = OuterState(model(), pb.OuterOptimizerSpec(lr=0.7, momentum=0.9, nesterov=True))
     dht = start_dht([p for p in args.peers.split(",") if p], "/ip4/127.0.0.1/tcp/0")
     if args.maddrs_file:

@@ -21,6 +21,7 @@ import torch
 from cryptography.hazmat.primitives import serialization
 from gpt5os.common.swarm_auth import SwarmKey
 from gpt5os.common.swarm_token import TokenIssuer
+from gpt5os.coordinator.run_spec import preset_spec
 from gpt5os.node.diloco import OuterState
 from gpt5os.node.swarm import PseudoGradientAverager, start_dht, visible_maddrs
 from gpt5os.node.swarm_access import SwarmAccess
@@ -60,7 +61,8 @@ def main() -> None:
     outer = OuterState(
         torch.nn.Linear(8, 8), pb.OuterOptimizerSpec(lr=0.7, momentum=0.9, nesterov=True)
     )
-    spec = pb.RunSpec(compression="none", matchmaking_time_s=2.0, tokens_per_round=1000)
+    spec = preset_spec("tiny", run_id="worker")
+    spec.compression, spec.matchmaking_time_s = "none", 2.0
     dht = start_dht([], "/ip4/127.0.0.1/tcp/0", access)
     averager = PseudoGradientAverager(outer, dht, prefix="test_diloco", spec=spec, access=access)
     try:

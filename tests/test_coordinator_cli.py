@@ -249,7 +249,7 @@ def test_init_options_and_errors(tmp_path: Path) -> None:
     make_data_dir(data, n_train=3)
     run_dir = tmp_path / "run"
     r = cli("init", "--dir", str(run_dir), "--data", str(data), "--preset", "tiny", "--seq-len", "256",
-            "--tokens-per-round", "8192", "--inner-lr", "0.001", "--compression", "none", "--seed", "7",
+            "--inner-steps", "8", "--inner-lr", "0.001", "--compression", "none", "--seed", "7",
             "--lease-seconds", "30", "--heartbeat-seconds", "3", "--run-id", "my-run",
             "--val-batches", "3")  # fmt: skip
     assert r.returncode == 0, r.stderr
@@ -259,7 +259,7 @@ def test_init_options_and_errors(tmp_path: Path) -> None:
     assert (
         spec["spec"]["seed"] == 7 and spec["lease_seconds"] == 30 and spec["heartbeat_seconds"] == 3
     )
-    assert spec["spec"]["val_batches"] == 3
+    assert spec["spec"]["val_batches"] == 3 and spec["spec"]["inner_steps"] == 8
     assert_one_error_line(
         cli("init", "--dir", str(run_dir), "--data", str(data)), "already holds a run"
     )

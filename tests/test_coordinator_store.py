@@ -23,10 +23,10 @@ def test_tiny_preset_defaults() -> None:
         64,
         65536,
     )
-    assert (s.seq_len, s.batch_size, s.tokens_per_round, s.compression, s.seed) == (
+    assert (s.seq_len, s.batch_size, s.inner_steps, s.compression, s.seed) == (
         128,
         4,
-        16384,
+        16,
         "blockwise8",  # 8-bit blockwise with error feedback; "float16", "none" (exact): options
         0,
     )

@@ -37,7 +37,7 @@ def data_dir(tmp_path_factory) -> Path:
 def init_run(run_dir: Path, data: Path, *extra: str) -> None:
     subprocess.run(
         [tool("gpt5os-coordinator"), "init", "--dir", str(run_dir), "--data", str(data),
-         "--preset", "tiny", "--tokens-per-round", "2048", *extra],
+         "--preset", "tiny", "--inner-steps", "2", *extra],
         check=True, capture_output=True, timeout=300,
     )  # fmt: skip
 

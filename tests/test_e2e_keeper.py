@@ -44,7 +44,7 @@ def small_corpus(tmp_path_factory) -> Path:
 def _init_run(run_dir: Path, data: Path) -> None:
     subprocess.run(
         [tool("gpt5os-coordinator"), "init", "--dir", str(run_dir), "--data", str(data),
-         "--preset", "tiny", "--tokens-per-round", "4096",
+         "--preset", "tiny", "--inner-steps", "4",
          "--heartbeat-seconds", "1", "--lease-seconds", "30"],
         check=True, capture_output=True, timeout=120,
     )  # fmt: skip
@@ -196,7 +196,7 @@ def test_a_run_from_a_checkpoint_starts_every_node_from_it(
     run_dir = tmp_path / "run"
     subprocess.run(
         [tool("gpt5os-coordinator"), "init", "--dir", str(run_dir), "--data", str(small_corpus),
-         "--from-checkpoint", str(exported), "--preset", "tiny", "--tokens-per-round", "4096",
+         "--from-checkpoint", str(exported), "--preset", "tiny", "--inner-steps", "4",
          "--heartbeat-seconds", "1"],
         check=True, capture_output=True, timeout=120,
     )  # fmt: skip

@@ -59,7 +59,7 @@ def test_a_peer_without_a_swarm_token_gets_nothing_while_nodes_train(
     run_dir = tmp_path / "run"
     subprocess.run(
         [tool("gpt5os-coordinator"), "init", "--dir", str(run_dir), "--data", str(small_corpus),
-         "--preset", "tiny", "--tokens-per-round", "8192", "--compression", "none"],
+         "--preset", "tiny", "--inner-steps", "8", "--compression", "none"],
         check=True, capture_output=True, timeout=120,
     )  # fmt: skip
     coordinator, address = start_coordinator(

@@ -34,7 +34,7 @@ def test_a_client_mode_node_averages_with_a_full_peer_over_tls(
     run_dir = tmp_path / "run"
     subprocess.run(
         [tool("gpt5os-coordinator"), "init", "--dir", str(run_dir), "--data", str(small_corpus),
-         "--preset", "tiny", "--tokens-per-round", "8192", "--compression", "none", "--tls"],
+         "--preset", "tiny", "--inner-steps", "8", "--compression", "none", "--tls"],
         check=True, capture_output=True, timeout=120,
     )  # fmt: skip
     fp = fingerprint(TlsFiles.of_run(run_dir).cert.read_bytes())

@@ -44,7 +44,7 @@ def _node(address: str, home: Path, log: Path, *extra: str) -> Proc:
 
 def test_two_nodes_average_every_round_and_learn(tmp_path: Path, small_corpus: Path) -> None:
     run_dir = tmp_path / "run"
-    _init_run(run_dir, small_corpus, "--tokens-per-round", "8192")
+    _init_run(run_dir, small_corpus, "--inner-steps", "8")
     coordinator, address = start_coordinator(
         run_dir, tmp_path / "coord-home", tmp_path / "coordinator.log"
     )
@@ -103,7 +103,7 @@ def test_a_lone_node_trains_alone_and_a_late_joiner_averages_with_it(
     tmp_path: Path, small_corpus: Path
 ) -> None:
     run_dir = tmp_path / "run"
-    _init_run(run_dir, small_corpus, "--tokens-per-round", "4096")
+    _init_run(run_dir, small_corpus, "--inner-steps", "4")
     coordinator, address = start_coordinator(
         run_dir, tmp_path / "coord-home", tmp_path / "coordinator.log"
     )
@@ -150,4 +150,53 @@ def test_a_lone_node_trains_alone_and_a_late_joiner_averages_with_it(
         for proc in (first, late):
             if proc is not None:
                 proc.stop()
+        coordinator.stop()
+
+
+def test_overlapped_rounds_leave_the_same_global_model_on_every_node(
+    tmp_path: Path, small_corpus: Path
+) -> None:
+    """join --overlap: each round's all-reduce runs while the next round trains; every node's
+    θ_global after every round is bitwise the same (and the keeper's certificate)."""
+    rounds = 3
+    run_dir = tmp_path / "run"
+    _init_run(run_dir, small_corpus, "--inner-steps", "6", "--compression", "none")
+    coordinator, address = start_coordinator(
+        run_dir, tmp_path / "coord-home", tmp_path / "coordinator.log"
+    )
+    nodes: list[Proc] = []
+    try:
+        for name in ("a", "b"):
+            nodes.append(
+                _node(
+                    address,
+                    tmp_path / f"node-{name}",
+                    tmp_path / f"node-{name}.log",
+                    "--max-rounds",
+                    str(rounds),
+                    "--min-peers",
+                    "2",
+                    "--overlap",
+                )  # fmt: skip
+            )
+        for node in nodes:
+            rc = node.wait(timeout=600)
+            assert rc == 0, f"node exited with {rc}:\n{node.tail()}"
+        status = coordinator_status(run_dir)
+        by_round = {r["round"]: r for r in status["rounds"]}
+        assert sorted(by_round) == list(range(1, rounds + 1)), status["rounds"]
+        for number, record in by_round.items():
+            reports = record["reports"]
+            assert len(reports) == 2, f"round {number}: {reports}"
+            digests = {r["params_sha256"] for r in reports}
+            assert len(digests) == 1, f"round {number}: global parameters differ: {digests}"
+            assert all(len(r["peer_node_ids"]) == 2 for r in reports), reports
+        cert = status["keeper"]["certified"]
+        assert cert["round"] == rounds and cert["params_sha256"] in digests
+        assert all(r["val_loss"] is not None for r in by_round.values())
+        logs = [n.output() for n in nodes]
+        assert all("round 3:" in text for text in logs)
+    finally:
+        for node in nodes:
+            node.stop()
         coordinator.stop()

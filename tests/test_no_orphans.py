@@ -24,7 +24,7 @@ def _names(procs: list[ProcId]) -> list[str]:
 
 def test_kill_9_leaves_no_orphans(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    make_run(run_dir, n_train=4, preset="tiny", tokens_per_round=1_000_000)
+    make_run(run_dir, n_train=4, preset="tiny", inner_steps=2000)
     coordinator, address = start_coordinator(
         run_dir, tmp_path / "coord-home", tmp_path / "coordinator.log"
     )

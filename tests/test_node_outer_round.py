@@ -10,6 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 from fake_swarm import FakeSwarmPeer
+from gpt5os.coordinator.run_spec import (
+    InnerOptimizerSpec,
+    ModelSpec,
+    OuterOptimizerSpec,
+    RunSpec,
+)
 from gpt5os.node.claims import KEEPER_NODE_ID, RoundClaim
 from gpt5os.node.config import NodeConfig
 from gpt5os.node.coordinator_client import Session
@@ -27,13 +33,24 @@ from gpt5os.node.state_sync import (
 from gpt5os.node.trainer import RoundApplied, RoundMissed, Trainer, build_training_state
 from gpt5os.proto import pb
 
-SPEC = pb.RunSpec(
+SPEC = RunSpec(
     run_id="unit",
     seed=7,
-    model=pb.ModelSpec(preset="unit", vocab_size=97, n_layer=1, n_embd=64, head_size=32),
-    inner=pb.InnerOptimizerSpec(name="adamw", lr=1e-3),
-    outer=pb.OuterOptimizerSpec(lr=0.7, momentum=0.9, nesterov=True),
-    tokens_per_round=1000,
+    model=ModelSpec(preset="unit", vocab_size=97, n_layer=1, n_embd=64, head_size=32),
+    seq_len=8,
+    batch_size=2,
+    inner=InnerOptimizerSpec(
+        lr=1e-3,
+        min_lr=1e-4,
+        weight_decay=0.0,
+        beta1=0.9,
+        beta2=0.95,
+        eps=1e-8,
+        warmup_tokens=0,
+        decay_tokens=0,
+    ),
+    outer=OuterOptimizerSpec(lr=0.7, momentum=0.9, nesterov=True),
+    inner_steps=4,
     compression="none",
 )
 
@@ -62,7 +79,7 @@ class FakeFeed:
 
 def make_trainer(tmp_path: Path, peer: FakeSwarmPeer) -> tuple[Trainer, FakeClient]:
     client = FakeClient()
-    session = Session(node_id="me", token="t", spec=SPEC, join=pb.JoinResponse(spec=SPEC))
+    session = Session(node_id="me", token="t", spec=SPEC, join=pb.JoinResponse(spec=SPEC.to_pb()))
     model, outer = build_training_state(SPEC, torch.device("cpu"))
     trainer = Trainer(
         NodeConfig(home=tmp_path, device="cpu"),
@@ -374,3 +391,38 @@ def test_import_state_refuses_a_state_of_another_shape() -> None:
         outer.import_state(meta, tensors[:-1])
     with pytest.raises(ValueError):
         outer.import_state(meta, [torch.zeros(3)] + tensors[1:])
+
+
+def test_an_overlapped_round_lands_while_training_goes_on(tmp_path: Path) -> None:
+    """join --overlap: the round's Δ is taken and θ_local restarts from θ_global_old; the all-reduce
+    runs in a thread while steps go on; when it lands, θ_global takes the group's average and
+    θ_local keeps the steps trained since (θ_local += θ_global_new − θ_global_old); the report
+    comes from the background."""
+    peer = FakeSwarmPeer()
+    trainer, client = make_trainer(tmp_path, peer)
+    trainer.config.overlap = True
+    peer.tracker.ready_to_update_epoch = True
+    deltas = drift(trainer)
+    other = [d * 3 for d in deltas]  # the group's average differs from our own Δ
+    peer.group_average.outcome = Settled(other, ["me", "peer"], 1000)
+    old = [g.clone() for g in trainer.outer.global_params]
+
+    trainer._after_step()  # the round is due: averaging starts in the background
+    assert trainer._pending is not None and trainer.outer.round == 0
+    for p, g in zip(trainer.model.parameters(), old, strict=True):
+        assert torch.equal(p.detach(), g)  # training goes on from θ_global_old
+    drift(trainer, by=0.02)  # the next round's first steps
+    trainer._pending.thread.join(10)
+    trainer._after_step()  # landed: the delayed outer step
+    assert trainer._pending is None and trainer.outer.round == 1
+    assert [r.round for r in trainer.rounds] == [1]
+    for p, g, o in zip(trainer.model.parameters(), trainer.outer.global_params, old, strict=True):
+        torch.testing.assert_close(p.detach(), o - 0.02 + (g - o))
+    trainer._reporter.join(10)
+    assert [r.round for r in client.reports] == [1]
+    assert client.reports[0].params_sha256 == trainer.outer.digest()
+    assert client.reports[0].val_loss == 1.5
+    # the applied average is the group's, not our own Δ
+    reference = OuterState(build_training_state(SPEC, torch.device("cpu"))[0], SPEC.outer)
+    reference.apply_outer_step(other, tokens=1000, group_size=2)
+    assert reference.digest() == trainer.outer.digest()

@@ -70,7 +70,10 @@ def test_dht_listens_on_loopback_for_a_local_coordinator(tmp_path) -> None:
 def test_adamw8bit_inner_optimizer_trains_with_8bit_state() -> None:
     """`inner.name: adamw8bit` builds bitsandbytes' AdamW8bit (its state really 8-bit) and
     trains like AdamW: the same falling loss on a fixed batch, to within quantisation."""
+    import dataclasses
+
     import torch
+    from gpt5os.coordinator.run_spec import preset_spec
     from gpt5os.model import RWKV7, ModelConfig
     from gpt5os.node.trainer import build_inner_optimizer
 
@@ -79,7 +82,8 @@ def test_adamw8bit_inner_optimizer_trains_with_8bit_state() -> None:
     for name in ("adamw", "adamw8bit"):
         torch.manual_seed(0)
         model = RWKV7(ModelConfig(vocab_size=257, n_layer=1, n_embd=64, head_size=32))
-        opt = build_inner_optimizer(model, pb.InnerOptimizerSpec(name=name, lr=3e-3))
+        inner = dataclasses.replace(preset_spec("tiny", run_id="u").inner, name=name, lr=3e-3)
+        opt = build_inner_optimizer(model, inner)
         losses[name] = []
         for _ in range(8):
             logits = model(batch[:, :-1])
@@ -94,3 +98,34 @@ def test_adamw8bit_inner_optimizer_trains_with_8bit_state() -> None:
             assert opt.state[emb]["state1"].dtype == torch.uint8
     assert losses["adamw8bit"][-1] < losses["adamw8bit"][0] - 0.1
     assert losses["adamw8bit"] == pytest.approx(losses["adamw"], rel=0.02)
+
+
+def test_a_delayed_outer_step_moves_the_local_model_by_the_global_update() -> None:
+    """Overlapped rounds (OuterState.begin_overlapped_round / apply_outer_step(delayed=True)):
+    θ_local restarts from θ_global_old, trains on, and is moved by θ_global_new − θ_global_old
+    when the average lands; a plain step resets θ_local to θ_global_new."""
+    import torch
+    from gpt5os.coordinator.run_spec import OuterOptimizerSpec
+    from gpt5os.node.diloco import OuterState
+
+    model = torch.nn.Linear(3, 2)
+    outer = OuterState(model, OuterOptimizerSpec())
+    old = [g.clone() for g in outer.global_params]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.sub_(0.5)  # a round of local training
+    deltas = outer.begin_overlapped_round()
+    assert all(torch.allclose(d, torch.full_like(d, 0.5)) for d in deltas)
+    assert all(torch.equal(p.detach(), g) for p, g in zip(model.parameters(), old, strict=True))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.sub_(0.25)  # the next round's first steps, while the all-reduce runs
+    outer.apply_outer_step(deltas, tokens=10, group_size=2, delayed=True)
+    for p, g, o in zip(model.parameters(), outer.global_params, old, strict=True):
+        assert not torch.equal(g, o)
+        torch.testing.assert_close(p.detach(), g - 0.25)
+    outer.apply_outer_step(deltas, tokens=10, group_size=2)
+    assert all(
+        torch.equal(p.detach(), g)
+        for p, g in zip(model.parameters(), outer.global_params, strict=True)
+    )

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 import walkthrough as w  # noqa: E402
 
 SEQ_LEN, BATCH_SIZE = 32, 1
-TOKENS_PER_ROUND = 2 * 8 * SEQ_LEN * BATCH_SIZE  # two nodes, ~eight inner steps each
+INNER_STEPS = 8  # per node and round
 NODES = 2
 COORDINATOR_BYTES = 1 * memory.GIB
 
@@ -88,7 +88,7 @@ def test_preset_walkthrough(preset: str, tmp_path: Path) -> None:
     dotted = ["--run-id", "tiny.walk-1"] if "." not in preset else []
     _run(
         _command(w.INIT, values, "--seq-len", str(SEQ_LEN), "--batch-size", str(BATCH_SIZE),
-                 "--tokens-per-round", str(TOKENS_PER_ROUND), *dotted),
+                 "--inner-steps", str(INNER_STEPS), *dotted),
         home,
     )  # fmt: skip
     port_file = tmp_path / "port"

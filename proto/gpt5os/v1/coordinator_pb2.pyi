@@ -55,7 +55,7 @@ class OuterOptimizerSpec(_message.Message):
     def __init__(self, lr: _Optional[float] = ..., momentum: _Optional[float] = ..., nesterov: _Optional[bool] = ...) -> None: ...
 
 class RunSpec(_message.Message):
-    __slots__ = ("spec_version", "run_id", "revision", "model", "tokenizer", "seq_len", "batch_size", "inner", "outer", "tokens_per_round", "compression", "seed", "min_node_version", "matchmaking_time_s", "averaging_timeout_s", "val_batches")
+    __slots__ = ("spec_version", "run_id", "revision", "model", "tokenizer", "seq_len", "batch_size", "inner", "outer", "compression", "seed", "min_node_version", "matchmaking_time_s", "averaging_timeout_s", "val_batches", "inner_steps")
     SPEC_VERSION_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
@@ -65,13 +65,13 @@ class RunSpec(_message.Message):
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     INNER_FIELD_NUMBER: _ClassVar[int]
     OUTER_FIELD_NUMBER: _ClassVar[int]
-    TOKENS_PER_ROUND_FIELD_NUMBER: _ClassVar[int]
     COMPRESSION_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     MIN_NODE_VERSION_FIELD_NUMBER: _ClassVar[int]
     MATCHMAKING_TIME_S_FIELD_NUMBER: _ClassVar[int]
     AVERAGING_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
     VAL_BATCHES_FIELD_NUMBER: _ClassVar[int]
+    INNER_STEPS_FIELD_NUMBER: _ClassVar[int]
     spec_version: int
     run_id: str
     revision: int
@@ -81,14 +81,14 @@ class RunSpec(_message.Message):
     batch_size: int
     inner: InnerOptimizerSpec
     outer: OuterOptimizerSpec
-    tokens_per_round: int
     compression: str
     seed: int
     min_node_version: str
     matchmaking_time_s: float
     averaging_timeout_s: float
     val_batches: int
-    def __init__(self, spec_version: _Optional[int] = ..., run_id: _Optional[str] = ..., revision: _Optional[int] = ..., model: _Optional[_Union[ModelSpec, _Mapping]] = ..., tokenizer: _Optional[str] = ..., seq_len: _Optional[int] = ..., batch_size: _Optional[int] = ..., inner: _Optional[_Union[InnerOptimizerSpec, _Mapping]] = ..., outer: _Optional[_Union[OuterOptimizerSpec, _Mapping]] = ..., tokens_per_round: _Optional[int] = ..., compression: _Optional[str] = ..., seed: _Optional[int] = ..., min_node_version: _Optional[str] = ..., matchmaking_time_s: _Optional[float] = ..., averaging_timeout_s: _Optional[float] = ..., val_batches: _Optional[int] = ...) -> None: ...
+    inner_steps: int
+    def __init__(self, spec_version: _Optional[int] = ..., run_id: _Optional[str] = ..., revision: _Optional[int] = ..., model: _Optional[_Union[ModelSpec, _Mapping]] = ..., tokenizer: _Optional[str] = ..., seq_len: _Optional[int] = ..., batch_size: _Optional[int] = ..., inner: _Optional[_Union[InnerOptimizerSpec, _Mapping]] = ..., outer: _Optional[_Union[OuterOptimizerSpec, _Mapping]] = ..., compression: _Optional[str] = ..., seed: _Optional[int] = ..., min_node_version: _Optional[str] = ..., matchmaking_time_s: _Optional[float] = ..., averaging_timeout_s: _Optional[float] = ..., val_batches: _Optional[int] = ..., inner_steps: _Optional[int] = ...) -> None: ...
 
 class NodeInfo(_message.Message):
     __slots__ = ("software_version", "device", "hostname", "display_name")
