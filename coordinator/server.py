@@ -28,6 +28,7 @@ from gpt5os.coordinator.dht import BootstrapPeer
 from gpt5os.coordinator.keeper_auth import KeeperVerifier, ensure_keeper_key
 from gpt5os.coordinator.metrics import Metrics
 from gpt5os.coordinator.records import ApiError
+from gpt5os.coordinator.request_auth import RequestVerifier, SignatureInterceptor
 from gpt5os.coordinator.run_spec import dht_prefix
 from gpt5os.coordinator.runs import RUN_FILE, load_run
 from gpt5os.coordinator.swarm import Swarm, open_swarm
@@ -324,12 +325,17 @@ class CoordinatorServer:
                 raise ServeError(f"cannot start the hivemind DHT bootstrap peer: {e}") from e
         self.swarm.store.start_checkpointer()  # a thread: after the DHT's fork
         self.checkpoint.refresh()  # the newest model checkpoint, before the first GetStatus
+        self.request_verifier = RequestVerifier(clock=self.clock)
+        interceptor = SignatureInterceptor(
+            self.request_verifier, self._public_key_of, self._refused
+        )
         server = grpc.aio.server(
+            interceptors=[interceptor],
             options=[
                 ("grpc.max_receive_message_length", MAX_RECEIVE),
                 ("grpc.max_send_message_length", MAX_SEND),
                 ("grpc.so_reuseport", 0),
-            ]
+            ],
         )
         pb_grpc.add_CoordinatorServicer_to_server(Servicer(self), server)
         self._health = health.aio.HealthServicer()
@@ -364,6 +370,15 @@ class CoordinatorServer:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._tick_task = asyncio.create_task(self._ticker())
         return port
+
+    def _public_key_of(self, node_id: str) -> bytes | None:
+        node = self.swarm.nodes.get(node_id)
+        return node.public_key if node is not None else None
+
+    def _refused(self, method: str, node_id: str, error: ApiError) -> None:
+        """A request the signature interceptor refused: count it and say so in one line."""
+        self.metrics.rpcs.labels(method, error.code.name).inc()
+        log.warning("refused %s from node %s: %s", method, node_id or "?", error.message)
 
     async def stop(self, grace: float = 1.0) -> None:
         self.stopping.set()

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from gpt5os.common.request_signing import node_id_of
 from gpt5os.coordinator import certify
 from gpt5os.coordinator.certify import Certified
 from gpt5os.coordinator.records import ApiError, NodeRecord, RoundAgg
@@ -37,10 +38,6 @@ HISTORY_POINTS = 20_000  # in memory; snapshots downsample to <= 1000
 INITIAL_PEERS_MAX = 8
 RECENT_PEERS_KEPT = 64
 LOST_CHECK_EVERY_S = 2.0
-
-
-def node_id_of(public_key: bytes) -> str:
-    return hashlib.sha256(public_key).hexdigest()[:20]
 
 
 def _hash_token(token: str) -> str:

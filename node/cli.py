@@ -109,9 +109,23 @@ def main() -> None:
 @click.option(
     "--name", "display_name", default="", help="Your name on the dashboard's leaderboard."
 )
+@click.option(
+    "--invite",
+    default="",
+    help="Invite token from the run's maintainer (needed to first join an invite-only run).",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging, hivemind included.")
 def join(
-    coordinator, device, max_rounds, home, min_peers, dht_listen, threads, display_name, verbose
+    coordinator,
+    device,
+    max_rounds,
+    home,
+    min_peers,
+    dht_listen,
+    threads,
+    display_name,
+    invite,
+    verbose,
 ) -> None:
     """Join a run and train until Ctrl-C, SIGTERM or --max-rounds."""
     _setup_logging(verbose)
@@ -124,6 +138,7 @@ def join(
         dht_listen=dht_listen,
         threads=threads,
         display_name=display_name,
+        invite=invite.strip(),
     )
     from .runner import NodeError, run_node
 
@@ -152,6 +167,26 @@ def join(
     click.echo(
         f"gpt5os-node: left after {rounds} outer round{'s' if rounds != 1 else ''}", err=True
     )
+
+
+@main.command()
+@click.option(
+    "--home",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where the node key lives (default: $GPT5OS_HOME or the user data dir).",
+)
+def identity(home: Path | None) -> None:
+    """Print this node's id (line 1) and the path of its key file (line 2); makes the key on
+    first use. Send the id to a maintainer to be admitted to an invite-only run."""
+    from .identity import load_or_create_identity
+
+    try:
+        ident = load_or_create_identity(home or default_home())
+    except (ValueError, OSError) as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(ident.node_id)
+    click.echo(str(ident.path))
 
 
 @main.command()

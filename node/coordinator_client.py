@@ -1,5 +1,6 @@
 """The node's gRPC client for the coordinator: one place that turns transport failures into errors
-a volunteer can act on, and that keeps the session (node id + token) for every call."""
+a volunteer can act on, that keeps the session (node id + token) for every call and signs every
+request with the node's key (common/request_signing.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 import grpc
+from gpt5os.common.request_signing import Keyring
 from gpt5os.proto import pb, pb_grpc
 
 from .identity import NodeIdentity
@@ -26,6 +28,10 @@ CALL_TIMEOUT_S = 30.0
 
 class CoordinatorError(RuntimeError):
     """A coordinator call failed in a way the volunteer should read (bad address, refused join...)."""
+
+
+class Banned(CoordinatorError):
+    """The coordinator refused this node for good (PERMISSION_DENIED): retrying never helps."""
 
 
 class ShardCorrupt(RuntimeError):
@@ -57,29 +63,43 @@ class Session:
 class CoordinatorClient:
     """Synchronous calls to one coordinator; safe to use from the trainer and heartbeat threads."""
 
-    def __init__(self, address: str, identity: NodeIdentity, *, display_name: str = "") -> None:
+    def __init__(
+        self,
+        address: str,
+        identity: NodeIdentity,
+        *,
+        display_name: str = "",
+        invite: str = "",
+        on_banned: Callable[[str], None] | None = None,
+    ) -> None:
         self.address = parse_address(address)
         self.identity = identity
         self.display_name = display_name
-        self._channel = grpc.insecure_channel(
+        self.invite = invite
+        self.on_banned = on_banned  # called once with the reason when a call is refused for good
+        self.banned: str | None = None
+        self._raw_channel = grpc.insecure_channel(
             self.address,
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ],
         )
+        self._channel = grpc.intercept_channel(
+            self._raw_channel, Keyring([identity.private_key]).interceptor()
+        )
         self._stub = pb_grpc.CoordinatorStub(self._channel)
         self._lock = threading.Lock()
         self.session: Session | None = None
 
     def close(self) -> None:
-        self._channel.close()
+        self._raw_channel.close()
 
     # -- calls ------------------------------------------------------------------------------
 
     def join(self, device: str) -> Session:
         try:
-            grpc.channel_ready_future(self._channel).result(timeout=CONNECT_TIMEOUT_S)
+            grpc.channel_ready_future(self._raw_channel).result(timeout=CONNECT_TIMEOUT_S)
         except grpc.FutureTimeoutError:
             raise CoordinatorError(
                 f"cannot reach the coordinator at {self.address} (no answer in "
@@ -91,9 +111,8 @@ class CoordinatorClient:
             hostname=socket.gethostname(),
             display_name=self.display_name,
         )
-        response = self._call(
-            "Join", pb.JoinRequest(public_key=self.identity.public_key, info=info)
-        )
+        request = pb.JoinRequest(public_key=self.identity.public_key, info=info, invite=self.invite)
+        response = self._call("Join", request)
         with self._lock:
             self.session = Session(
                 response.node_id, response.session_token, response.spec, response
@@ -181,6 +200,13 @@ class CoordinatorClient:
         else:
             name = code.name if code is not None else "UNKNOWN"
             message = f"coordinator refused {method}: {name}: {details}"
-        err = CoordinatorError(message)
+        if code == grpc.StatusCode.PERMISSION_DENIED:  # banned, or not invited: final
+            err: CoordinatorError = Banned(message)
+            first = self.banned is None
+            self.banned = self.banned or details
+            if first and self.on_banned is not None:
+                self.on_banned(details)
+        else:
+            err = CoordinatorError(message)
         err.code = code  # type: ignore[attr-defined]
         return err

@@ -13,7 +13,7 @@ import signal
 import threading
 
 from .config import NodeConfig
-from .coordinator_client import CoordinatorClient, CoordinatorError, parse_address
+from .coordinator_client import Banned, CoordinatorClient, CoordinatorError, parse_address
 from .identity import load_or_create_identity
 
 log = logging.getLogger("gpt5os.node")
@@ -82,7 +82,17 @@ def run_node(config: NodeConfig, stop: threading.Event) -> int:
     except (ValueError, RuntimeError) as e:
         raise NodeError(f"bad --device {config.device!r}: {e}") from None
 
-    client = CoordinatorClient(config.coordinator, identity, display_name=config.display_name)
+    def banned(reason: str) -> None:  # from any thread's call: stop everything, do not retry
+        log.debug("the coordinator refused this node: %s", reason)
+        stop.set()
+
+    client = CoordinatorClient(
+        config.coordinator,
+        identity,
+        display_name=config.display_name,
+        invite=config.invite,
+        on_banned=banned,
+    )
     trainer = None
     reason = "stopped"
     try:
@@ -130,18 +140,26 @@ def run_node(config: NodeConfig, stop: threading.Event) -> int:
             log.debug("the node failed to start", exc_info=True)
             raise NodeError(f"the node failed to start: {one_line(e)}") from None
         rounds = trainer.train()
+        if client.banned is not None:
+            raise NodeError(f"stopped: the coordinator refused this node: {client.banned}")
         if trainer.heartbeat.refused:
             raise NodeError(f"left: {trainer.heartbeat.refused}")
         if config.max_rounds is not None and len(rounds) >= config.max_rounds:
             reason = f"finished {len(rounds)} rounds"
         return len(rounds)
+    except Banned:
+        raise NodeError(f"stopped: the coordinator refused this node: {client.banned}") from None
     except CoordinatorError as e:
+        if client.banned is not None:  # banned mid-call: say that, not the call that noticed
+            raise NodeError(
+                f"stopped: the coordinator refused this node: {client.banned}"
+            ) from None
         raise NodeError(str(e)) from None
     finally:
         stop.set()
         if trainer is not None:
             trainer.close()
-        if client.session is not None:
+        if client.session is not None and client.banned is None:  # a banned node cannot Leave
             try:
                 client.leave(reason)
             except CoordinatorError as e:

@@ -12,8 +12,8 @@ import sys
 import time
 from pathlib import Path
 
-import grpc
 import pytest
+from gpt5os.coordinator.testkit import aio_channel
 from gpt5os.proto import pb_grpc
 from test_dashboard_support import ApiNode, make_run, start_server
 
@@ -44,7 +44,7 @@ async def run_cli(*args: str, timeout: float = 90.0) -> tuple[int, str, str]:
 async def test_snapshot_writes_an_svg_of_the_live_run(tmp_path: Path) -> None:
     server = await start_server(make_run(tmp_path))
     try:
-        async with grpc.aio.insecure_channel(server.address) as channel:
+        async with aio_channel(server.address) as channel:
             node = await ApiNode(pb_grpc.CoordinatorStub(channel), "frank", "cpu").join()
             await node.heartbeat(1234.0, 777_000, 5.5)
         out = tmp_path / "dash.svg"

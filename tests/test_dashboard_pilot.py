@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from gpt5os.coordinator.testkit import aio_channel
 from gpt5os.dashboard.app import DashboardApp
 from gpt5os.dashboard.feed import Backoff, CoordinatorSource
 from gpt5os.dashboard.main_screen import MainScreen
@@ -17,7 +18,14 @@ from gpt5os.dashboard.node_screen import NodeScreen
 from gpt5os.dashboard.swarm_view import format_count, short_id
 from gpt5os.dashboard.widgets import NodesTable
 from gpt5os.proto import pb, pb_grpc
-from test_dashboard_support import ApiNode, fill, make_run, screen_text, start_server, wait_for
+from test_dashboard_support import (
+    ApiNode,
+    fill,
+    make_run,
+    screen_text,
+    start_server,
+    wait_for,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -48,9 +56,7 @@ def make_app(address: str) -> DashboardApp:
 async def test_widgets_show_the_coordinators_numbers_sort_filter_and_detail(run_dir: Path) -> None:
     server = await start_server(run_dir)
     try:
-        import grpc
-
-        async with grpc.aio.insecure_channel(server.address) as channel:
+        async with aio_channel(server.address) as channel:
             stub = pb_grpc.CoordinatorStub(channel)
             nodes = await fill(stub)
             truth = await stub.GetStatus(pb.GetStatusRequest())
@@ -143,9 +149,7 @@ async def test_empty_swarm_then_coordinator_restart_is_shown_and_recovered(run_d
             await wait_for(pilot, lambda: app.view.has_snapshot, "first snapshot")
             await wait_for(pilot, lambda: "no nodes yet" in screen_text(app), "empty state")
 
-            import grpc
-
-            async with grpc.aio.insecure_channel(server.address) as channel:
+            async with aio_channel(server.address) as channel:
                 dave = await ApiNode(pb_grpc.CoordinatorStub(channel), "dave", "cpu").join()
                 await dave.heartbeat(700.0, 12_345, 6.1)
             await wait_for(pilot, lambda: table_ids(app) == [dave.node_id], "dave's row")

@@ -103,12 +103,14 @@ class NodeInfo(_message.Message):
     def __init__(self, software_version: _Optional[str] = ..., device: _Optional[str] = ..., hostname: _Optional[str] = ..., display_name: _Optional[str] = ...) -> None: ...
 
 class JoinRequest(_message.Message):
-    __slots__ = ("public_key", "info")
+    __slots__ = ("public_key", "info", "invite")
     PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     INFO_FIELD_NUMBER: _ClassVar[int]
+    INVITE_FIELD_NUMBER: _ClassVar[int]
     public_key: bytes
     info: NodeInfo
-    def __init__(self, public_key: _Optional[bytes] = ..., info: _Optional[_Union[NodeInfo, _Mapping]] = ...) -> None: ...
+    invite: str
+    def __init__(self, public_key: _Optional[bytes] = ..., info: _Optional[_Union[NodeInfo, _Mapping]] = ..., invite: _Optional[str] = ...) -> None: ...
 
 class JoinResponse(_message.Message):
     __slots__ = ("node_id", "session_token", "spec", "initial_peers", "heartbeat_interval_s", "lease_duration_s", "outer_round", "dht_prefix", "validation_shards", "certified")
