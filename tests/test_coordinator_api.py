@@ -146,7 +146,9 @@ async def test_node_lifecycle_end_to_end(server, stub) -> None:
     assert sum(len(c.data) for c in val) == val[0].total_size > 0
     snap = await stub.GetStatus(pb.GetStatusRequest())
     assert snap.run.shards.done == 1 and snap.run.shards.total == 6 and snap.run.active_nodes == 1
-    assert snap.nodes[0].tokens_trained == 100 and snap.nodes[0].shards_done == 1
+    # credit: the tokens of the shard it leased and completed, not the 100 its heartbeat claimed
+    assert snap.nodes[0].tokens_trained == lease.tokens and snap.nodes[0].shards_done == 1
+    assert snap.run.tokens_trained == lease.tokens
     detail = await stub.GetNode(pb.GetNodeRequest(node_id=auth.node_id[:8]))
     assert detail.node.node_id == auth.node_id and not detail.leases
     await stub.Leave(pb.LeaveRequest(auth=auth, reason="done"))
@@ -160,13 +162,17 @@ async def test_rejoin_keeps_record_and_credit_with_a_new_token(stub) -> None:
     key = os.urandom(32)
     first, _ = await join(stub, key)
     await stub.Heartbeat(pb.HeartbeatRequest(auth=first, stats=pb.NodeStats(tokens_trained=500)))
+    lease = (await stub.LeaseShard(pb.LeaseShardRequest(auth=first))).lease
+    done = pb.CompleteShardRequest(auth=first, shard_id=lease.shard_id, tokens_trained=10**15)
+    assert (await stub.CompleteShard(done)).counted
     second, _ = await join(stub, key)
     assert second.node_id == first.node_id and second.session_token != first.session_token
     code, _ = await code_of(stub.Heartbeat(pb.HeartbeatRequest(auth=first)))
     assert code is Code.UNAUTHENTICATED
     await stub.Heartbeat(pb.HeartbeatRequest(auth=second, stats=pb.NodeStats(tokens_trained=200)))
     snap = await stub.GetStatus(pb.GetStatusRequest())
-    assert [n.tokens_trained for n in snap.nodes] == [700]
+    # credit is the completed lease's tokens: neither heartbeat claim nor the completion's claim
+    assert [n.tokens_trained for n in snap.nodes] == [lease.tokens]
 
 
 @pytest.mark.parametrize(

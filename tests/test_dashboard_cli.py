@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from gpt5os.coordinator.testkit import aio_channel
+from gpt5os.dashboard.swarm_view import format_count
 from gpt5os.proto import pb_grpc
 from test_dashboard_support import ApiNode, make_run, start_server
 
@@ -46,7 +47,8 @@ async def test_snapshot_writes_an_svg_of_the_live_run(tmp_path: Path) -> None:
     try:
         async with aio_channel(server.address) as channel:
             node = await ApiNode(pb_grpc.CoordinatorStub(channel), "frank", "cpu").join()
-            await node.heartbeat(1234.0, 777_000, 5.5)
+            await node.heartbeat(1234.0, 777_000, 5.5)  # a claim: the credit is the shard
+            lease = await node.train_one_shard(5.5)
         out = tmp_path / "dash.svg"
         code, stdout, stderr = await run_cli(
             "--coordinator", server.address, "--snapshot", str(out), "--snapshot-timeout", "60"
@@ -55,7 +57,7 @@ async def test_snapshot_writes_an_svg_of_the_live_run(tmp_path: Path) -> None:
         svg = out.read_text()
         assert svg.startswith("<svg") and svg.rstrip().endswith("</svg>")
         # SVG text uses &#160; for spaces: check words that have none
-        for word in ("dash-test", "frank", node.node_id[:8], "777.00k"):
+        for word in ("dash-test", "frank", node.node_id[:8], format_count(lease.tokens)):
             assert word in svg, word
     finally:
         await server.stop(grace=0.1)

@@ -120,6 +120,7 @@ async def fill(stub: pb_grpc.CoordinatorStub) -> dict[str, ApiNode]:
             await node.report(rnd, peers, tokens, loss)
     await alice.train_one_shard(4.1)
     await bob.train_one_shard(4.3)
+    await bob.train_one_shard(4.3)  # credit is completed shards: bob leads the leaderboard
     await alice.lease()  # held: shows up in alice's detail
     await alice.heartbeat(41_000.0, 3_120_000, 4.05, 2)
     await bob.heartbeat(88_000.0, 6_480_000, 4.21, 2)
