@@ -15,7 +15,6 @@ import functools
 import logging
 import sqlite3
 import time
-import traceback
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -65,6 +64,8 @@ def _rpc(method: Callable[..., Any]) -> Callable[..., Any]:
             return method(self, request, context)
         except ApiError as e:
             code = e.code.name
+            who = getattr(getattr(request, "auth", None), "node_id", "") or "?"
+            log.warning("refused %s from node %s: %s: %s", name, who, code, e.message)
             await context.abort(e.code, e.message)
         except sqlite3.Error as e:  # disk full, I/O error: nothing was acknowledged
             code = "UNAVAILABLE"
@@ -76,7 +77,7 @@ def _rpc(method: Callable[..., Any]) -> Callable[..., Any]:
             )
         except Exception as e:  # a bug: log it, answer INTERNAL, keep serving
             code = "INTERNAL"
-            traceback.print_exc()
+            log.exception("bug in %s: %r", name, e)
             await context.abort(grpc.StatusCode.INTERNAL, f"coordinator error in {name}: {e!r}")
         finally:
             self.metrics.rpcs.labels(name, code).inc()
@@ -106,6 +107,7 @@ class Servicer(pb_grpc.CoordinatorServicer):
         public_key, info = v.join(req)
         now = self.now()
         node, token = self.sw.join(public_key, info, now)
+        log.info("admitted node %s (%s, %s)", node.node_id, info["display_name"], info["device"])
         return pb.JoinResponse(
             node_id=node.node_id,
             session_token=token,
@@ -446,4 +448,4 @@ class CoordinatorServer:
                 with contextlib.suppress(Exception):
                     self.recover_store(e)
             except Exception as e:  # keep serving; a locked database clears on the next tick
-                print(f"gpt5os-coordinator: background tick failed: {e!r}", flush=True)
+                log.error("background tick failed: %r", e)

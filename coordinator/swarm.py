@@ -76,6 +76,15 @@ class Swarm:
         self.nodes: dict[str, NodeRecord] = {
             r["node_id"]: NodeRecord.from_row(r) for r in store.nodes()
         }
+        # Credit is the coordinator's ledger, never a node's word: the tokens of every shard it
+        # leased to the node and saw completed (each counted once), rebuilt from the store.
+        credit: dict[str, int] = {}
+        for row in store.completions():
+            d = self.shard_defs.get(row["shard_id"])
+            if d is not None:
+                credit[row["node_id"]] = credit.get(row["node_id"], 0) + int(d["tokens"])
+        for node in self.nodes.values():
+            node.tokens_trained = credit.get(node.node_id, 0)
         self.bans = store.bans()
         for nid in self.bans:
             if nid in self.nodes:
@@ -190,7 +199,7 @@ class Swarm:
             self._event(now, "rejoined", node.node_id, "heartbeat after being lost")
         node.last_seen_unix = now
         node.tokens_per_second = stats["tokens_per_second"]
-        node.add_session_tokens(stats["tokens_trained"])
+        node.session_tokens = stats["tokens_trained"]  # shown nowhere as credit (see complete)
         if stats["last_loss"] is not None:
             node.last_loss = stats["last_loss"]
         node.outer_round = max(node.outer_round, stats["outer_round"])
@@ -294,6 +303,7 @@ class Swarm:
         if not result.counted:
             return result
         node.shards_done += 1
+        node.tokens_trained += int(d["tokens"])  # what we leased, not the reported `tokens`
         self._event(
             now, "shard_completed", node.node_id, f"shard {shard_id} (epoch {result.epoch})"
         )

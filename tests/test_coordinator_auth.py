@@ -369,3 +369,27 @@ def test_gpt5os_node_identity_prints_the_id_then_the_key_path(tmp_path) -> None:
         f"it can act as this node; run `chmod 600 {home / 'node_key.pem'}` (or move it away to "
         "make a new key)"
     ]
+
+
+# -- file modes and the coordinator's log -----------------------------------------------------
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
+async def test_run_dir_is_0700_database_and_keys_0600_and_decisions_are_logged(
+    tmp_path, caplog
+) -> None:
+    caplog.set_level("INFO", logger="gpt5os.coordinator")
+    async with raw_server(tmp_path) as (srv, stub):
+        key = Ed25519PrivateKey.generate()
+        auth = await join(stub, key)
+        await call(stub, "Heartbeat", pb.HeartbeatRequest(auth=auth), key)  # the WAL exists now
+        run_dir = tmp_path / "run"
+        assert stat.S_IMODE(run_dir.stat().st_mode) == 0o700
+        for name in ("coordinator.sqlite", "coordinator.sqlite-wal", "keeper_key.pem"):
+            assert stat.S_IMODE((run_dir / name).stat().st_mode) == 0o600, name
+        await refused(stub, "Heartbeat", pb.HeartbeatRequest(auth=auth))  # unsigned
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("gpt5os.coordinator")]
+    assert any(line.startswith(f"admitted node {auth.node_id}") for line in lines), lines
+    assert any(
+        line.startswith(f"refused Heartbeat from node {auth.node_id}: unsigned") for line in lines
+    ), lines
