@@ -42,6 +42,8 @@ from pathlib import Path
 os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
 import grpc  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
+from gpt5os.common.request_signing import Keyring  # noqa: E402
 from gpt5os.node.coordinator_client import (  # noqa: E402
     CALL_TIMEOUT_S,
     JOIN_ATTEMPTS,
@@ -51,6 +53,7 @@ from gpt5os.proto import pb, pb_grpc  # noqa: E402
 
 METHODS = ("Join", "Heartbeat", "LeaseShard", "CompleteShard")
 EXTRA = ("errors", "join_total", "join_attempts", "join_failed")
+KEYRING = Keyring()  # the simulated nodes' keys (per client process)
 
 
 async def _timed(samples: dict, window: tuple[float, float], name: str, coro):
@@ -71,7 +74,8 @@ async def _timed(samples: dict, window: tuple[float, float], name: str, coro):
 async def _node(idx: int, stub, args, samples: dict, start: float, window: tuple[float, float]):
     rng = random.Random(idx)
     await asyncio.sleep(max(0.0, start + args.ramp * idx / args.nodes - time.time()))
-    key = hashlib.sha256(f"bench-node-{idx}".encode()).digest()
+    seed = hashlib.sha256(f"bench-node-{idx}".encode()).digest()
+    key = KEYRING.add(Ed25519PrivateKey.from_private_bytes(seed))  # every request is signed
     req = pb.JoinRequest(public_key=key, info=pb.NodeInfo(software_version="99.0", device="sim"))
     # A node's own policy (node/coordinator_client.py): retry what is retryable with backoff and
     # full jitter, JOIN_ATTEMPTS times; "Join" samples each attempt, "join_total" each node.
@@ -120,7 +124,10 @@ async def _node(idx: int, stub, args, samples: dict, start: float, window: tuple
 
 
 async def _client(indices: list[int], address: str, args, start: float, window, out) -> None:
-    channels = [grpc.aio.insecure_channel(address) for _ in range(args.channels)]
+    channels = [
+        grpc.aio.insecure_channel(address, interceptors=KEYRING.aio_interceptors())
+        for _ in range(args.channels)
+    ]
     stubs = [pb_grpc.CoordinatorStub(c) for c in channels]
     samples: dict = {m: [] for m in METHODS} | {k: [] for k in EXTRA}
     await asyncio.gather(

@@ -340,6 +340,17 @@ def serve(
         pass
 
 
+def _log_to_stderr() -> None:
+    import logging
+
+    logger = logging.getLogger("gpt5os.coordinator")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
 async def _serve(
     run_dir: Path,
     host: str,
@@ -372,6 +383,7 @@ async def _serve(
         bound = await server.start()
     except ServeError as e:
         raise click.ClickException(str(e)) from None
+    _log_to_stderr()  # one line per admission decision and refusal, with the node id
     # After start: the DHT child process must not inherit these handlers (see dht.py).
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

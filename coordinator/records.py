@@ -41,8 +41,8 @@ class NodeRecord:
     joined_unix: float = 0.0
     last_seen_unix: float = 0.0
     tokens_per_second: float = 0.0
-    tokens_trained: int = 0  # over every session of this node: what the node is credited with
-    session_tokens: int = 0  # the node's own counter in its current session (NodeStats)
+    tokens_trained: int = 0  # credit: tokens of the shards leased to it and completed (swarm.py)
+    session_tokens: int = 0  # the node's own counter in its current session (NodeStats): no credit
     last_loss: float | None = None
     outer_round: int = 0
     shards_done: int = 0
@@ -77,12 +77,6 @@ class NodeRecord:
             json.dumps(self.dht_maddrs) if self.dht_maddrs else "[]",
             self.node_id,
         )
-
-    def add_session_tokens(self, reported: int) -> None:
-        """NodeStats.tokens_trained counts from the node's (re)join; credit only the increase."""
-        if reported > self.session_tokens:
-            self.tokens_trained += reported - self.session_tokens
-        self.session_tokens = reported
 
     def sample(self, now: float) -> None:
         if not self.throughput or now - self.throughput[-1][0] >= NODE_SAMPLE_EVERY_S:

@@ -157,6 +157,7 @@ def create_run(
     if not manifest.train:
         raise ValueError(f"{data_dir} has no training shards: prepare more data")
     run_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(run_dir, 0o700)  # keys, sessions and invites live here: owner only
     try:
         rel = os.path.relpath(data_dir, run_dir.resolve())
     except ValueError:  # another drive on Windows

@@ -15,7 +15,6 @@ import functools
 import logging
 import sqlite3
 import time
-import traceback
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ from gpt5os.coordinator.keeper_auth import KeeperVerifier, ensure_keeper_key
 from gpt5os.coordinator.limits import Limits, LimitsInterceptor
 from gpt5os.coordinator.metrics import Metrics
 from gpt5os.coordinator.records import ApiError
+from gpt5os.coordinator.request_auth import RequestVerifier, SignatureInterceptor
 from gpt5os.coordinator.run_spec import dht_prefix
 from gpt5os.coordinator.runs import RUN_FILE, load_run
 from gpt5os.coordinator.swarm import Swarm, open_swarm
@@ -71,6 +71,8 @@ def _rpc(method: Callable[..., Any]) -> Callable[..., Any]:
             return method(self, request, context)
         except ApiError as e:
             code = e.code.name
+            who = getattr(getattr(request, "auth", None), "node_id", "") or "?"
+            log.warning("refused %s from node %s: %s: %s", name, who, code, e.message)
             await context.abort(e.code, e.message)
         except sqlite3.Error as e:  # disk full, I/O error: nothing was acknowledged
             code = "UNAVAILABLE"
@@ -82,7 +84,7 @@ def _rpc(method: Callable[..., Any]) -> Callable[..., Any]:
             )
         except Exception as e:  # a bug: log it, answer INTERNAL, keep serving
             code = "INTERNAL"
-            traceback.print_exc()
+            log.exception("bug in %s: %r", name, e)
             await context.abort(grpc.StatusCode.INTERNAL, f"coordinator error in {name}: {e!r}")
         finally:
             self.metrics.rpcs.labels(name, code).inc()
@@ -122,6 +124,7 @@ class Servicer(pb_grpc.CoordinatorServicer):
         swarm_key = v.swarm_public_key(req.swarm_public_key)
         now = self.now()
         node, token = self.sw.join(public_key, info, now)
+        log.info("admitted node %s (%s, %s)", node.node_id, info["display_name"], info["device"])
         return pb.JoinResponse(
             **self._swarm_token(node.node_id, swarm_key),
             node_id=node.node_id,
@@ -388,8 +391,12 @@ class CoordinatorServer:
                 raise ServeError(f"cannot start the hivemind DHT bootstrap peer: {e}") from e
         self.swarm.store.start_checkpointer()  # a thread: after the DHT's fork
         self.checkpoint.refresh()  # the newest model checkpoint, before the first GetStatus
+        self.request_verifier = RequestVerifier(clock=self.clock)
+        interceptor = SignatureInterceptor(
+            self.request_verifier, self._public_key_of, self._refused
+        )
         server = grpc.aio.server(
-            interceptors=[self.limiter],
+            interceptors=[self.limiter, interceptor],
             options=[
                 ("grpc.max_receive_message_length", MAX_RECEIVE),
                 ("grpc.max_send_message_length", MAX_SEND),
@@ -457,6 +464,15 @@ class CoordinatorServer:
         log.info("serving TLS, certificate sha256 fingerprint %s", self.fingerprint)
         return credentials
 
+    def _public_key_of(self, node_id: str) -> bytes | None:
+        node = self.swarm.nodes.get(node_id)
+        return node.public_key if node is not None else None
+
+    def _refused(self, method: str, node_id: str, error: ApiError) -> None:
+        """A request the signature interceptor refused: count it and say so in one line."""
+        self.metrics.rpcs.labels(method, error.code.name).inc()
+        log.warning("refused %s from node %s: %s", method, node_id or "?", error.message)
+
     async def stop(self, grace: float = 1.0) -> None:
         self.stopping.set()
         if self._health is not None:
@@ -523,4 +539,4 @@ class CoordinatorServer:
                 with contextlib.suppress(Exception):
                     self.recover_store(e)
             except Exception as e:  # keep serving; a locked database clears on the next tick
-                print(f"gpt5os-coordinator: background tick failed: {e!r}", flush=True)
+                log.error("background tick failed: %r", e)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator
@@ -130,6 +131,10 @@ class Store:
         self.path = Path(path)
         if readonly and not self.path.is_file():
             raise StoreError(f"{self.path} not found: is this a run directory?")
+        if not readonly:  # the database holds node keys and sessions: owner only (0600)
+            with contextlib.suppress(OSError):
+                os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
+                os.chmod(self.path, 0o600)
         try:
             uri = f"file:{self.path}?mode=ro" if readonly else f"file:{self.path}"
             self.db = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=10.0)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from gpt5os.common.request_signing import node_id_of
 from gpt5os.coordinator import certify
 from gpt5os.coordinator.certify import Certified
 from gpt5os.coordinator.records import ApiError, NodeRecord, RoundAgg
@@ -37,10 +38,6 @@ HISTORY_POINTS = 20_000  # in memory; snapshots downsample to <= 1000
 INITIAL_PEERS_MAX = 8
 RECENT_PEERS_KEPT = 64
 LOST_CHECK_EVERY_S = 2.0
-
-
-def node_id_of(public_key: bytes) -> str:
-    return hashlib.sha256(public_key).hexdigest()[:20]
 
 
 def _hash_token(token: str) -> str:
@@ -80,6 +77,15 @@ class Swarm:
         self.nodes: dict[str, NodeRecord] = {
             r["node_id"]: NodeRecord.from_row(r) for r in store.nodes()
         }
+        # Credit is the coordinator's ledger, never a node's word: the tokens of every shard it
+        # leased to the node and saw completed (each counted once), rebuilt from the store.
+        credit: dict[str, int] = {}
+        for row in store.completions():
+            d = self.shard_defs.get(row["shard_id"])
+            if d is not None:
+                credit[row["node_id"]] = credit.get(row["node_id"], 0) + int(d["tokens"])
+        for node in self.nodes.values():
+            node.tokens_trained = credit.get(node.node_id, 0)
         self.bans = store.bans()
         for nid in self.bans:
             if nid in self.nodes:
@@ -196,7 +202,7 @@ class Swarm:
             self._event(now, "rejoined", node.node_id, "heartbeat after being lost")
         node.last_seen_unix = now
         node.tokens_per_second = stats["tokens_per_second"]
-        node.add_session_tokens(stats["tokens_trained"])
+        node.session_tokens = stats["tokens_trained"]  # shown nowhere as credit (see complete)
         if stats["last_loss"] is not None:
             node.last_loss = stats["last_loss"]
         node.outer_round = max(node.outer_round, stats["outer_round"])
@@ -305,6 +311,7 @@ class Swarm:
         if not result.counted:
             return result
         node.shards_done += 1
+        node.tokens_trained += int(d["tokens"])  # what we leased, not the reported `tokens`
         self._event(
             now, "shard_completed", node.node_id, f"shard {shard_id} (epoch {result.epoch})"
         )

@@ -2,7 +2,9 @@
 
 `make_data_dir` writes a small prepared-data directory by hand (random tokens, a real
 manifest with real sha256 digests), so tests need neither the tokenizer nor the stdlib corpus.
-`make_run` adds a run on top. Nothing here is used by the coordinator itself.
+`make_run` adds a run on top. `node_key` makes a node key that channels from `aio_channel` /
+`sync_channel` sign with (every node request must be signed, common/request_signing.py).
+Nothing here is used by the coordinator itself.
 """
 
 from __future__ import annotations
@@ -12,6 +14,9 @@ import random
 from pathlib import Path
 from typing import Any
 
+import grpc
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from gpt5os.common.request_signing import Keyring
 from gpt5os.coordinator.manifest import Manifest, ShardInfo, save_manifest
 from gpt5os.coordinator.run_spec import RunSpec, preset_spec, val_tokens_needed
 from gpt5os.coordinator.runs import create_run
@@ -76,3 +81,23 @@ def make_run(
         val_tokens=need if n_val else 0,
     )
     return create_run(run_dir, run_dir / "data", **spec)
+
+
+KEYRING = Keyring()  # every key a test made: the test channels sign with the matching one
+
+
+def node_key(seed: bytes | None = None) -> bytes:
+    """A new node key (from a 32-byte `seed` when given) that test channels sign with; returns
+    the raw public key a JoinRequest carries."""
+    key = Ed25519PrivateKey.from_private_bytes(seed) if seed else Ed25519PrivateKey.generate()
+    return KEYRING.add(key)
+
+
+def aio_channel(address: str, **kwargs: Any) -> grpc.aio.Channel:
+    """A grpc.aio channel whose node requests are signed with the keys from `node_key`."""
+    return grpc.aio.insecure_channel(address, interceptors=KEYRING.aio_interceptors(), **kwargs)
+
+
+def sync_channel(address: str) -> grpc.Channel:
+    """A synchronous channel whose node requests are signed with the keys from `node_key`."""
+    return grpc.intercept_channel(grpc.insecure_channel(address), KEYRING.interceptor())

@@ -153,6 +153,11 @@ def main() -> None:
     help="When leaving, write this node's training figures (steps, utilization, its θ_global "
     "digest) here as JSON.",
 )
+@click.option(
+    "--invite",
+    default="",
+    help="Invite token from the run's maintainer (needed to first join an invite-only run).",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging, hivemind included.")
 def join(
     coordinator,
@@ -170,6 +175,7 @@ def join(
     micro_batch,
     overlap,
     stats_file,
+    invite,
     verbose,
 ) -> None:
     """Join a run and train until Ctrl-C, SIGTERM or --max-rounds."""
@@ -190,6 +196,7 @@ def join(
         micro_batch=micro_batch,
         stats_file=stats_file,
         overlap=overlap,
+        invite=invite.strip(),
     )
     from .runner import NodeError, run_node
 
@@ -218,6 +225,26 @@ def join(
     click.echo(
         f"gpt5os-node: left after {rounds} outer round{'s' if rounds != 1 else ''}", err=True
     )
+
+
+@main.command()
+@click.option(
+    "--home",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where the node key lives (default: $GPT5OS_HOME or the user data dir).",
+)
+def identity(home: Path | None) -> None:
+    """Print this node's id (line 1) and the path of its key file (line 2); makes the key on
+    first use. Send the id to a maintainer to be admitted to an invite-only run."""
+    from .identity import load_or_create_identity
+
+    try:
+        ident = load_or_create_identity(home or default_home())
+    except (ValueError, OSError) as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(ident.node_id)
+    click.echo(str(ident.path))
 
 
 @main.command()

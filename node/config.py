@@ -31,6 +31,7 @@ class NodeConfig:
     )
     threads: int | None = None  # torch CPU threads
     display_name: str = ""
+    invite: str = ""  # invite token for a first Join of an invite-only run
     log_every_steps: int = 0  # 0: log only outer rounds
     coordinator_fingerprint: str | None = None  # pin the coordinator's TLS certificate
     tls: bool = False  # TLS to a coordinator whose certificate the system CAs trust

@@ -1,5 +1,6 @@
 """The node's gRPC client for the coordinator: one place that turns transport failures into errors
-a volunteer can act on, and that keeps the session (node id + token) for every call."""
+a volunteer can act on, that keeps the session (node id + token) for every call and signs every
+request with the node's key (common/request_signing.py)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from pathlib import Path
 import grpc
 from gpt5os.common.backoff import Backoff, retry, retryable
 from gpt5os.common.channels import PLAINTEXT, ChannelError, Security, open_channel
+from gpt5os.common.request_signing import Keyring
 from gpt5os.coordinator.run_spec import RunSpec
 from gpt5os.proto import pb, pb_grpc
 
@@ -32,6 +34,10 @@ JOIN_BACKOFF = Backoff(base=1.0, cap=30.0)
 
 class CoordinatorError(RuntimeError):
     """A coordinator call failed in a way the volunteer should read (bad address, refused join...)."""
+
+
+class Banned(CoordinatorError):
+    """The coordinator refused this node for good (PERMISSION_DENIED): retrying never helps."""
 
 
 class ShardCorrupt(RuntimeError):
@@ -70,12 +76,18 @@ class CoordinatorClient:
         *,
         display_name: str = "",
         security: Security = PLAINTEXT,
+        invite: str = "",
+        on_banned: Callable[[str], None] | None = None,
     ) -> None:
         self.address = parse_address(address)
         self.identity = identity
         self.display_name = display_name
         self.security = security
-        self._channel: grpc.Channel | None = None  # made by join(): it checks the certificate
+        self.invite = invite
+        self.on_banned = on_banned  # called once with the reason when a call is refused for good
+        self.banned: str | None = None
+        self._raw_channel: grpc.Channel | None = None  # made by join(): it checks the certificate
+        self._channel: grpc.Channel | None = None  # the raw one, signing every call
         self._stub: pb_grpc.CoordinatorStub = None  # type: ignore[assignment]
         self._lock = threading.Lock()
         self.session: Session | None = None
@@ -83,15 +95,16 @@ class CoordinatorClient:
         self.sleep: Callable[[float], object] = time.sleep
 
     def close(self) -> None:
-        if self._channel is not None:
-            self._channel.close()
+        if self._raw_channel is not None:
+            self._raw_channel.close()
 
     def _connect(self) -> None:
-        """Open the channel once: plaintext, or TLS with the certificate checked (channels.py)."""
+        """Open the channel once: plaintext, or TLS with the certificate checked (channels.py);
+        every call on it is signed with the node's key (common/request_signing.py)."""
         if self._channel is not None:
             return
         try:
-            self._channel = open_channel(
+            self._raw_channel = open_channel(
                 self.address,
                 self.security,
                 options=[
@@ -103,6 +116,9 @@ class CoordinatorClient:
             raise CoordinatorError(str(e)) from None
         if self.security.fingerprint:
             log.info("coordinator certificate matches the pinned fingerprint; talking TLS")
+        self._channel = grpc.intercept_channel(
+            self._raw_channel, Keyring([self.identity.private_key]).interceptor()
+        )
         self._stub = pb_grpc.CoordinatorStub(self._channel)
 
     # -- calls ------------------------------------------------------------------------------
@@ -110,7 +126,7 @@ class CoordinatorClient:
     def join(self, device: str, swarm_public_key: bytes = b"") -> Session:
         self._connect()
         try:
-            grpc.channel_ready_future(self._channel).result(timeout=CONNECT_TIMEOUT_S)
+            grpc.channel_ready_future(self._raw_channel).result(timeout=CONNECT_TIMEOUT_S)
         except grpc.FutureTimeoutError:
             raise CoordinatorError(
                 f"cannot reach the coordinator at {self.address} (no answer in "
@@ -123,7 +139,10 @@ class CoordinatorClient:
             display_name=self.display_name,
         )
         request = pb.JoinRequest(
-            public_key=self.identity.public_key, info=info, swarm_public_key=swarm_public_key
+            public_key=self.identity.public_key,
+            info=info,
+            swarm_public_key=swarm_public_key,
+            invite=self.invite,
         )
         response = retry(
             lambda: self._call("Join", request),
@@ -235,6 +254,13 @@ class CoordinatorClient:
         else:
             name = code.name if code is not None else "UNKNOWN"
             message = f"coordinator refused {method}: {name}: {details}"
-        err = CoordinatorError(message)
+        if code == grpc.StatusCode.PERMISSION_DENIED:  # banned, or not invited: final
+            err: CoordinatorError = Banned(message)
+            first = self.banned is None
+            self.banned = self.banned or details
+            if first and self.on_banned is not None:
+                self.on_banned(details)
+        else:
+            err = CoordinatorError(message)
         err.code = code  # type: ignore[attr-defined]
         return err

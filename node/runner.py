@@ -15,7 +15,7 @@ import threading
 from gpt5os.common.channels import ChannelError, Security
 
 from .config import NodeConfig
-from .coordinator_client import CoordinatorClient, CoordinatorError, parse_address
+from .coordinator_client import Banned, CoordinatorClient, CoordinatorError, parse_address
 from .identity import load_or_create_identity
 from .reachability import network_mode
 
@@ -96,8 +96,17 @@ def run_node(config: NodeConfig, stop: threading.Event) -> int:
 
     from .swarm_access import SwarmAccess
 
+    def banned(reason: str) -> None:  # from any thread's call: stop everything, do not retry
+        log.debug("the coordinator refused this node: %s", reason)
+        stop.set()
+
     client = CoordinatorClient(
-        config.coordinator, identity, display_name=config.display_name, security=security
+        config.coordinator,
+        identity,
+        display_name=config.display_name,
+        security=security,
+        invite=config.invite,
+        on_banned=banned,
     )
     trainer = None
     reason = "stopped"
@@ -161,19 +170,27 @@ def run_node(config: NodeConfig, stop: threading.Event) -> int:
             log.debug("the node failed to start", exc_info=True)
             raise NodeError(f"the node failed to start: {one_line(e)}") from None
         rounds = trainer.train()
+        if client.banned is not None:
+            raise NodeError(f"stopped: the coordinator refused this node: {client.banned}")
         if trainer.heartbeat.refused:
             raise NodeError(f"left: {trainer.heartbeat.refused}")
         if config.max_rounds is not None and len(rounds) >= config.max_rounds:
             reason = f"finished {len(rounds)} rounds"
         return len(rounds)
+    except Banned:
+        raise NodeError(f"stopped: the coordinator refused this node: {client.banned}") from None
     except CoordinatorError as e:
+        if client.banned is not None:  # banned mid-call: say that, not the call that noticed
+            raise NodeError(
+                f"stopped: the coordinator refused this node: {client.banned}"
+            ) from None
         raise NodeError(str(e)) from None
     finally:
         stop.set()
         if trainer is not None:
             trainer.close()
         swarm_key.close()
-        if client.session is not None:
+        if client.session is not None and client.banned is None:  # a banned node cannot Leave
             try:
                 client.leave(reason)
             except CoordinatorError as e:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from gpt5os.proto import pb
 
-from .coordinator_client import CoordinatorClient, CoordinatorError, ShardCorrupt
+from .coordinator_client import Banned, CoordinatorClient, CoordinatorError, ShardCorrupt
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +157,8 @@ class ShardFeed:
             )
             if not response.counted:
                 log.warning("shard %s was not counted: %s", shard.lease.shard_id, response.message)
+        except Banned:
+            pass  # the node stops (runner.py says why in one line)
         except CoordinatorError as e:
             log.warning("could not complete shard %s: %s", shard.lease.shard_id, e)
 
@@ -174,6 +176,8 @@ class ShardFeed:
         while not self.stop.is_set():
             try:
                 shard = self._lease_and_load()
+            except Banned:
+                return  # the node stops (runner.py says why in one line)
             except CoordinatorError as e:
                 log.warning("leasing a shard failed: %s; retrying", e)
                 self.stop.wait(2.0)

@@ -20,7 +20,7 @@ import pytest
 from gpt5os.coordinator.runs import load_run, update_spec
 from gpt5os.coordinator.server import CoordinatorServer
 from gpt5os.coordinator.store import DB_NAME, Store
-from gpt5os.coordinator.testkit import make_run
+from gpt5os.coordinator.testkit import aio_channel, make_run, node_key
 from gpt5os.proto import pb, pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
@@ -56,15 +56,15 @@ async def server(tmp_path: Path):
 
 @pytest.fixture
 async def stub(server: CoordinatorServer):
-    async with grpc.aio.insecure_channel(server.address) as channel:
+    async with aio_channel(server.address) as channel:
         yield pb_grpc.CoordinatorStub(channel)
 
 
 async def join(stub, key: bytes | None = None, version: str = "0.1.0", name: str = "n"):
-    key = key or os.urandom(32)
+    """Join with a new key, or the key of the 32-byte seed `key` (the same seed, the same node)."""
     reply = await stub.Join(
         pb.JoinRequest(
-            public_key=key,
+            public_key=node_key(key),
             info=pb.NodeInfo(software_version=version, device="cpu", display_name=name),
         )
     )
@@ -106,7 +106,7 @@ async def until(predicate, timeout: float = 10.0):
 async def test_node_lifecycle_end_to_end(server, stub) -> None:
     key = os.urandom(32)
     auth, reply = await join(stub, key)
-    assert reply.node_id == hashlib.sha256(key).hexdigest()[:20]
+    assert reply.node_id == hashlib.sha256(node_key(key)).hexdigest()[:20]
     assert reply.spec.model.preset == "tiny" and reply.spec.seq_len == 128
     assert reply.heartbeat_interval_s == 2.0 and reply.lease_duration_s == 10.0
     hb = await stub.Heartbeat(
@@ -146,7 +146,9 @@ async def test_node_lifecycle_end_to_end(server, stub) -> None:
     assert sum(len(c.data) for c in val) == val[0].total_size > 0
     snap = await stub.GetStatus(pb.GetStatusRequest())
     assert snap.run.shards.done == 1 and snap.run.shards.total == 6 and snap.run.active_nodes == 1
-    assert snap.nodes[0].tokens_trained == 100 and snap.nodes[0].shards_done == 1
+    # credit: the tokens of the shard it leased and completed, not the 100 its heartbeat claimed
+    assert snap.nodes[0].tokens_trained == lease.tokens and snap.nodes[0].shards_done == 1
+    assert snap.run.tokens_trained == lease.tokens
     detail = await stub.GetNode(pb.GetNodeRequest(node_id=auth.node_id[:8]))
     assert detail.node.node_id == auth.node_id and not detail.leases
     await stub.Leave(pb.LeaveRequest(auth=auth, reason="done"))
@@ -160,13 +162,17 @@ async def test_rejoin_keeps_record_and_credit_with_a_new_token(stub) -> None:
     key = os.urandom(32)
     first, _ = await join(stub, key)
     await stub.Heartbeat(pb.HeartbeatRequest(auth=first, stats=pb.NodeStats(tokens_trained=500)))
+    lease = (await stub.LeaseShard(pb.LeaseShardRequest(auth=first))).lease
+    done = pb.CompleteShardRequest(auth=first, shard_id=lease.shard_id, tokens_trained=10**15)
+    assert (await stub.CompleteShard(done)).counted
     second, _ = await join(stub, key)
     assert second.node_id == first.node_id and second.session_token != first.session_token
     code, _ = await code_of(stub.Heartbeat(pb.HeartbeatRequest(auth=first)))
     assert code is Code.UNAUTHENTICATED
     await stub.Heartbeat(pb.HeartbeatRequest(auth=second, stats=pb.NodeStats(tokens_trained=200)))
     snap = await stub.GetStatus(pb.GetStatusRequest())
-    assert [n.tokens_trained for n in snap.nodes] == [700]
+    # credit is the completed lease's tokens: neither heartbeat claim nor the completion's claim
+    assert [n.tokens_trained for n in snap.nodes] == [lease.tokens]
 
 
 @pytest.mark.parametrize(
@@ -179,7 +185,7 @@ async def test_rejoin_keeps_record_and_credit_with_a_new_token(stub) -> None:
         ),
         (pb.JoinRequest(public_key=b"x" * 32), Code.INVALID_ARGUMENT, "software_version"),
         (
-            pb.JoinRequest(public_key=b"x" * 32, info=pb.NodeInfo(software_version="0.0.1")),
+            pb.JoinRequest(public_key=node_key(), info=pb.NodeInfo(software_version="0.0.1")),
             Code.FAILED_PRECONDITION,
             "pip install -U gpt5os",
         ),
@@ -330,7 +336,7 @@ async def manual_server(run_dir: Path, **settings):
     srv = CoordinatorServer(run_dir, port=0, clock=clock)
     await srv.start()
     try:
-        async with grpc.aio.insecure_channel(srv.address) as channel:
+        async with aio_channel(srv.address) as channel:
             yield clock, pb_grpc.CoordinatorStub(channel)
     finally:
         await srv.stop(grace=0.1)
@@ -544,7 +550,7 @@ async def test_banned_key_cannot_join(server, stub, tmp_path) -> None:
     async def refused():
         try:
             await stub.Join(
-                pb.JoinRequest(public_key=key, info=pb.NodeInfo(software_version="0.1.0"))
+                pb.JoinRequest(public_key=node_key(key), info=pb.NodeInfo(software_version="0.1.0"))
             )
         except grpc.aio.AioRpcError as e:
             return e.code() is Code.PERMISSION_DENIED
@@ -676,7 +682,7 @@ async def test_real_enospc_on_a_full_tmpfs(tmp_path) -> None:
         srv = CoordinatorServer(mnt / "run", port=0)
         await srv.start()
         try:
-            async with grpc.aio.insecure_channel(srv.address) as ch:
+            async with aio_channel(srv.address) as ch:
                 stub = pb_grpc.CoordinatorStub(ch)
                 auth, _ = await join(stub)
                 first = (await stub.LeaseShard(pb.LeaseShardRequest(auth=auth))).lease.shard_id

@@ -4,7 +4,6 @@ the keeper missed fall back to the nodes' majority. A real in-process gRPC serve
 
 from __future__ import annotations
 
-import os
 import secrets
 import time
 from pathlib import Path
@@ -16,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from gpt5os.coordinator import certify
 from gpt5os.coordinator.keeper_auth import KEEPER_KEY_FILE, report_payload
 from gpt5os.coordinator.server import CoordinatorServer
-from gpt5os.coordinator.testkit import make_run
+from gpt5os.coordinator.testkit import aio_channel, make_run, node_key
 from gpt5os.node.keeper import KeeperReporter
 from gpt5os.proto import pb, pb_grpc
 
@@ -38,7 +37,7 @@ async def server(tmp_path: Path):
 
 @pytest.fixture
 async def stub(server: CoordinatorServer):
-    async with grpc.aio.insecure_channel(server.address) as channel:
+    async with aio_channel(server.address) as channel:
         yield pb_grpc.CoordinatorStub(channel)
 
 
@@ -59,7 +58,7 @@ def signed(key: Ed25519PrivateKey, **fields) -> pb.KeeperReportRequest:
 async def join(stub) -> tuple[pb.NodeAuth, pb.JoinResponse]:
     reply = await stub.Join(
         pb.JoinRequest(
-            public_key=os.urandom(32), info=pb.NodeInfo(software_version="0.1.0", device="cpu")
+            public_key=node_key(), info=pb.NodeInfo(software_version="0.1.0", device="cpu")
         )
     )
     return pb.NodeAuth(node_id=reply.node_id, session_token=reply.session_token), reply

@@ -11,9 +11,8 @@ import sys
 import time
 from pathlib import Path
 
-import grpc
 import pytest
-from gpt5os.coordinator.testkit import make_data_dir, make_run
+from gpt5os.coordinator.testkit import make_data_dir, make_run, node_key, sync_channel
 from gpt5os.proto import pb, pb_grpc
 
 pytestmark = pytest.mark.timeout(480)  # generous: a loaded 2-core CI box is slow
@@ -110,9 +109,9 @@ def test_serve_empty_dir_makes_default_run_with_dht_bootstrap(tmp_path: Path) ->
         assert line.startswith("gpt5os-coordinator: serving run tiny-") and "127.0.0.1:" in line
         port = int(port_file.read_text())
         assert f"127.0.0.1:{port}" in line
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+        with sync_channel(f"127.0.0.1:{port}") as ch:
             reply = pb_grpc.CoordinatorStub(ch).Join(
-                pb.JoinRequest(public_key=b"k" * 32, info=pb.NodeInfo(software_version="0.1.0")),
+                pb.JoinRequest(public_key=node_key(), info=pb.NodeInfo(software_version="0.1.0")),
                 timeout=10,
             )
         assert reply.spec.model.preset == "tiny" and reply.spec.model.n_layer == 2

@@ -15,7 +15,7 @@ from pathlib import Path
 import grpc
 import pytest
 from gpt5os.coordinator.store import DB_NAME, Store
-from gpt5os.coordinator.testkit import make_run
+from gpt5os.coordinator.testkit import aio_channel, make_run, node_key
 from gpt5os.proto import pb, pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -73,10 +73,10 @@ class Coordinator:
 
 async def worker(address: str, key: bytes, acked: dict, stop: asyncio.Event) -> None:
     """Join, then lease and complete shards until told to stop or the server dies."""
-    async with grpc.aio.insecure_channel(address) as ch:
+    async with aio_channel(address) as ch:
         stub = pb_grpc.CoordinatorStub(ch)
         reply = await stub.Join(
-            pb.JoinRequest(public_key=key, info=pb.NodeInfo(software_version="0.1.0"))
+            pb.JoinRequest(public_key=node_key(key), info=pb.NodeInfo(software_version="0.1.0"))
         )
         auth = pb.NodeAuth(node_id=reply.node_id, session_token=reply.session_token)
         acked["auth"][key] = auth
@@ -117,7 +117,7 @@ async def run_until_killed(coord: Coordinator, acked: dict) -> None:
 
 
 async def resume_after_restart(address: str, acked: dict) -> None:
-    async with grpc.aio.insecure_channel(address) as ch:
+    async with aio_channel(address) as ch:
         stub = pb_grpc.CoordinatorStub(ch)
         for auth in acked["auth"].values():  # node records and sessions survived
             hb = await stub.Heartbeat(pb.HeartbeatRequest(auth=auth))

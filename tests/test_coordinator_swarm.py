@@ -101,17 +101,19 @@ def test_join_makes_an_active_node_with_a_token_that_authenticates(sw: Swarm) ->
 
 def test_rejoin_replaces_the_token_and_keeps_credit(sw: Swarm, run_dir: Path) -> None:
     node, first, key = join(sw)
-    sw.heartbeat(node, stats(tokens_trained=300), T0 + 1)
+    sw.heartbeat(node, stats(tokens_trained=10**12), T0 + 1)  # a claim: never credit
+    assert node.tokens_trained == 0
+    lease = sw.lease(node, T0 + 1)[0]
+    assert sw.complete(node, lease.shard.shard_id, 10**12, 1.0, T0 + 1).counted
+    assert node.tokens_trained == lease.shard.tokens  # the leased shard's tokens, not the claim
     again, second = sw.join(key, INFO, T0 + 2)
     assert again is node and second != first
-    assert node.session_tokens == 0 and node.tokens_trained == 300
-    assert kinds(sw) == ["joined", "rejoined"]
+    assert node.session_tokens == 0 and node.tokens_trained == lease.shard.tokens
+    assert kinds(sw)[:2] == ["joined", "shard_completed"] and kinds(sw)[-1] == "rejoined"
     with pytest.raises(ApiError):
         sw.authenticate(node.node_id, first)
-    sw.heartbeat(node, stats(tokens_trained=50), T0 + 3)
-    assert node.tokens_trained == 350
     sw = reopen(sw, run_dir, T0 + 4)
-    assert sw.nodes[node.node_id].tokens_trained == 350
+    assert sw.nodes[node.node_id].tokens_trained == lease.shard.tokens
     assert sw.authenticate(node.node_id, second).node_id == node.node_id
     sw.store.close()
 
@@ -427,7 +429,8 @@ def test_heartbeat_stats_reach_the_database_on_flush(sw: Swarm, run_dir: Path) -
     assert a.last_loss == 3.5 and a.outer_round == 4
     assert sw.flush(T0 + 1) is False
     row = next(r for r in Store(run_dir / DB_NAME, readonly=True).nodes())
-    assert row["tokens_trained"] == 80 and row["last_loss"] == 3.5 and row["outer_round"] == 4
+    assert row["session_tokens"] == 80 and row["last_loss"] == 3.5 and row["outer_round"] == 4
+    assert row["tokens_trained"] == 0  # credit comes from completed leases only
 
 
 def test_flush_with_a_limit_reports_what_remains(sw: Swarm) -> None:

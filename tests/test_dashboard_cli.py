@@ -12,8 +12,9 @@ import sys
 import time
 from pathlib import Path
 
-import grpc
 import pytest
+from gpt5os.coordinator.testkit import aio_channel
+from gpt5os.dashboard.swarm_view import format_count
 from gpt5os.proto import pb_grpc
 from test_dashboard_support import ApiNode, make_run, start_server
 
@@ -44,9 +45,10 @@ async def run_cli(*args: str, timeout: float = 90.0) -> tuple[int, str, str]:
 async def test_snapshot_writes_an_svg_of_the_live_run(tmp_path: Path) -> None:
     server = await start_server(make_run(tmp_path))
     try:
-        async with grpc.aio.insecure_channel(server.address) as channel:
+        async with aio_channel(server.address) as channel:
             node = await ApiNode(pb_grpc.CoordinatorStub(channel), "frank", "cpu").join()
-            await node.heartbeat(1234.0, 777_000, 5.5)
+            await node.heartbeat(1234.0, 777_000, 5.5)  # a claim: the credit is the shard
+            lease = await node.train_one_shard(5.5)
         out = tmp_path / "dash.svg"
         code, stdout, stderr = await run_cli(
             "--coordinator", server.address, "--snapshot", str(out), "--snapshot-timeout", "60"
@@ -55,7 +57,7 @@ async def test_snapshot_writes_an_svg_of_the_live_run(tmp_path: Path) -> None:
         svg = out.read_text()
         assert svg.startswith("<svg") and svg.rstrip().endswith("</svg>")
         # SVG text uses &#160; for spaces: check words that have none
-        for word in ("dash-test", "frank", node.node_id[:8], "777.00k"):
+        for word in ("dash-test", "frank", node.node_id[:8], format_count(lease.tokens)):
             assert word in svg, word
     finally:
         await server.stop(grace=0.1)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from gpt5os.coordinator.testkit import aio_channel
 from gpt5os.dashboard.app import DashboardApp
 from gpt5os.dashboard.feed import Backoff, CoordinatorSource
 from gpt5os.dashboard.main_screen import MainScreen
@@ -17,7 +18,14 @@ from gpt5os.dashboard.node_screen import NodeScreen
 from gpt5os.dashboard.swarm_view import format_count, short_id
 from gpt5os.dashboard.widgets import NodesTable
 from gpt5os.proto import pb, pb_grpc
-from test_dashboard_support import ApiNode, fill, make_run, screen_text, start_server, wait_for
+from test_dashboard_support import (
+    ApiNode,
+    fill,
+    make_run,
+    screen_text,
+    start_server,
+    wait_for,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -48,9 +56,7 @@ def make_app(address: str) -> DashboardApp:
 async def test_widgets_show_the_coordinators_numbers_sort_filter_and_detail(run_dir: Path) -> None:
     server = await start_server(run_dir)
     try:
-        import grpc
-
-        async with grpc.aio.insecure_channel(server.address) as channel:
+        async with aio_channel(server.address) as channel:
             stub = pb_grpc.CoordinatorStub(channel)
             nodes = await fill(stub)
             truth = await stub.GetStatus(pb.GetStatusRequest())
@@ -66,7 +72,7 @@ async def test_widgets_show_the_coordinators_numbers_sort_filter_and_detail(run_
                 assert f"{run.epoch_coverage * 100:.1f}% of epoch" in text
                 shards = run.shards
                 assert f"shards {shards.done}/{shards.total} done, {shards.leased} leased" in text
-                assert shards.done == 2 and shards.leased == 1
+                assert shards.done == 3 and shards.leased == 1
                 assert "live from" in text
 
                 # the table: the coordinator's numbers, largest tokens first
@@ -119,9 +125,13 @@ async def test_widgets_show_the_coordinators_numbers_sort_filter_and_detail(run_
                 assert isinstance(app.screen, MainScreen)
 
                 # a live change arrives as a delta and is shown
-                await nodes["alice"].heartbeat(50_000.0, 9_900_000, 3.9, 2)
+                alice_id = nodes["alice"].node_id
+                before = app.view.nodes[alice_id].tokens_trained
+                more = await nodes["alice"].train_one_shard(3.9)  # credit: a completed lease
                 await wait_for(
-                    pilot, lambda: "9.90M" in screen_text(app), "alice's new token count"
+                    pilot,
+                    lambda: app.view.nodes[alice_id].tokens_trained == before + more.tokens,
+                    "alice's new token count",
                 )
                 assert app.view.snapshots_seen == 1  # a delta, not a reconnect
 
@@ -143,11 +153,10 @@ async def test_empty_swarm_then_coordinator_restart_is_shown_and_recovered(run_d
             await wait_for(pilot, lambda: app.view.has_snapshot, "first snapshot")
             await wait_for(pilot, lambda: "no nodes yet" in screen_text(app), "empty state")
 
-            import grpc
-
-            async with grpc.aio.insecure_channel(server.address) as channel:
+            async with aio_channel(server.address) as channel:
                 dave = await ApiNode(pb_grpc.CoordinatorStub(channel), "dave", "cpu").join()
                 await dave.heartbeat(700.0, 12_345, 6.1)
+                dave_lease = await dave.train_one_shard(6.1)
             await wait_for(pilot, lambda: table_ids(app) == [dave.node_id], "dave's row")
 
             await server.stop(grace=0.1)
@@ -169,7 +178,7 @@ async def test_empty_swarm_then_coordinator_restart_is_shown_and_recovered(run_d
             await wait_for(pilot, lambda: "live from" in screen_text(app), "live status")
             # the restarted coordinator's fresh snapshot: dave is still in the run's history
             assert dave.node_id in app.view.nodes
-            assert app.view.nodes[dave.node_id].tokens_trained == 12_345
+            assert app.view.nodes[dave.node_id].tokens_trained == dave_lease.tokens
     finally:
         if server is not None:
             await server.stop(grace=0.1)

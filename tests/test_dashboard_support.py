@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from gpt5os.coordinator.testkit import node_key
 from gpt5os.proto import pb, pb_grpc
 
 # -- a run with prepared data --------------------------------------------------------------------
@@ -43,7 +44,7 @@ class ApiNode:
 
     def __init__(self, stub: pb_grpc.CoordinatorStub, name: str, device: str) -> None:
         self.stub, self.name, self.device = stub, name, device
-        self.key = hashlib.sha256(name.encode()).digest()  # 32 bytes, stable per name
+        self.key = node_key(hashlib.sha256(name.encode()).digest())  # stable per name
         self.auth: pb.NodeAuth | None = None
 
     @property
@@ -119,6 +120,7 @@ async def fill(stub: pb_grpc.CoordinatorStub) -> dict[str, ApiNode]:
             await node.report(rnd, peers, tokens, loss)
     await alice.train_one_shard(4.1)
     await bob.train_one_shard(4.3)
+    await bob.train_one_shard(4.3)  # credit is completed shards: bob leads the leaderboard
     await alice.lease()  # held: shows up in alice's detail
     await alice.heartbeat(41_000.0, 3_120_000, 4.05, 2)
     await bob.heartbeat(88_000.0, 6_480_000, 4.21, 2)

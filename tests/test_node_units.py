@@ -50,7 +50,8 @@ def test_identity_is_created_private_and_reloaded(tmp_path) -> None:
 
 def test_a_corrupt_key_file_is_an_error_with_advice(tmp_path) -> None:
     (tmp_path / "node_key.pem").write_text("garbage")
-    with pytest.raises(ValueError, match="move it away"):
+    (tmp_path / "node_key.pem").chmod(0o600)
+    with pytest.raises(ValueError, match="not a valid node key.*move it away"):
         load_or_create_identity(tmp_path)
 
 

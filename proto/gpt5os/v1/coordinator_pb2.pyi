@@ -103,14 +103,16 @@ class NodeInfo(_message.Message):
     def __init__(self, software_version: _Optional[str] = ..., device: _Optional[str] = ..., hostname: _Optional[str] = ..., display_name: _Optional[str] = ...) -> None: ...
 
 class JoinRequest(_message.Message):
-    __slots__ = ("public_key", "info", "swarm_public_key")
+    __slots__ = ("public_key", "info", "invite", "swarm_public_key")
     PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     INFO_FIELD_NUMBER: _ClassVar[int]
+    INVITE_FIELD_NUMBER: _ClassVar[int]
     SWARM_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     public_key: bytes
     info: NodeInfo
+    invite: str
     swarm_public_key: bytes
-    def __init__(self, public_key: _Optional[bytes] = ..., info: _Optional[_Union[NodeInfo, _Mapping]] = ..., swarm_public_key: _Optional[bytes] = ...) -> None: ...
+    def __init__(self, public_key: _Optional[bytes] = ..., info: _Optional[_Union[NodeInfo, _Mapping]] = ..., invite: _Optional[str] = ..., swarm_public_key: _Optional[bytes] = ...) -> None: ...
 
 class SwarmToken(_message.Message):
     __slots__ = ("username", "public_key", "expiration_time", "signature")
