@@ -5,7 +5,6 @@ key is made once, 0600, and a readable one is refused."""
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from gpt5os.common.swarm_token import TokenChecker, expires_at
 from gpt5os.coordinator.server import CoordinatorServer, ServeError
 from gpt5os.coordinator.store import DB_NAME, Store
 from gpt5os.coordinator.swarm_key import COORDINATOR_KEY_FILE
-from gpt5os.coordinator.testkit import make_run
+from gpt5os.coordinator.testkit import aio_channel, make_run, node_key
 from gpt5os.proto import pb, pb_grpc
 
 pytestmark = pytest.mark.timeout(60)
@@ -55,14 +54,14 @@ async def server(tmp_path: Path):
 
 @pytest.fixture
 async def stub(server: CoordinatorServer):
-    async with grpc.aio.insecure_channel(server.address) as channel:
+    async with aio_channel(server.address) as channel:  # signs with keys from node_key()
         yield pb_grpc.CoordinatorStub(channel)
 
 
 async def join(stub, swarm_key: bytes) -> pb.JoinResponse:
     return await stub.Join(
         pb.JoinRequest(
-            public_key=os.urandom(32),
+            public_key=node_key(),
             info=pb.NodeInfo(software_version="0.1.0"),
             swarm_public_key=swarm_key,
         )

@@ -10,6 +10,7 @@ from pathlib import Path
 import grpc
 import pytest
 from gpt5os.coordinator.reachability import caller_host
+from gpt5os.coordinator.testkit import KEYRING, sync_channel
 from gpt5os.node.coordinator_client import CoordinatorClient
 from gpt5os.node.identity import load_or_create_identity
 from gpt5os.node.reachability import network_mode, split_listen
@@ -63,7 +64,8 @@ def test_a_closed_port_is_unreachable_and_strangers_may_not_ask(joined) -> None:
         closed = s.getsockname()[1]  # bound, not listening: connections are refused
         reply = client.probe_reachability(closed)
     assert not reply.reachable and "no connection to 127.0.0.1" in reply.error
-    with grpc.insecure_channel(served.address) as channel:
+    KEYRING.add(client.identity.private_key)  # signed as the node: refused for what it asks
+    with sync_channel(served.address) as channel:
         stub = pb_grpc.CoordinatorStub(channel)
         with pytest.raises(grpc.RpcError) as err:
             stub.ProbeReachability(
