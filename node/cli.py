@@ -156,6 +156,7 @@ def main() -> None:
 @click.option(
     "--invite",
     default="",
+    hidden=True,  # sent in JoinRequest.invite; hidden until the coordinator checks invites (#11)
     help="Invite token from the run's maintainer (needed to first join an invite-only run).",
 )
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging, hivemind included.")

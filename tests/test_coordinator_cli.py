@@ -103,7 +103,7 @@ def test_serve_empty_dir_makes_default_run_with_dht_bootstrap(tmp_path: Path) ->
     only peers holding the coordinator's swarm token find each other's records."""
     run_dir = tmp_path / "run"
     # no keeper: this is about the DHT bootstrap, and a keeper stopped within a second of its
-    # start can print a traceback from its DHT process (a known race, see bench/RESULTS.md)
+    # start can print a traceback from its DHT process (a known race, see docs/RELIABILITY.md)
     proc, port_file = start_serve(run_dir, "--metrics-port", "0", "--no-keeper")
     try:
         line = wait_line(proc, 120)
