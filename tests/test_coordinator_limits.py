@@ -5,7 +5,6 @@ RESOURCE_EXHAUSTED, a message that says what to do, and no state change."""
 from __future__ import annotations
 
 import asyncio
-import os
 from pathlib import Path
 
 import grpc
@@ -19,7 +18,7 @@ from gpt5os.coordinator.limits import (
     peer_host,
 )
 from gpt5os.coordinator.server import CoordinatorServer
-from gpt5os.coordinator.testkit import make_run
+from gpt5os.coordinator.testkit import aio_channel, make_run, node_key
 from gpt5os.proto import pb, pb_grpc
 
 
@@ -84,7 +83,7 @@ async def limited(tmp_path: Path):
     await srv.start()
     srv.test_clock = clock  # type: ignore[attr-defined]
     try:
-        async with grpc.aio.insecure_channel(srv.address) as channel:
+        async with aio_channel(srv.address) as channel:  # signs with keys from node_key()
             yield srv, pb_grpc.CoordinatorStub(channel)
     finally:
         await srv.stop(grace=0.1)
@@ -92,7 +91,7 @@ async def limited(tmp_path: Path):
 
 async def _join(stub) -> pb.NodeAuth:
     reply = await stub.Join(
-        pb.JoinRequest(public_key=os.urandom(32), info=pb.NodeInfo(software_version="99.0"))
+        pb.JoinRequest(public_key=node_key(), info=pb.NodeInfo(software_version="99.0"))
     )
     return pb.NodeAuth(node_id=reply.node_id, session_token=reply.session_token)
 
