@@ -88,10 +88,6 @@ def main() -> None:
         client.close()
 
 
-if __name__ == "__main__":
-    main()
-
-
 # -- the stranger ---------------------------------------------------------------------------------
 
 
@@ -189,3 +185,7 @@ def stranger(coordinator: str, home: Path, seconds: float) -> None:
     dht.shutdown()
     key.close()
     client.close()
+
+
+if __name__ == "__main__":
+    main()
