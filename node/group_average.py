@@ -20,7 +20,7 @@ step 2 is the runner's own: every result part came from its reducer with every s
 (each member decodes the same quantized bytes, so complete results are bitwise equal, and the
 verdicts compare their digests). This peer's pseudo-gradient travels with error feedback.
 
-Before any of it, a pseudo-gradient with NaN/Inf or a norm far above the swarm's recent median is
+Before any of it, a pseudo-gradient with NaN/Inf or a norm (per unit of inner learning rate) far above the swarm's recent median is
 not sent (robust.py): this peer then joins the round contributing nothing, like the keeper, and
 still receives the group's average.
 
@@ -242,10 +242,12 @@ class GroupAverage:
         tokens: int,
         *,
         cancel: Callable[[], bool],
+        lr_sum: float | None = None,
     ) -> GroupOutcome:
-        """Average `deltas` (this peer's Δ over `tokens` tokens) with the round's group."""
+        """Average `deltas` (this peer's Δ over `tokens` tokens, trained at inner learning rates
+        summing to `lr_sum`) with the round's group."""
         self._contribution = None
-        norm, refusal = (None, None) if self.config.keeper else self.guard.check(deltas)
+        norm, refusal = (None, None) if self.config.keeper else self.guard.check(deltas, lr_sum)
         if refusal is not None:
             log.warning(
                 "round %d: this node's pseudo-gradient is not sent: %s; it contributes nothing "
@@ -283,6 +285,12 @@ class GroupAverage:
                 attempt,
             )
         return Incomplete(attempts)
+
+    @property
+    def refused(self) -> bool:
+        """Whether this round's pseudo-gradient was refused by the sender's guard: with no
+        group, the node then steps with nothing rather than with what it refused to send."""
+        return self._round.refused
 
     # -- one attempt --------------------------------------------------------------------------
 

@@ -240,6 +240,7 @@ class Trainer:
         self.rounds: list[RoundRecord] = []
         self._round_tokens = 0
         self._round_loss_sum = 0.0
+        self._round_lr_sum = 0.0  # the inner learning rates of this round's steps (SendGuard)
         self._round_started = time.monotonic()
         self._next_check = 0.0
         self._pending: PendingRound | None = None  # join --overlap: the round in the background
@@ -352,6 +353,7 @@ class Trainer:
     def _start_round(self) -> None:
         self._round_tokens = 0
         self._round_loss_sum = 0.0
+        self._round_lr_sum = 0.0
         self._round_started = time.monotonic()
 
     # -- inner steps --------------------------------------------------------------------------
@@ -382,6 +384,7 @@ class Trainer:
         tokens = batch.num_tokens
         self._round_tokens += tokens
         self._round_loss_sum += value * tokens
+        self._round_lr_sum += lr
         self.stats.steps += 1
         self.stats.tokens += tokens
         self.progress.add_step(tokens, value)
@@ -393,7 +396,9 @@ class Trainer:
     def outer_round(self) -> OuterRoundOutcome:
         """Average pseudo-gradients with whoever is in the swarm now, then take the outer step."""
         started = time.monotonic()
-        averaged = self._average(self.outer.pseudo_gradients(), max(1, self._round_tokens))
+        averaged = self._average(
+            self.outer.pseudo_gradients(), max(1, self._round_tokens), self._round_lr_sum
+        )
         if isinstance(averaged, RoundMissed):
             return averaged
         record = self._apply(
@@ -405,7 +410,9 @@ class Trainer:
         )
         return RoundApplied(record)
 
-    def _average(self, deltas: list[torch.Tensor], tokens: int) -> Averaged | RoundMissed:
+    def _average(
+        self, deltas: list[torch.Tensor], tokens: int, lr_sum: float | None = None
+    ) -> Averaged | RoundMissed:
         """This round's all-reduce (or this node's own Δ when there is no group)."""
         averaged, peers, group_tokens = None, [self.session.node_id], tokens
         attempts = 1
@@ -419,6 +426,7 @@ class Trainer:
                 deltas,
                 tokens,
                 cancel=lambda: self.stop.is_set() or self.tracker.global_epoch > round_number,
+                lr_sum=lr_sum,
             )
             if isinstance(result, Cancelled):
                 return RoundMissed("the swarm finished this round without this node")
@@ -440,6 +448,10 @@ class Trainer:
             else:
                 assert isinstance(result, Alone)
                 log.warning("round %d: no group formed; stepping alone", round_number + 1)
+            if averaged is None and self.peer.group_average.refused:
+                # what the guard refused to send must not move θ_global here either
+                deltas = [torch.zeros_like(d) for d in deltas]
+                group_tokens = 0
         if averaged is None and self.tracker.global_epoch > round_number:
             return RoundMissed("a peer already finished this round")
         return Averaged(averaged if averaged is not None else deltas, peers, group_tokens, attempts)
@@ -524,17 +536,18 @@ class Trainer:
     def _start_overlapped_round(self) -> None:
         """Average this round in the background and train on: see OuterState.begin_overlapped_round."""
         started = time.monotonic()
-        tokens, loss_sum, round_started = (
+        tokens, loss_sum, round_started, lr_sum = (
             self._round_tokens,
             self._round_loss_sum,
             self._round_started,
+            self._round_lr_sum,
         )
         deltas = self.outer.begin_overlapped_round()
         pending = PendingRound(started, tokens, loss_sum, round_started)
 
         def average() -> None:
             try:
-                pending.result = self._average(deltas, max(1, tokens))
+                pending.result = self._average(deltas, max(1, tokens), lr_sum)
             except Exception as e:  # noqa: BLE001 - reported where the round lands
                 pending.result = RoundMissed(f"averaging failed: {e!r}")
 

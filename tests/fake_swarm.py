@@ -39,9 +39,12 @@ class FakeTracker:
 class FakeGroupAverage:
     outcome: GroupOutcome | None = None
     calls: list[tuple[int, list[torch.Tensor], int]] = field(default_factory=list)
+    refused: bool = False  # the sender's guard refused this round's pseudo-gradient
+    lr_sums: list[float | None] = field(default_factory=list)
 
-    def run(self, round_number, deltas, tokens, *, cancel) -> GroupOutcome:
+    def run(self, round_number, deltas, tokens, *, cancel, lr_sum=None) -> GroupOutcome:
         self.calls.append((round_number, [d.clone() for d in deltas], tokens))
+        self.lr_sums.append(lr_sum)
         assert self.outcome is not None, "the test did not script this round's outcome"
         return self.outcome
 

@@ -169,6 +169,34 @@ def test_no_group_or_no_checked_average_steps_with_own_work(tmp_path: Path, outc
     assert trainer.outer.digest() == twin.outer.digest()
 
 
+@pytest.mark.parametrize("outcome", [Alone(), Incomplete(attempts=3)])
+def test_a_refused_pseudo_gradient_is_not_applied_alone_either(tmp_path: Path, outcome) -> None:
+    """The sender's guard refused to send Δ and no group formed: Δ must not move θ_global here
+    (measured: every member refused in round 3 of the keeper test, and each stepped alone with
+    what it had refused to send, so no two replicas agreed)."""
+    peer = FakeSwarmPeer()
+    peer.group_average.outcome = outcome
+    peer.group_average.refused = True
+    trainer, _ = make_trainer(tmp_path, peer)
+    twin, _ = make_trainer(tmp_path, FakeSwarmPeer())
+    deltas = drift(trainer)
+    result = trainer.outer_round()
+    assert isinstance(result, RoundApplied)
+    twin.outer.apply_outer_step([torch.zeros_like(d) for d in deltas], tokens=0, group_size=1)
+    assert trainer.outer.digest() == twin.outer.digest()
+    assert trainer.outer.swarm_tokens == 0
+
+
+def test_the_round_hands_its_learning_rates_to_the_guard(tmp_path: Path) -> None:
+    peer = FakeSwarmPeer()
+    peer.group_average.outcome = Alone()
+    trainer, _ = make_trainer(tmp_path, peer)
+    drift(trainer)
+    trainer._round_lr_sum = 0.25
+    trainer.outer_round()
+    assert peer.group_average.lr_sums == [0.25]
+
+
 def test_without_an_average_a_round_a_peer_already_finished_is_missed(tmp_path: Path) -> None:
     peer = FakeSwarmPeer()
     peer.group_average.outcome = Incomplete(attempts=3)

@@ -79,3 +79,20 @@ def test_send_guard_refuses_nan_and_outliers_but_not_before_it_has_seen_the_swar
     assert guard.check([d[0] * 5])[1] is None
     norm, why = guard.check([d[0] * 1000])
     assert norm == pytest.approx(10_000) and "median" in why
+
+
+def test_send_guard_compares_norms_per_unit_of_learning_rate() -> None:
+    """During warmup the learning rate grows many times over between rounds: a round at ten
+    times the learning rate of the rounds seen is not an outlier per unit of learning rate."""
+    guard = SendGuard(factor=10.0, min_samples=3)
+    d = torch.ones(4)  # norm 2
+    for _ in range(3):
+        norm, why = guard.check([d], lr_sum=0.1)  # norm 20 per unit of learning rate
+        assert why is None and norm == pytest.approx(20.0)
+        guard.observe([norm])
+    assert guard.check([d * 15], lr_sum=1.0)[1] is None  # 30 per unit: 1.5x, sent
+    raw = SendGuard(factor=10.0, min_samples=3)  # the same rounds, by raw norm
+    raw.observe([2.0, 2.0, 2.0])
+    assert "15x" in raw.check([d * 15])[1]  # would have been refused
+    norm, why = guard.check([d * 1500], lr_sum=1.0)  # 3000 per unit: 150x, refused
+    assert why is not None and "per unit of learning rate" in why
