@@ -20,9 +20,13 @@ step 2 is the runner's own: every result part came from its reducer with every s
 (each member decodes the same quantized bytes, so complete results are bitwise equal, and the
 verdicts compare their digests). This peer's pseudo-gradient travels with error feedback.
 
-Before any of it, a pseudo-gradient with NaN/Inf or a norm (per unit of inner learning rate) far above the swarm's recent median is
-not sent (robust.py): this peer then joins the round contributing nothing, like the keeper, and
-still receives the group's average.
+Before any of it, a pseudo-gradient with NaN/Inf or a norm (per unit of inner learning rate) far
+above the swarm's recent median is not sent (robust.py): this peer then joins the round
+contributing nothing, like the keeper, and still receives the group's average.
+
+Each member declares the smallest group it will average with (its floor, swarm.py
+min_group_size) and every member drops a group below the largest declared floor: a fast node
+and the keeper must not finish a round without a slower node the others have seen.
 
 Attempts are not part of the group key: a peer that never really joined a group (a matchmaking
 race lost under load) and is still at its first try must be able to match the others' retry.
@@ -38,6 +42,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import secrets
 import time
 from collections.abc import Callable, Sequence
@@ -152,6 +157,21 @@ def contributors(group: list[dict]) -> list[str]:
     return [str(g["node_id"]) for g in group if not g.get("keeper") and not g.get("refused")]
 
 
+def required_size(group: list[dict]) -> int:
+    """The largest group floor any member declared (0 when none did). hivemind enforces only the
+    leader's min_group_size, and a leader that had not yet seen a slow node (a fast node, the
+    keeper) would let a group of two finish the round without it, whose work the re-sync then
+    throws away. Every member reads the same gathered data, so all of them keep or drop the
+    group alike."""
+    need = 0
+    for g in group:
+        try:
+            need = max(need, int(g.get("floor", 0)))
+        except (TypeError, ValueError):
+            continue
+    return need
+
+
 def declared_norms(group: list[dict]) -> list[float]:
     """The pseudo-gradient norms the group's contributors declared (for SendGuard)."""
     norms = []
@@ -234,6 +254,7 @@ class GroupAverage:
         self.guard = SendGuard()
         self.last_wire: dict | None = None  # the WireReport of this peer's latest all-reduce
         self._round = _RoundInput(norm=None, refused=False)
+        self._relax_at = math.inf  # when this round's group floor drops to 2 (_floor)
 
     def run(
         self,
@@ -260,6 +281,7 @@ class GroupAverage:
         self._round = _RoundInput(norm=norm, refused=refusal is not None)
         attempts = self.config.max_attempts
         patience_ends = time.monotonic() + self.config.group_patience_s
+        self._relax_at = time.monotonic() + self.config.group_patience_s / 2
         attempt = 0
         while attempt < attempts:
             outcome = self._attempt(round_number, attempt, deltas, tokens, cancel)
@@ -322,6 +344,9 @@ class GroupAverage:
             "round": round_number,
             "nonce": secrets.token_hex(8),
         }
+        floor = self._floor()
+        if floor is not None:
+            gather["floor"] = floor
         if self.config.keeper:
             gather["keeper"] = True
         if self._round.refused:
@@ -331,13 +356,22 @@ class GroupAverage:
         if mine is not None:
             gather.update(probe=mine.probe, norm2=mine.norm2)
 
-        gathered = self._step(round_number, gather, tokens, cancel)
+        gathered = self._step(round_number, gather, tokens, cancel, floor)
         if gathered is None:
             return Cancelled()
         wire = gathered.pop(WIRE_REPORT, None)
         if not gathered:
             return _NoGroup()
         group = list(gathered.values())
+        need = required_size(group)
+        if len(group) < need:
+            log.info(
+                "round %d: a group of %d, below the %d a member expects; looking again",
+                round_number + 1,
+                len(group),
+                need,
+            )
+            return _NoGroup()
         members = [str(g["node_id"]) for g in group]
         node_ids = contributors(group)
         group_tokens = sum(int(g["tokens"]) for g in group)
@@ -394,12 +428,25 @@ class GroupAverage:
         # race under load), and is looking for a group under the old key.
         return _Redo()
 
-    def _step(self, round_number, gather, tokens, cancel) -> dict | None:
+    def _floor(self) -> int | None:
+        """The smallest group this peer will average with now (swarm.py min_group_size); after
+        half its patience, 2: one node with the keeper rather than a round stepped alone."""
+        if self.min_group_size is None:
+            return None
+        if time.monotonic() >= self._relax_at:
+            return 2
+        try:
+            return self.min_group_size()
+        except Exception as e:  # a DHT hiccup: no floor this attempt
+            log.warning("could not read the minimum group size: %r", e)
+            return None
+
+    def _step(self, round_number, gather, tokens, cancel, floor: int | None) -> dict | None:
         """hivemind's all-reduce; {} when no group formed, None when cancelled while matching."""
         self.averager.set_group_bits(group_bits(round_number))
-        if self.min_group_size is not None:
+        if floor is not None:
             try:
-                self.averager.set_min_group_size(self.min_group_size())
+                self.averager.set_min_group_size(floor)
             except Exception as e:  # a DHT hiccup: keep the previous floor
                 log.warning("could not update the minimum group size: %r", e)
         timeout = self.config.matchmaking_time_s + 15.0
