@@ -95,7 +95,9 @@ def test_preset_walkthrough(preset: str, tmp_path: Path) -> None:
     )  # fmt: skip
     port_file = tmp_path / "port"
     coordinator = Proc(
-        _command(w.SERVE, values, "--port-file", str(port_file)),
+        # every round checkpointed (the big presets' default is every 10th): the walk exports
+        # round 1
+        _command(w.SERVE, values, "--port-file", str(port_file), "--checkpoint-every", "1"),
         tmp_path / "coordinator.log",
         process_env(home),
     )
