@@ -4,7 +4,7 @@
 `gpt5os-coordinator serve` starts it from the CLI). Every RPC validates its request
 (validate.py), authenticates the node, then calls one Swarm method; ApiError becomes the gRPC
 status it carries. A background task ticks the Swarm twice a second (lease expiry, lost nodes,
-batched stats flush) and polls the store for `pause` / `resume` / `ban` written by the CLI.
+batched stats flush) and polls the store for `pause` / `resume` / `ban` / `unban` written by the CLI.
 """
 
 from __future__ import annotations
@@ -123,7 +123,7 @@ class Servicer(pb_grpc.CoordinatorServicer):
         public_key, info = v.join(req)
         swarm_key = v.swarm_public_key(req.swarm_public_key)
         now = self.now()
-        node, token = self.sw.join(public_key, info, now)
+        node, token = self.sw.join(public_key, info, now, invite=req.invite.strip())
         log.info("admitted node %s (%s, %s)", node.node_id, info["display_name"], info["device"])
         return pb.JoinResponse(
             **self._swarm_token(node.node_id, swarm_key),
