@@ -18,7 +18,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import logging
 import re
 import secrets
 import sqlite3
@@ -28,8 +27,6 @@ from dataclasses import dataclass
 import grpc
 from gpt5os.common.request_signing import node_id_of
 from gpt5os.coordinator.records import ApiError
-
-log = logging.getLogger(__name__)
 
 OPEN = "open"
 INVITE_ONLY = "invite-only"
@@ -151,11 +148,11 @@ class Admission:
 
     # -- the server's side -------------------------------------------------------------------
 
-    def admit(self, node_id: str, invite: str, now: float) -> None:
+    def admit(self, node_id: str, invite: str, now: float) -> str:
         """Admit `node_id` or raise PERMISSION_DENIED; an invite it brings is used only when the
-        key is not admitted yet."""
+        key is not admitted yet. Returns how a newly admitted key got in ("" otherwise)."""
         if self.mode == OPEN or self.is_admitted(node_id):
-            return
+            return ""
         if not invite:
             raise denied(f"node {node_id} is not admitted: {NOT_INVITED}")
         digest = token_hash(invite)
@@ -172,7 +169,7 @@ class Admission:
             "INSERT OR REPLACE INTO admitted VALUES (?, ?, ?)",
             (node_id, now, f"invite {digest[:12]}"),
         )
-        log.info("node %s admitted with invite %s", node_id, digest[:12])
+        return f"admitted with invite {digest[:12]}"
 
     def is_admitted(self, node_id: str) -> bool:
         row = self.db.execute("SELECT 1 FROM admitted WHERE node_id=?", (node_id,)).fetchone()

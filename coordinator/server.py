@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from gpt5os.common.request_signing import node_id_of
 from gpt5os.common.swarm_token import TOKEN_LIFETIME_S, TokenIssuer
 from gpt5os.common.tls import TlsError, TlsFiles, fingerprint
 from gpt5os.coordinator import reachability
@@ -59,6 +60,12 @@ class ServeError(RuntimeError):
     """The server cannot start (port in use, unreadable run directory); the message says why."""
 
 
+def _joiner(request: Any) -> str:
+    """The node id a JoinRequest's key stands for (its refusals are logged with it), or "?"."""
+    key = getattr(request, "public_key", b"")
+    return node_id_of(bytes(key)) if len(key) == 32 else "?"
+
+
 def _rpc(method: Callable[..., Any]) -> Callable[..., Any]:
     """Count and time a unary RPC; turn ApiError into the status code it names."""
     name = method.__name__
@@ -71,7 +78,7 @@ def _rpc(method: Callable[..., Any]) -> Callable[..., Any]:
             return method(self, request, context)
         except ApiError as e:
             code = e.code.name
-            who = getattr(getattr(request, "auth", None), "node_id", "") or "?"
+            who = getattr(getattr(request, "auth", None), "node_id", "") or _joiner(request)
             log.warning("refused %s from node %s: %s: %s", name, who, code, e.message)
             await context.abort(e.code, e.message)
         except sqlite3.Error as e:  # disk full, I/O error: nothing was acknowledged

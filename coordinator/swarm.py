@@ -187,7 +187,7 @@ class Swarm:
             )
         with self.store.tx():
             # first: a refused key (no or a spent invite) rolls back and changes nothing
-            self.admission.admit(node_id, invite, now)
+            how = self.admission.admit(node_id, invite, now)
             node.token_hash = _hash_token(token)
             node.state = "active"
             node.last_seen_unix = now
@@ -197,7 +197,8 @@ class Swarm:
             for key, value in info.items():
                 setattr(node, key, value)
             self.store.put_node(node.row())
-            self._event(now, kind, node_id, f"{node.display_name or node_id} on {node.device}")
+            about = f"{node.display_name or node_id} on {node.device}"
+            self._event(now, kind, node_id, f"{about} ({how})" if how else about)
             self._write_events()
         self.nodes[node_id] = node
         self._touch(node)

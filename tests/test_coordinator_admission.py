@@ -138,6 +138,12 @@ def test_an_invite_admits_its_keys_for_good_and_only_as_often_as_it_allows(sw: S
     assert "not valid" in refused(sw, a, invite=token + "x")
     node, _ = sw.join(a, INFO, T0 + 1, invite=token)
     assert node.state == "active" and sw.admission.is_admitted(node.node_id)
+    digest = adm.token_hash(token)[:12]
+    assert sw.events[-1][2:] == (
+        "joined",
+        node.node_id,
+        f"n on cpu (admitted with invite {digest})",
+    )
     sw.join(a, INFO, T0 + 2, invite=token)  # an admitted key's invite is not used again
     sw.join(a, INFO, T0 + 3)  # nor needed
     assert sw.admission.invite(adm.token_hash(token)).uses == 1

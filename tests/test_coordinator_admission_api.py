@@ -81,10 +81,14 @@ async def until(predicate, timeout: float = 10.0):
     return value
 
 
-async def test_a_stranger_is_refused_with_what_to_do(server, stub) -> None:
-    message = await refused_join(stub, os.urandom(32))
+async def test_a_stranger_is_refused_with_what_to_do(server, stub, caplog) -> None:
+    seed = os.urandom(32)
+    message = await refused_join(stub, seed)
     assert "this run is invite-only: ask the maintainer for an invite" in message
     assert "gpt5os-coordinator invite" in message and "--invite TOKEN" in message
+    node_id = node_id_of(node_key(seed))
+    refusals = [r.getMessage() for r in caplog.records if "refused Join" in r.getMessage()]
+    assert refusals == [f"refused Join from node {node_id}: PERMISSION_DENIED: {message}"]
 
 
 async def test_an_invite_admits_once_and_its_key_for_good(server, stub, tmp_path) -> None:
