@@ -4,7 +4,8 @@
 `gpt5os-coordinator serve` starts it from the CLI). Every RPC validates its request
 (validate.py), authenticates the node, then calls one Swarm method; ApiError becomes the gRPC
 status it carries. A background task ticks the Swarm twice a second (lease expiry, lost nodes,
-batched stats flush) and polls the store for `pause` / `resume` / `ban` / `unban` written by the CLI.
+batched stats flush) and polls the store for `pause` / `resume` / `ban` / `unban` written by the
+CLI.
 """
 
 from __future__ import annotations

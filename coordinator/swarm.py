@@ -613,7 +613,7 @@ class Swarm:
         self.flush(now)
 
     def poll_control(self, now: float) -> None:
-        """Pick up `gpt5os-coordinator pause/resume/ban/unban`, which write to the store directly."""
+        """Pick up `gpt5os-coordinator pause/resume/ban/unban`: they write to the store directly."""
         paused = self.store.get_meta("paused") == "1"
         if paused != self.paused:
             self.paused = paused
