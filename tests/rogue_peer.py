@@ -118,7 +118,11 @@ class StrangerAverager(PseudoGradientAverager):
                     group_key=self._matchmaking.group_key_manager.current_key,
                 )
                 try:
-                    stub = self.get_stub(self._p2p, PeerID(peer), namespace=self.prefix)
+                    # the handler's name is the *nodes'* class name (hivemind's get_stub names
+                    # the protocol after the class it is called on)
+                    stub = PseudoGradientAverager.get_stub(
+                        self._p2p, PeerID(peer), namespace=self.prefix
+                    )
                     stream = await stub.rpc_join_group(request)
                     message = await asyncio.wait_for(anext(stream), 5)
                     name = averaging_pb2.MessageCode.Name(message.code)
@@ -138,6 +142,7 @@ def stranger(coordinator: str, home: Path, seconds: float) -> None:
     session = client.join("cpu")  # no swarm key: no token
     assert not session.join.HasField("swarm_token")
     spec, join = session.spec, session.join
+    client.close()  # before hivemind forks: a fork beside gRPC's threads can crash the child
     prefix = swarm_prefix(join.dht_prefix, spec.run_id)
     key = SwarmKey()
     fake = TokenIssuer(Ed25519PrivateKey.generate())
@@ -184,7 +189,6 @@ def stranger(coordinator: str, home: Path, seconds: float) -> None:
     averager.shutdown()
     dht.shutdown()
     key.close()
-    client.close()
 
 
 if __name__ == "__main__":

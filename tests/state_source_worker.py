@@ -31,7 +31,10 @@ from hivemind.utils.multiaddr import Multiaddr
 
 
 async def _connect(peer: str, maddrs: list[str], _dht, node) -> None:
-    await node.p2p._client.connect(PeerID.from_base58(peer), [Multiaddr(m) for m in maddrs])
+    # without the /p2p/ part: hivemind encodes an RSA peer id there as a CID, which p2pd cannot
+    # parse ("length greater than remaining number of bytes in buffer"); the id goes separately
+    addrs = [Multiaddr(m).decapsulate(Multiaddr(f"/p2p/{peer}")) for m in maddrs]
+    await node.p2p._client.connect(PeerID.from_base58(peer), addrs)
 
 
 def main() -> None:

@@ -18,11 +18,6 @@ SERVERS = ("admitted", "stranger", "copied")
 pytestmark = pytest.mark.timeout(300)
 
 
-@pytest.mark.skip(
-    reason="not yet working: the downloading worker's p2p daemon fails to connect to the source "
-    "(ControlFailure: 'length greater than remaining number of bytes in buffer'); the check it "
-    "guards (node/swarm.py source_problem) is unproven by a real-process test"
-)
 def test_state_is_taken_only_from_admitted_peers(tmp_path: Path) -> None:
     key_file = tmp_path / "coordinator_key.pem"
     key_file.write_bytes(
