@@ -21,6 +21,8 @@ os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
 import click  # noqa: E402
 from gpt5os.common.swarm_token import TOKEN_LIFETIME_S  # noqa: E402
+from gpt5os.coordinator import admission as adm  # noqa: E402
+from gpt5os.coordinator.admission import DEFAULT_MODE, MODES  # noqa: E402
 from gpt5os.coordinator.data.cli import data  # noqa: E402
 from gpt5os.coordinator.keeper_auth import ensure_keeper_key  # noqa: E402
 from gpt5os.coordinator.limits import MAX_WATCHERS, NODE_BURST, NODE_RATE, Limits  # noqa: E402
@@ -98,6 +100,14 @@ def _fail(e: BaseException) -> click.ClickException:
 @click.option("--heartbeat-seconds", type=click.FloatRange(min=0, min_open=True))
 @click.option("--max-leases-per-node", type=click.IntRange(min=1))
 @click.option(
+    "--admission",
+    type=click.Choice(MODES),
+    default=DEFAULT_MODE,
+    show_default=True,
+    help="open: any node may join; invite-only: a node needs an invite (`invite`) or its key "
+    "allowed (`allow`) to join the first time.",
+)
+@click.option(
     "--tls",
     is_flag=True,
     help="Make a self-signed TLS certificate and key in RUN_DIR/tls; `serve` then speaks TLS and "
@@ -132,6 +142,8 @@ def init(
     start = ""
     if options.get("from_checkpoint") is not None:
         start = f" from {options['from_checkpoint']} (round-0 checkpoint in {run_dir}/checkpoints)"
+    if options.get("admission") == adm.INVITE_ONLY:
+        start += " (invite-only: admit nodes with `gpt5os-coordinator invite` or `allow`)"
     click.echo(
         f"gpt5os-coordinator: created run {spec.run_id} (preset {spec.model.preset}) in {run_dir}"
         f"{start}; serve it with `gpt5os-coordinator serve --dir {run_dir}`"
@@ -586,7 +598,7 @@ def status(
     click.echo(json.dumps(s, indent=1) if as_json else _summary(s))
 
 
-# -- pause / resume / ban --------------------------------------------------------------------
+# -- pause / resume / ban / unban ------------------------------------------------------------------
 
 
 def _open_store(run_dir: Path) -> Store:
@@ -628,7 +640,8 @@ def resume(run_dir: Path) -> None:
 @click.option("--reason", default="banned by the maintainer", show_default=True)
 @click.argument("node_id")
 def ban(run_dir: Path, reason: str, node_id: str) -> None:
-    """Ban NODE_ID (full id or unique prefix): its leases return to the queue, it cannot rejoin."""
+    """Ban NODE_ID (full id or unique prefix): its leases return to the queue, it cannot rejoin
+    (until `unban`); a running coordinator refuses it within a second."""
     store = _open_store(run_dir)
     try:
         ids = [n["node_id"] for n in store.nodes() if n["node_id"].startswith(node_id)]
@@ -641,6 +654,105 @@ def ban(run_dir: Path, reason: str, node_id: str) -> None:
     finally:
         store.close()
     click.echo(f"gpt5os-coordinator: banned node {ids[0]}")
+
+
+@main.command()
+@click.option("--dir", "run_dir", required=True, type=click.Path(path_type=Path))
+@click.argument("node_id")
+def unban(run_dir: Path, node_id: str) -> None:
+    """Lift the ban of NODE_ID (full id or unique prefix): it may join again."""
+    store = _open_store(run_dir)
+    try:
+        ids = [b for b in store.bans() if b.startswith(node_id)] if node_id else []
+        if not ids:
+            raise click.ClickException(f"no banned node {node_id!r} in the run in {run_dir}")
+        if len(ids) > 1:
+            raise click.ClickException(
+                f"{node_id!r} matches {len(ids)} banned nodes: give more of the id"
+            )
+        with store.tx():
+            store.remove_ban(ids[0])
+    finally:
+        store.close()
+    click.echo(f"gpt5os-coordinator: unbanned node {ids[0]}: it may join again")
+
+
+# -- admission: invite / allow ---------------------------------------------------------------
+
+
+def _admission(run_dir: Path) -> tuple[Store, adm.Admission]:
+    store = _open_store(run_dir)
+    try:
+        mode = load_run(run_dir).admission
+    except EXPECTED as e:
+        store.close()
+        raise _fail(e) from None
+    return store, adm.Admission(store, mode)
+
+
+@main.command()
+@click.option("--dir", "run_dir", required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--uses",
+    type=click.IntRange(min=1),
+    default=adm.DEFAULT_INVITE_USES,
+    show_default=True,
+    help="How many nodes (keys) the invite admits.",
+)
+@click.option(
+    "--expires",
+    default=adm.DEFAULT_INVITE_EXPIRY,
+    show_default=True,
+    metavar="DURATION",
+    help="How long the invite stays valid: e.g. 30m, 12h, 7d, 2w, or never.",
+)
+def invite(run_dir: Path, uses: int, expires: str) -> None:
+    """Print a new invite token for an invite-only run (alone on stdout); a node joins with
+    `gpt5os-node join --invite TOKEN`, and its key stays admitted for good."""
+    try:
+        expires_s = adm.parse_duration(expires)
+    except ValueError as e:
+        raise click.ClickException(f"--expires: {e}") from None
+    store, admission = _admission(run_dir)
+    try:
+        if admission.mode != adm.INVITE_ONLY:
+            raise click.ClickException(
+                f"the run in {run_dir} is {admission.mode}: every node joins without an invite "
+                f"(invites are for runs made with `init --admission {adm.INVITE_ONLY}`)"
+            )
+        token = admission.create_invite(time.time(), uses=uses, expires_s=expires_s)
+    except EXPECTED as e:
+        raise _fail(e) from None
+    finally:
+        store.close()
+    click.echo(token)
+
+
+@main.command()
+@click.option("--dir", "run_dir", required=True, type=click.Path(path_type=Path))
+@click.argument("node")
+def allow(run_dir: Path, node: str) -> None:
+    """Admit NODE (its id, the first line of `gpt5os-node identity`, or its public key) to an
+    invite-only run: it joins without an invite."""
+    try:
+        node_id = adm.node_id_from(node)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+    store, admission = _admission(run_dir)
+    try:
+        if node_id in store.bans():
+            raise click.ClickException(
+                f"node {node_id} is banned: lift the ban first with `gpt5os-coordinator unban`"
+            )
+        added = admission.allow(node_id, time.time())
+    except EXPECTED as e:
+        raise _fail(e) from None
+    finally:
+        store.close()
+    note = "" if added else " (it was admitted already)"
+    if admission.mode == adm.OPEN:
+        note += f" (the run is {adm.OPEN}: every node is admitted anyway)"
+    click.echo(f"gpt5os-coordinator: allowed node {node_id}{note}")
 
 
 @main.command()

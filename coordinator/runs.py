@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from gpt5os.coordinator import certify
+from gpt5os.coordinator.admission import DEFAULT_MODE, check_mode
 from gpt5os.coordinator.certify import Certified
 from gpt5os.coordinator.checkpoints import CHECKPOINTS_SUBDIR, CheckpointDir, CheckpointInfo
 from gpt5os.coordinator.manifest import Manifest, load_manifest
@@ -54,9 +55,11 @@ class RunConfig:
     lease_seconds: float = 60.0
     heartbeat_seconds: float = 5.0
     max_leases_per_node: int = 4
+    admission: str = DEFAULT_MODE  # open | invite-only (coordinator/admission.py)
 
     def validate(self) -> None:
         self.spec.validate()
+        check_mode(self.admission)
         if not self.heartbeat_seconds > 0:
             raise ValueError("heartbeat_seconds must be > 0")
         if not self.lease_seconds > 2 * self.heartbeat_seconds:
@@ -114,7 +117,7 @@ def create_run(
         training settings
     :param spec_overrides: `preset` (default "tiny"), any RunSpec field (`seq_len=256`), nested
         fields as `inner_lr=1e-3` / `outer_momentum=0.8` / `model_n_layer=4`, and the coordinator
-        settings `lease_seconds`, `heartbeat_seconds`, `max_leases_per_node`.
+        settings `lease_seconds`, `heartbeat_seconds`, `max_leases_per_node`, `admission`.
     :raises FileExistsError: the directory already holds a run
     :raises FileNotFoundError / ValueError: no usable prepared data or checkpoint, a bad setting
     """

@@ -4,7 +4,8 @@
 `gpt5os-coordinator serve` starts it from the CLI). Every RPC validates its request
 (validate.py), authenticates the node, then calls one Swarm method; ApiError becomes the gRPC
 status it carries. A background task ticks the Swarm twice a second (lease expiry, lost nodes,
-batched stats flush) and polls the store for `pause` / `resume` / `ban` written by the CLI.
+batched stats flush) and polls the store for `pause` / `resume` / `ban` / `unban` written by the
+CLI.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from gpt5os.common.request_signing import node_id_of
 from gpt5os.common.swarm_token import TOKEN_LIFETIME_S, TokenIssuer
 from gpt5os.common.tls import TlsError, TlsFiles, fingerprint
 from gpt5os.coordinator import reachability
@@ -59,6 +61,12 @@ class ServeError(RuntimeError):
     """The server cannot start (port in use, unreadable run directory); the message says why."""
 
 
+def _joiner(request: Any) -> str:
+    """The node id a JoinRequest's key stands for (its refusals are logged with it), or "?"."""
+    key = getattr(request, "public_key", b"")
+    return node_id_of(bytes(key)) if len(key) == 32 else "?"
+
+
 def _rpc(method: Callable[..., Any]) -> Callable[..., Any]:
     """Count and time a unary RPC; turn ApiError into the status code it names."""
     name = method.__name__
@@ -71,7 +79,7 @@ def _rpc(method: Callable[..., Any]) -> Callable[..., Any]:
             return method(self, request, context)
         except ApiError as e:
             code = e.code.name
-            who = getattr(getattr(request, "auth", None), "node_id", "") or "?"
+            who = getattr(getattr(request, "auth", None), "node_id", "") or _joiner(request)
             log.warning("refused %s from node %s: %s: %s", name, who, code, e.message)
             await context.abort(e.code, e.message)
         except sqlite3.Error as e:  # disk full, I/O error: nothing was acknowledged
@@ -123,7 +131,7 @@ class Servicer(pb_grpc.CoordinatorServicer):
         public_key, info = v.join(req)
         swarm_key = v.swarm_public_key(req.swarm_public_key)
         now = self.now()
-        node, token = self.sw.join(public_key, info, now)
+        node, token = self.sw.join(public_key, info, now, invite=req.invite.strip())
         log.info("admitted node %s (%s, %s)", node.node_id, info["display_name"], info["device"])
         return pb.JoinResponse(
             **self._swarm_token(node.node_id, swarm_key),

@@ -30,7 +30,7 @@ from typing import Any
 from gpt5os.coordinator.scheduler import ShardState, ShardStatus
 
 DB_NAME = "coordinator.sqlite"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # MIGRATIONS[i] takes a database from schema version i to i+1. Never edit a released entry:
 # append a new one (and bump SCHEMA_VERSION) so existing run directories upgrade in place.
@@ -74,6 +74,13 @@ MIGRATIONS: list[str] = [
     CREATE TABLE certified (
         round INTEGER PRIMARY KEY, tokens INTEGER NOT NULL, params_sha256 TEXT NOT NULL,
         source TEXT NOT NULL, unix REAL NOT NULL);
+    """,
+    # 2 -> 3: admission (coordinator/admission.py): invites (hashed) and admitted keys
+    """
+    CREATE TABLE invites (
+        token_hash TEXT PRIMARY KEY, created_unix REAL NOT NULL, expires_unix REAL,
+        max_uses INTEGER NOT NULL, uses INTEGER NOT NULL);
+    CREATE TABLE admitted (node_id TEXT PRIMARY KEY, unix REAL NOT NULL, how TEXT NOT NULL);
     """,
 ]
 
@@ -281,6 +288,9 @@ class Store:
 
     def add_ban(self, node_id: str, unix: float, reason: str) -> None:
         self.db.execute("INSERT OR REPLACE INTO bans VALUES (?, ?, ?)", (node_id, unix, reason))
+
+    def remove_ban(self, node_id: str) -> None:
+        self.db.execute("DELETE FROM bans WHERE node_id=?", (node_id,))
 
     def bans(self) -> dict[str, str]:
         return {r[0]: r[2] for r in self.db.execute("SELECT * FROM bans")}

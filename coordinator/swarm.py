@@ -22,6 +22,7 @@ from typing import Any
 import grpc
 from gpt5os.common.request_signing import node_id_of
 from gpt5os.coordinator import certify
+from gpt5os.coordinator.admission import Admission
 from gpt5os.coordinator.certify import Certified
 from gpt5os.coordinator.records import ApiError, NodeRecord, RoundAgg
 from gpt5os.coordinator.runs import RunConfig, shard_ref
@@ -86,6 +87,7 @@ class Swarm:
                 credit[row["node_id"]] = credit.get(row["node_id"], 0) + int(d["tokens"])
         for node in self.nodes.values():
             node.tokens_trained = credit.get(node.node_id, 0)
+        self.admission = Admission(store, config.admission)
         self.bans = store.bans()
         for nid in self.bans:
             if nid in self.nodes:
@@ -156,7 +158,10 @@ class Swarm:
 
     # -- node lifecycle --------------------------------------------------------------------
 
-    def join(self, public_key: bytes, info: dict[str, str], now: float) -> tuple[NodeRecord, str]:
+    def join(
+        self, public_key: bytes, info: dict[str, str], now: float, invite: str = ""
+    ) -> tuple[NodeRecord, str]:
+        """Admit (or re-admit) a node; `invite` admits a new key to an invite-only run."""
         node_id = node_id_of(public_key)
         if node_id in self.bans:
             raise ApiError(
@@ -180,17 +185,20 @@ class Swarm:
             node = NodeRecord(
                 node_id=node_id, public_key=public_key, token_hash="", joined_unix=now
             )
-        node.token_hash = _hash_token(token)
-        node.state = "active"
-        node.last_seen_unix = now
-        node.session_tokens = 0
-        node.tokens_per_second = 0.0
-        node.outer_round = 0  # this session's round: a node that comes back holds no state yet
-        for key, value in info.items():
-            setattr(node, key, value)
         with self.store.tx():
+            # first: a refused key (no or a spent invite) rolls back and changes nothing
+            how = self.admission.admit(node_id, invite, now)
+            node.token_hash = _hash_token(token)
+            node.state = "active"
+            node.last_seen_unix = now
+            node.session_tokens = 0
+            node.tokens_per_second = 0.0
+            node.outer_round = 0  # this session's round: a returning node holds no state yet
+            for key, value in info.items():
+                setattr(node, key, value)
             self.store.put_node(node.row())
-            self._event(now, kind, node_id, f"{node.display_name or node_id} on {node.device}")
+            about = f"{node.display_name or node_id} on {node.device}"
+            self._event(now, kind, node_id, f"{about} ({how})" if how else about)
             self._write_events()
         self.nodes[node_id] = node
         self._touch(node)
@@ -225,6 +233,19 @@ class Swarm:
         node = self.nodes.get(node_id)
         if node is not None and node.state != "banned":
             self._end_session(node, "banned", now, reason or "banned by the maintainer")
+
+    def lift_ban(self, node_id: str, now: float) -> None:
+        """`gpt5os-coordinator unban`: the node may join again (its old session stays over)."""
+        self.bans.pop(node_id, None)
+        node = self.nodes.get(node_id)
+        if node is not None and node.state == "banned":
+            node.state = "left"
+            self._touch(node)
+        self._event(now, "unbanned", node_id, "unbanned by the maintainer: it may join again")
+        with self.store.tx():
+            if node is not None:
+                self.store.put_node(node.row())
+            self._write_events()
 
     def _end_session(self, node: NodeRecord, state: str, now: float, message: str) -> None:
         node.state = state
@@ -592,13 +613,16 @@ class Swarm:
         self.flush(now)
 
     def poll_control(self, now: float) -> None:
-        """Pick up `gpt5os-coordinator pause/resume/ban`, which write to the store directly."""
+        """Pick up `gpt5os-coordinator pause/resume/ban/unban`: they write to the store directly."""
         paused = self.store.get_meta("paused") == "1"
         if paused != self.paused:
             self.paused = paused
             self._event(now, "paused" if paused else "resumed", "", "by the maintainer")
             self.version += 1
-        for node_id, reason in self.store.bans().items():
+        stored = self.store.bans()
+        for node_id in [n for n in self.bans if n not in stored]:  # `unban`
+            self.lift_ban(node_id, now)
+        for node_id, reason in stored.items():
             if node_id not in self.bans or (
                 node_id in self.nodes and self.nodes[node_id].state != "banned"
             ):

@@ -82,6 +82,7 @@ def join(req: pb.JoinRequest) -> tuple[bytes, dict[str, str]]:
         "hostname": text(req.info.hostname, "info.hostname"),
         "display_name": text(req.info.display_name, "info.display_name", limit=64),
     }
+    text(req.invite, "invite", limit=MAX_TOKEN)
     return bytes(req.public_key), info
 
 

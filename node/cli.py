@@ -156,8 +156,9 @@ def main() -> None:
 @click.option(
     "--invite",
     default="",
-    hidden=True,  # sent in JoinRequest.invite; hidden until the coordinator checks invites (#11)
-    help="Invite token from the run's maintainer (needed to first join an invite-only run).",
+    metavar="TOKEN",
+    help="Invite token from the run's maintainer (`gpt5os-coordinator invite`): needed to join "
+    "an invite-only run the first time; later joins need none.",
 )
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging, hivemind included.")
 def join(
