@@ -10,7 +10,7 @@ STAMP := $(VENV)/.gpt5os-installed
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-fast lint format proto gpu-check gpu-wheels mutation clean
+.PHONY: install demo test test-slow test-fast lint format proto gpu-check gpu-wheels mutation clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,11 +26,16 @@ install: $(STAMP)
 demo: install
 	$(BIN)/python scripts/demo.py
 
+# `make test` leaves out the suites marked slow (minutes each: the keeper across an empty swarm,
+# the moderated swarm, the big presets); `make test-slow` runs them, and CI runs both.
 test: install
-	$(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -ra -m "not slow" $(PYTEST_ARGS)
+
+test-slow: install
+	$(BIN)/python -m pytest -q -ra -m slow $(PYTEST_ARGS)
 
 test-fast: install
-	$(BIN)/python -m pytest -q -ra -m "not e2e" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -ra -m "not e2e and not slow" $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check .

@@ -70,6 +70,7 @@ def _keeper_pid(coordinator_log: str) -> int:
     return int(lines[-1].split("pid ")[1].rstrip(")"))
 
 
+@pytest.mark.slow  # 2-5 min: make test-slow, and CI
 def test_the_keeper_carries_the_model_across_an_empty_swarm(
     tmp_path: Path, small_corpus: Path
 ) -> None:

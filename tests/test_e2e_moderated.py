@@ -22,7 +22,7 @@ from e2e_support import (
     wait_for,
 )
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # ~3 min: make test-slow, and CI
 
 ROGUE = str(Path(__file__).with_name("rogue_peer.py"))
 ROUNDS = 5
