@@ -4,13 +4,19 @@
 manifest with real sha256 digests), so tests need neither the tokenizer nor the stdlib corpus.
 `make_run` adds a run on top. `node_key` makes a node key that channels from `aio_channel` /
 `sync_channel` sign with (every node request must be signed, common/request_signing.py).
-Nothing here is used by the coordinator itself.
+`serving` runs a CoordinatorServer for the length of an `async with`; `ThreadedServer` runs one
+on its own event-loop thread for synchronous clients. Nothing here is used by the coordinator
+itself.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import random
+import threading
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -101,3 +107,43 @@ def aio_channel(address: str, **kwargs: Any) -> grpc.aio.Channel:
 def sync_channel(address: str) -> grpc.Channel:
     """A synchronous channel whose node requests are signed with the keys from `node_key`."""
     return grpc.intercept_channel(grpc.insecure_channel(address), KEYRING.interceptor())
+
+
+@contextlib.asynccontextmanager
+async def serving(run_dir: Path, **settings: Any) -> AsyncIterator[Any]:
+    """A started CoordinatorServer on a free port (`settings`: its keyword arguments), stopped
+    when the block ends, however it ends."""
+    from gpt5os.coordinator.server import CoordinatorServer
+
+    server = CoordinatorServer(run_dir, port=0, **settings)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop(grace=0.1)
+
+
+class ThreadedServer:
+    """A CoordinatorServer on its own event-loop thread, for synchronous clients (the node's
+    CoordinatorClient, the dashboard's source). `close()` stops both."""
+
+    def __init__(self, run_dir: Path, **settings: Any) -> None:
+        from gpt5os.coordinator.server import CoordinatorServer
+
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+        async def start() -> CoordinatorServer:  # built in the loop's thread (SQLite objects)
+            server = CoordinatorServer(run_dir, port=0, **settings)
+            await server.start()
+            return server
+
+        self.server = asyncio.run_coroutine_threadsafe(start(), self.loop).result(timeout=60)
+        self.address = self.server.address
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.server.stop(0.2), self.loop).result(timeout=30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=30)
+        self.loop.close()

@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -198,3 +198,52 @@ def prepare_small_corpus(out: Path) -> Path:
         check=True, capture_output=True, timeout=300,
     )  # fmt: skip
     return out
+
+
+def init_run(run_dir: Path, data: Path, *extra: str, timeout: float = 300) -> None:
+    """`gpt5os-coordinator init` of a `tiny` run on `data`, with `extra` options."""
+    subprocess.run(
+        [tool("gpt5os-coordinator"), "init", "--dir", str(run_dir), "--data", str(data),
+         "--preset", "tiny", *extra],
+        check=True, capture_output=True, timeout=timeout,
+    )  # fmt: skip
+
+
+def join_node(address: str, home: Path, log_path: Path, *extra: str) -> Proc:
+    """`gpt5os-node join` on one CPU thread with its own home, logging to `log_path`."""
+    args = [tool("gpt5os-node"), "join", "--coordinator", address, "--device", "cpu",
+            "--threads", "1", "--home", str(home), *extra]  # fmt: skip
+    return Proc(args, log_path, process_env(home))
+
+
+@contextmanager
+def two_nodes_trained(
+    tmp_path: Path,
+    data: Path,
+    rounds: int,
+    init: Sequence[str] = (),
+    join: Sequence[str] = (),
+) -> Iterator[tuple[Path, list[Proc]]]:
+    """A `tiny` run (init options `init`) served from tmp_path/run, and two nodes "a" and "b"
+    (join options `join`) that start together and train `rounds` outer rounds: yields the run
+    directory and the nodes once both exited 0; the coordinator stops on leaving."""
+    run_dir = tmp_path / "run"
+    init_run(run_dir, data, *init)
+    coordinator, address = start_coordinator(
+        run_dir, tmp_path / "coord-home", tmp_path / "coordinator.log"
+    )
+    nodes: list[Proc] = []
+    try:
+        for name in ("a", "b"):
+            nodes.append(
+                join_node(address, tmp_path / f"node-{name}", tmp_path / f"node-{name}.log",
+                          "--max-rounds", str(rounds), "--min-peers", "2", *join)
+            )  # fmt: skip
+        for node in nodes:
+            rc = node.wait(timeout=600)
+            assert rc == 0, f"node exited with {rc}:\n{node.tail()}"
+        yield run_dir, nodes
+    finally:
+        for node in nodes:
+            node.stop()
+        coordinator.stop()

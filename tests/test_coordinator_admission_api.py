@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from gpt5os.common.request_signing import node_id_of
 from gpt5os.coordinator.cli import main as coordinator_cli
 from gpt5os.coordinator.server import CoordinatorServer
-from gpt5os.coordinator.testkit import aio_channel, make_run, node_key
+from gpt5os.coordinator.testkit import aio_channel, make_run, node_key, serving
 from gpt5os.proto import pb, pb_grpc
 
 Code = grpc.StatusCode
@@ -26,12 +26,8 @@ pytestmark = pytest.mark.timeout(60)
 @pytest.fixture
 async def server(tmp_path: Path):
     make_run(tmp_path / "run", n_train=4, admission="invite-only", heartbeat_seconds=2.0)
-    srv = CoordinatorServer(tmp_path / "run", port=0)
-    await srv.start()
-    try:
+    async with serving(tmp_path / "run") as srv:
         yield srv
-    finally:
-        await srv.stop(grace=0.1)
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ import pytest
 from gpt5os.coordinator.runs import load_run, update_spec
 from gpt5os.coordinator.server import CoordinatorServer
 from gpt5os.coordinator.store import DB_NAME, Store
-from gpt5os.coordinator.testkit import aio_channel, make_run, node_key
+from gpt5os.coordinator.testkit import aio_channel, make_run, node_key, serving
 from gpt5os.proto import pb, pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
@@ -45,13 +45,9 @@ class Clock:
 async def server(tmp_path: Path):
     make_run(tmp_path / "run", n_train=6, n_val=1, heartbeat_seconds=2.0, lease_seconds=10.0)
     clock = Clock()
-    srv = CoordinatorServer(tmp_path / "run", port=0, metrics_port=0, clock=clock)
-    await srv.start()
-    srv.test_clock = clock  # type: ignore[attr-defined]
-    try:
+    async with serving(tmp_path / "run", metrics_port=0, clock=clock) as srv:
+        srv.test_clock = clock  # type: ignore[attr-defined]
         yield srv
-    finally:
-        await srv.stop(grace=0.1)
 
 
 @pytest.fixture
@@ -333,13 +329,8 @@ class ManualClock:
 async def manual_server(run_dir: Path, **settings):
     make_run(run_dir, n_train=6, n_val=1, **settings)
     clock = ManualClock()
-    srv = CoordinatorServer(run_dir, port=0, clock=clock)
-    await srv.start()
-    try:
-        async with aio_channel(srv.address) as channel:
-            yield clock, pb_grpc.CoordinatorStub(channel)
-    finally:
-        await srv.stop(grace=0.1)
+    async with serving(run_dir, clock=clock) as srv, aio_channel(srv.address) as channel:
+        yield clock, pb_grpc.CoordinatorStub(channel)
 
 
 async def _status(stub) -> pb.SwarmSnapshot:

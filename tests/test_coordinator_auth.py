@@ -29,7 +29,7 @@ from gpt5os.common.request_signing import (
 from gpt5os.coordinator.records import ApiError
 from gpt5os.coordinator.request_auth import NonceCache, RequestVerifier
 from gpt5os.coordinator.server import CoordinatorServer
-from gpt5os.coordinator.testkit import make_run
+from gpt5os.coordinator.testkit import make_run, serving
 from gpt5os.node.identity import load_or_create_identity
 from gpt5os.proto import pb, pb_grpc
 
@@ -187,13 +187,11 @@ class StillClock:
 @contextlib.asynccontextmanager
 async def raw_server(tmp_path: Path):
     make_run(tmp_path / "run", n_train=4, n_val=1)
-    srv = CoordinatorServer(tmp_path / "run", port=0, clock=StillClock())
-    await srv.start()
-    try:
-        async with grpc.aio.insecure_channel(srv.address) as channel:  # signs nothing itself
-            yield srv, pb_grpc.CoordinatorStub(channel)
-    finally:
-        await srv.stop(grace=0.1)
+    async with (
+        serving(tmp_path / "run", clock=StillClock()) as srv,
+        grpc.aio.insecure_channel(srv.address) as channel,  # signs nothing itself
+    ):
+        yield srv, pb_grpc.CoordinatorStub(channel)
 
 
 def method_of(name: str) -> str:

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from gpt5os.coordinator import certify
 from gpt5os.coordinator.keeper_auth import KEEPER_KEY_FILE, report_payload
 from gpt5os.coordinator.server import CoordinatorServer
-from gpt5os.coordinator.testkit import aio_channel, make_run, node_key
+from gpt5os.coordinator.testkit import aio_channel, make_run, node_key, serving
 from gpt5os.node.keeper import KeeperReporter
 from gpt5os.proto import pb, pb_grpc
 
@@ -27,12 +27,8 @@ D1, D2, D3 = "1" * 64, "2" * 64, "3" * 64
 @pytest.fixture
 async def server(tmp_path: Path):
     make_run(tmp_path / "run", n_train=6, n_val=1, heartbeat_seconds=2.0, lease_seconds=10.0)
-    srv = CoordinatorServer(tmp_path / "run", port=0)
-    await srv.start()
-    try:
+    async with serving(tmp_path / "run") as srv:
         yield srv
-    finally:
-        await srv.stop(grace=0.1)
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from gpt5os.common.swarm_token import TokenChecker, expires_at
 from gpt5os.coordinator.server import CoordinatorServer, ServeError
 from gpt5os.coordinator.store import DB_NAME, Store
 from gpt5os.coordinator.swarm_key import COORDINATOR_KEY_FILE
-from gpt5os.coordinator.testkit import aio_channel, make_run, node_key
+from gpt5os.coordinator.testkit import aio_channel, make_run, node_key, serving
 from gpt5os.proto import pb, pb_grpc
 
 pytestmark = pytest.mark.timeout(60)
@@ -42,14 +42,8 @@ def rsa_key() -> bytes:
 @pytest.fixture
 async def server(tmp_path: Path):
     make_run(tmp_path / "run", n_train=4, n_val=1)
-    srv = CoordinatorServer(
-        tmp_path / "run", port=0, clock=Clock(), swarm_token_lifetime_s=LIFETIME
-    )
-    await srv.start()
-    try:
+    async with serving(tmp_path / "run", clock=Clock(), swarm_token_lifetime_s=LIFETIME) as srv:
         yield srv
-    finally:
-        await srv.stop(grace=0.1)
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ import datetime
 import ipaddress
 import os
 import subprocess
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,34 +26,13 @@ from gpt5os.common.tls import (
     normalize_fingerprint,
 )
 from gpt5os.coordinator.server import CoordinatorServer, ServeError
-from gpt5os.coordinator.testkit import make_data_dir, make_run
+from gpt5os.coordinator.testkit import ThreadedServer, make_data_dir, make_run
 from gpt5os.dashboard.feed import CoordinatorSource, SourceError
 from gpt5os.node.coordinator_client import CoordinatorClient, CoordinatorError
 from gpt5os.node.identity import load_or_create_identity
 from test_coordinator_cli import cli, start_serve, stop, tool, wait_line
 
 pytestmark = pytest.mark.timeout(300)
-
-
-class Served:
-    def __init__(self, run_dir: Path, tls: TlsFiles | None) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-        async def start() -> CoordinatorServer:  # built in the loop's thread (SQLite objects)
-            server = CoordinatorServer(run_dir, port=0, tls=tls)
-            await server.start()
-            return server
-
-        self.server = asyncio.run_coroutine_threadsafe(start(), self.loop).result(timeout=60)
-        self.address = self.server.address
-
-    def close(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.server.stop(0.2), self.loop).result(timeout=30)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=30)
-        self.loop.close()
 
 
 @pytest.fixture
@@ -65,8 +43,8 @@ def run_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def tls_server(run_dir: Path) -> Iterator[Served]:
-    served = Served(run_dir, make_self_signed(run_dir))
+def tls_server(run_dir: Path) -> Iterator[ThreadedServer]:
+    served = ThreadedServer(run_dir, tls=make_self_signed(run_dir))
     yield served
     served.close()
 
@@ -88,7 +66,7 @@ def test_fingerprints_are_normalised_and_malformed_ones_refused() -> None:
 
 
 def test_self_signed_key_is_private_and_served_fingerprint_matches(
-    tls_server: Served, run_dir: Path
+    tls_server: ThreadedServer, run_dir: Path
 ) -> None:
     files = TlsFiles.of_run(run_dir)
     assert files.key.stat().st_mode & 0o777 == 0o600
@@ -98,7 +76,7 @@ def test_self_signed_key_is_private_and_served_fingerprint_matches(
 
 
 def test_node_joins_a_tls_coordinator_with_the_pinned_fingerprint(
-    tls_server: Served, tmp_path: Path
+    tls_server: ThreadedServer, tmp_path: Path
 ) -> None:
     security = Security.from_options(tls_server.server.fingerprint.replace(":", "").lower())
     client = node_client(tls_server.address, tmp_path / "home", security)
@@ -111,7 +89,7 @@ def test_node_joins_a_tls_coordinator_with_the_pinned_fingerprint(
 
 
 def test_node_refuses_a_coordinator_whose_certificate_does_not_match(
-    tls_server: Served, tmp_path: Path
+    tls_server: ThreadedServer, tmp_path: Path
 ) -> None:
     other = make_self_signed(tmp_path / "other")  # the certificate the node was told to expect
     security = Security.from_options(fingerprint(other.cert.read_bytes()))
@@ -125,7 +103,7 @@ def test_node_refuses_a_coordinator_whose_certificate_does_not_match(
 
 
 def test_plaintext_client_to_tls_coordinator_gets_a_clear_error(
-    tls_server: Served, tmp_path: Path
+    tls_server: ThreadedServer, tmp_path: Path
 ) -> None:
     client = node_client(tls_server.address, tmp_path / "home", PLAINTEXT)
     with pytest.raises(CoordinatorError, match="uses TLS: pass --coordinator-fingerprint"):
@@ -133,7 +111,7 @@ def test_plaintext_client_to_tls_coordinator_gets_a_clear_error(
 
 
 def test_pinned_client_refuses_a_plaintext_coordinator(run_dir: Path, tmp_path: Path) -> None:
-    served = Served(run_dir, None)
+    served = ThreadedServer(run_dir)
     try:
         security = Security.from_options("AB" * 32)
         with pytest.raises(ChannelError, match="does not speak TLS"):
@@ -160,7 +138,7 @@ def test_a_key_others_can_read_is_refused_at_serve(run_dir: Path) -> None:
         asyncio.run(start())
 
 
-async def test_dashboard_source_watches_a_tls_coordinator(tls_server: Served) -> None:
+async def test_dashboard_source_watches_a_tls_coordinator(tls_server: ThreadedServer) -> None:
     pinned = CoordinatorSource(
         tls_server.address, security=Security.from_options(tls_server.server.fingerprint)
     )

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import time
 from pathlib import Path
 
+import e2e_support
 import pytest
-from e2e_support import Proc, process_env, start_coordinator, tool, wait_for
+from e2e_support import Proc, join_node, start_coordinator, wait_for
 from gpt5os.coordinator.store import DB_NAME, Store
 from gpt5os.coordinator.testkit import make_data_dir
 from process_tree import tree
@@ -35,18 +35,12 @@ def data_dir(tmp_path_factory) -> Path:
 
 
 def init_run(run_dir: Path, data: Path, *extra: str) -> None:
-    subprocess.run(
-        [tool("gpt5os-coordinator"), "init", "--dir", str(run_dir), "--data", str(data),
-         "--preset", "tiny", "--inner-steps", "2", *extra],
-        check=True, capture_output=True, timeout=300,
-    )  # fmt: skip
+    e2e_support.init_run(run_dir, data, "--inner-steps", "2", *extra)
 
 
 def node(address: str, tmp_path: Path, name: str, *extra: str) -> Proc:
     home = tmp_path / f"node-{name}"
-    args = [tool("gpt5os-node"), "join", "--coordinator", address, "--device", "cpu",
-            "--threads", "1", "--home", str(home), "--name", name, *extra]  # fmt: skip
-    return Proc(args, tmp_path / f"node-{name}.log", process_env(home))
+    return join_node(address, home, tmp_path / f"node-{name}.log", "--name", name, *extra)
 
 
 class Db:

@@ -17,7 +17,8 @@ import torch
 from e2e_support import (
     Proc,
     coordinator_status,
-    prepare_small_corpus,
+    init_run,
+    join_node,
     process_env,
     start_coordinator,
     tool,
@@ -36,24 +37,10 @@ def _dead(proc: Proc) -> None:
         raise RuntimeError(f"process exited:\n{proc.tail()}")
 
 
-@pytest.fixture(scope="module")
-def small_corpus(tmp_path_factory) -> Path:
-    return prepare_small_corpus(tmp_path_factory.mktemp("data") / "stdlib")
-
-
 def _init_run(run_dir: Path, data: Path) -> None:
-    subprocess.run(
-        [tool("gpt5os-coordinator"), "init", "--dir", str(run_dir), "--data", str(data),
-         "--preset", "tiny", "--inner-steps", "4",
-         "--heartbeat-seconds", "1", "--lease-seconds", "30"],
-        check=True, capture_output=True, timeout=120,
-    )  # fmt: skip
-
-
-def _node(address: str, home: Path, log: Path, *extra: str) -> Proc:
-    args = [tool("gpt5os-node"), "join", "--coordinator", address, "--device", "cpu",
-            "--threads", "1", "--home", str(home), *extra]  # fmt: skip
-    return Proc(args, log, process_env(home))
+    init_run(
+        run_dir, data, "--inner-steps", "4", "--heartbeat-seconds", "1", "--lease-seconds", "30"
+    )
 
 
 def _keeper_at(run_dir: Path, round_number: int):
@@ -84,7 +71,7 @@ def test_the_keeper_carries_the_model_across_an_empty_swarm(
         wait_for(_keeper_at(run_dir, 0), 180, "the keeper's first report", interval=1.0)
         for name in ("a", "b"):
             procs.append(
-                _node(
+                join_node(
                     address,
                     tmp_path / f"node-{name}",
                     tmp_path / f"node-{name}.log",
@@ -128,7 +115,7 @@ def test_the_keeper_carries_the_model_across_an_empty_swarm(
         )
         procs.append(rogue)
         wait_for(lambda: "rogue ready" in rogue.output() or _dead(rogue), 180, "the rogue peer")
-        late = _node(address, tmp_path / "node-c", tmp_path / "node-c.log", "--max-rounds", "2")
+        late = join_node(address, tmp_path / "node-c", tmp_path / "node-c.log", "--max-rounds", "2")
         procs.append(late)
         wait_for(_keeper_at(run_dir, last_round + 1), 600, "the next round", interval=1.0)
 
@@ -204,7 +191,7 @@ def test_a_run_from_a_checkpoint_starts_every_node_from_it(
     coordinator, address = start_coordinator(
         run_dir, tmp_path / "coord-home", tmp_path / "coordinator.log", "--no-keeper"
     )
-    node = _node(address, tmp_path / "node", tmp_path / "node.log", "--max-rounds", "1")
+    node = join_node(address, tmp_path / "node", tmp_path / "node.log", "--max-rounds", "1")
     keeper = None
     try:
         wait_for(

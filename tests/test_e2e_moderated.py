@@ -7,7 +7,6 @@ averaging (common/swarm_auth.py, node/swarm.py)."""
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -15,10 +14,10 @@ import pytest
 from e2e_support import (
     Proc,
     coordinator_status,
-    prepare_small_corpus,
+    init_run,
+    join_node,
     process_env,
     start_coordinator,
-    tool,
     wait_for,
 )
 
@@ -29,16 +28,8 @@ ROUNDS = 5
 ATTACK_S = 15
 
 
-@pytest.fixture(scope="session")
-def small_corpus(tmp_path_factory) -> Path:
-    return prepare_small_corpus(tmp_path_factory.mktemp("data") / "stdlib")
-
-
 def _node(address: str, home: Path, log: Path) -> Proc:
-    args = [tool("gpt5os-node"), "join", "--coordinator", address, "--device", "cpu",
-            "--threads", "1", "--home", str(home), "--max-rounds", str(ROUNDS),
-            "--min-peers", "2"]  # fmt: skip
-    return Proc(args, log, process_env(home))
+    return join_node(address, home, log, "--max-rounds", str(ROUNDS), "--min-peers", "2")
 
 
 def _results(output: str) -> dict[str, object]:
@@ -57,11 +48,7 @@ def test_a_peer_without_a_swarm_token_gets_nothing_while_nodes_train(
     tmp_path: Path, small_corpus: Path
 ) -> None:
     run_dir = tmp_path / "run"
-    subprocess.run(
-        [tool("gpt5os-coordinator"), "init", "--dir", str(run_dir), "--data", str(small_corpus),
-         "--preset", "tiny", "--inner-steps", "8", "--compression", "none"],
-        check=True, capture_output=True, timeout=120,
-    )  # fmt: skip
+    init_run(run_dir, small_corpus, "--inner-steps", "8", "--compression", "none")
     coordinator, address = start_coordinator(
         run_dir, tmp_path / "coord-home", tmp_path / "coordinator.log", "--no-keeper"
     )

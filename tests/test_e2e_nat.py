@@ -4,17 +4,15 @@ coordinator that both nodes and the keeper pin by fingerprint. Real processes on
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
 from e2e_support import (
     Proc,
     coordinator_status,
-    prepare_small_corpus,
-    process_env,
+    init_run,
+    join_node,
     start_coordinator,
-    tool,
 )
 from gpt5os.common.tls import TlsFiles, fingerprint
 
@@ -23,20 +21,11 @@ pytestmark = pytest.mark.e2e
 ROUNDS = 2
 
 
-@pytest.fixture(scope="session")
-def small_corpus(tmp_path_factory) -> Path:
-    return prepare_small_corpus(tmp_path_factory.mktemp("data") / "stdlib")
-
-
 def test_a_client_mode_node_averages_with_a_full_peer_over_tls(
     tmp_path: Path, small_corpus: Path
 ) -> None:
     run_dir = tmp_path / "run"
-    subprocess.run(
-        [tool("gpt5os-coordinator"), "init", "--dir", str(run_dir), "--data", str(small_corpus),
-         "--preset", "tiny", "--inner-steps", "8", "--compression", "none", "--tls"],
-        check=True, capture_output=True, timeout=120,
-    )  # fmt: skip
+    init_run(run_dir, small_corpus, "--inner-steps", "8", "--compression", "none", "--tls")
     fp = fingerprint(TlsFiles.of_run(run_dir).cert.read_bytes())
     coordinator, address = start_coordinator(
         run_dir, tmp_path / "coord-home", tmp_path / "coordinator.log"
@@ -45,11 +34,9 @@ def test_a_client_mode_node_averages_with_a_full_peer_over_tls(
     try:
         for name, extra in (("full", []), ("client", ["--client-mode"])):
             home = tmp_path / f"node-{name}"
-            nodes[name] = Proc(
-                [tool("gpt5os-node"), "join", "--coordinator", address, "--device", "cpu",
-                 "--threads", "1", "--home", str(home), "--max-rounds", str(ROUNDS),
-                 "--min-peers", "2", "--coordinator-fingerprint", fp, *extra],
-                tmp_path / f"node-{name}.log", process_env(home),
+            nodes[name] = join_node(
+                address, home, tmp_path / f"node-{name}.log", "--max-rounds", str(ROUNDS),
+                "--min-peers", "2", "--coordinator-fingerprint", fp, *extra,
             )  # fmt: skip
         for name, node in nodes.items():
             rc = node.wait(timeout=600)

@@ -3,17 +3,15 @@ train the tiny RWKV-7 for three DiLoCo outer rounds over hivemind."""
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
 from e2e_support import (
-    Proc,
     coordinator_status,
-    prepare_small_corpus,
-    process_env,
+    init_run,
+    join_node,
     start_coordinator,
-    tool,
+    two_nodes_trained,
     wait_for,
 )
 
@@ -22,50 +20,9 @@ pytestmark = pytest.mark.e2e
 ROUNDS = 3
 
 
-@pytest.fixture(scope="session")
-def small_corpus(tmp_path_factory) -> Path:
-    """A slice of the interpreter's standard library, tokenized into small shards."""
-    return prepare_small_corpus(tmp_path_factory.mktemp("data") / "stdlib")
-
-
-def _init_run(run_dir: Path, data: Path, *extra: str) -> None:
-    subprocess.run(
-        [tool("gpt5os-coordinator"), "init", "--dir", str(run_dir), "--data", str(data),
-         "--preset", "tiny", *extra],
-        check=True, capture_output=True, timeout=120,
-    )  # fmt: skip
-
-
-def _node(address: str, home: Path, log: Path, *extra: str) -> Proc:
-    args = [tool("gpt5os-node"), "join", "--coordinator", address, "--device", "cpu", "--threads", "1",
-            "--home", str(home), *extra]  # fmt: skip
-    return Proc(args, log, process_env(home))
-
-
 def test_two_nodes_average_every_round_and_learn(tmp_path: Path, small_corpus: Path) -> None:
-    run_dir = tmp_path / "run"
-    _init_run(run_dir, small_corpus, "--inner-steps", "8")
-    coordinator, address = start_coordinator(
-        run_dir, tmp_path / "coord-home", tmp_path / "coordinator.log"
-    )
-    nodes: list[Proc] = []
-    try:
-        for name in ("a", "b"):
-            nodes.append(
-                _node(
-                    address,
-                    tmp_path / f"node-{name}",
-                    tmp_path / f"node-{name}.log",
-                    "--max-rounds",
-                    str(ROUNDS),
-                    "--min-peers",
-                    "2",
-                )  # fmt: skip
-            )
-        for node in nodes:
-            rc = node.wait(timeout=600)
-            assert rc == 0, f"node exited with {rc}:\n{node.tail()}"
-
+    with two_nodes_trained(tmp_path, small_corpus, ROUNDS, init=["--inner-steps", "8"]) as trained:
+        run_dir, _ = trained
         status = coordinator_status(run_dir)
         node_ids = {n["node_id"] for n in status["nodes"]}
         assert len(node_ids) == 2
@@ -93,23 +50,19 @@ def test_two_nodes_average_every_round_and_learn(tmp_path: Path, small_corpus: P
         credited = sum(n["shards_done"] for n in status["nodes"])
         assert credited == shards["done"], "a completed shard was counted twice or not at all"
         assert status["loss_history"] and all(len(p) == 2 for p in status["loss_history"])
-    finally:
-        for node in nodes:
-            node.stop()
-        coordinator.stop()
 
 
 def test_a_lone_node_trains_alone_and_a_late_joiner_averages_with_it(
     tmp_path: Path, small_corpus: Path
 ) -> None:
     run_dir = tmp_path / "run"
-    _init_run(run_dir, small_corpus, "--inner-steps", "4")
+    init_run(run_dir, small_corpus, "--inner-steps", "4")
     coordinator, address = start_coordinator(
         run_dir, tmp_path / "coord-home", tmp_path / "coordinator.log"
     )
     first = late = None
     try:
-        first = _node(
+        first = join_node(
             address, tmp_path / "node-first", tmp_path / "node-first.log", "--max-rounds", "4"
         )
 
@@ -124,7 +77,7 @@ def test_a_lone_node_trains_alone_and_a_late_joiner_averages_with_it(
             [first_id]
         ]
 
-        late = _node(
+        late = join_node(
             address, tmp_path / "node-late", tmp_path / "node-late.log", "--max-rounds", "2"
         )
         assert late.wait(timeout=600) == 0, late.tail()
@@ -159,29 +112,9 @@ def test_overlapped_rounds_leave_the_same_global_model_on_every_node(
     """join --overlap: each round's all-reduce runs while the next round trains; every node's
     θ_global after every round is bitwise the same (and the keeper's certificate)."""
     rounds = 3
-    run_dir = tmp_path / "run"
-    _init_run(run_dir, small_corpus, "--inner-steps", "6", "--compression", "none")
-    coordinator, address = start_coordinator(
-        run_dir, tmp_path / "coord-home", tmp_path / "coordinator.log"
-    )
-    nodes: list[Proc] = []
-    try:
-        for name in ("a", "b"):
-            nodes.append(
-                _node(
-                    address,
-                    tmp_path / f"node-{name}",
-                    tmp_path / f"node-{name}.log",
-                    "--max-rounds",
-                    str(rounds),
-                    "--min-peers",
-                    "2",
-                    "--overlap",
-                )  # fmt: skip
-            )
-        for node in nodes:
-            rc = node.wait(timeout=600)
-            assert rc == 0, f"node exited with {rc}:\n{node.tail()}"
+    init = ["--inner-steps", "6", "--compression", "none"]
+    with two_nodes_trained(tmp_path, small_corpus, rounds, init, ["--overlap"]) as trained:
+        run_dir, nodes = trained
         status = coordinator_status(run_dir)
         by_round = {r["round"]: r for r in status["rounds"]}
         assert sorted(by_round) == list(range(1, rounds + 1)), status["rounds"]
@@ -196,7 +129,3 @@ def test_overlapped_rounds_leave_the_same_global_model_on_every_node(
         assert all(r["val_loss"] is not None for r in by_round.values())
         logs = [n.output() for n in nodes]
         assert all("round 3:" in text for text in logs)
-    finally:
-        for node in nodes:
-            node.stop()
-        coordinator.stop()

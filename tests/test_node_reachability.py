@@ -10,17 +10,17 @@ from pathlib import Path
 import grpc
 import pytest
 from gpt5os.coordinator.reachability import caller_host
-from gpt5os.coordinator.testkit import KEYRING, sync_channel
+from gpt5os.coordinator.testkit import KEYRING, ThreadedServer, make_run, sync_channel
 from gpt5os.node.coordinator_client import CoordinatorClient
 from gpt5os.node.identity import load_or_create_identity
 from gpt5os.node.reachability import network_mode, split_listen
 from gpt5os.proto import pb, pb_grpc
-from test_coordinator_tls import Served, run_dir  # noqa: F401 (fixture)
 
 
 @pytest.fixture
-def joined(run_dir: Path, tmp_path: Path):  # noqa: F811
-    served = Served(run_dir, None)
+def joined(tmp_path: Path):
+    make_run(tmp_path / "run", n_train=2, n_val=1)
+    served = ThreadedServer(tmp_path / "run")
     client = CoordinatorClient(served.address, load_or_create_identity(tmp_path / "home"))
     client.join("cpu")
     yield served, client
