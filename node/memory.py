@@ -118,6 +118,20 @@ def estimate(shape: ModelShape, device_type: str) -> MemoryNeed:
     return MemoryNeed(host=host + training, device=0, params=p)
 
 
+def estimate_keeper(shape: ModelShape) -> MemoryNeed:
+    """Peak host memory of the run's keeper (node/keeper.py): the model it builds once (its
+    weights), θ_global and the outer momentum, the wire buffers and averaging transients of a
+    member, and the fp32 copies of θ_global and the momentum a checkpoint write takes. No
+    gradients, inner optimizer or activations: it never trains."""
+    p = shape.params
+    compression = shape.compression if shape.compression in WIRE else "none"
+    checkpoint_copy = OUTER_STATE
+    per_param = (
+        WEIGHTS + OUTER_STATE + WIRE[compression] + AVERAGING_TRANSIENT[compression]
+    ) + checkpoint_copy
+    return MemoryNeed(host=BASELINE_HOST + p * per_param, device=0, params=p)
+
+
 def available_host_bytes(meminfo: Path = Path("/proc/meminfo")) -> int | None:
     """MemAvailable (what can be allocated without swapping), None where unknown."""
     try:

@@ -61,3 +61,15 @@ def test_available_host_bytes_reads_meminfo(tmp_path: Path) -> None:
     meminfo.write_text("MemTotal: 100 kB\nMemAvailable:    2048 kB\n")
     assert memory.available_host_bytes(meminfo) == 2048 * 1024
     assert memory.available_host_bytes(tmp_path / "missing") is None
+
+
+def test_the_keeper_needs_its_outer_state_and_a_checkpoint_copy_but_no_training_state() -> None:
+    shape = memory.ModelShape(
+        params=10**8, n_layer=12, n_embd=768, vocab_size=65536, seq_len=512, batch_size=8,
+        compression="blockwise8",
+    )  # fmt: skip
+    keeper = memory.estimate_keeper(shape)
+    node = memory.estimate(shape, "cpu")
+    floor = shape.params * (memory.WEIGHTS + memory.OUTER_STATE + 2 * memory.OUTER_STATE)
+    assert floor < keeper.host < node.host  # no gradients, moments or activations
+    assert keeper.device == 0

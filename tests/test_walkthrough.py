@@ -50,11 +50,16 @@ def _run(args: list[str], home: Path, timeout: float = 600) -> str:
 
 def _fits(preset: str) -> str | None:
     """Why two nodes of `preset` (reduced sizes), the keeper and a coordinator cannot run here, or
-    None. The keeper holds θ_global, the outer state and wire buffers: counted as one more node
-    (measured: two 0.1b nodes beside a 0.1b keeper were OOM-killed with 20.6 GiB available)."""
+    None (measured: two 0.1b nodes beside a 0.1b keeper were OOM-killed with 20.6 GiB
+    available)."""
     spec = preset_spec(preset, run_id="fit")
     spec.seq_len, spec.batch_size = SEQ_LEN, BATCH_SIZE
-    need = (NODES + 1) * memory.estimate(memory.shape_of(spec), "cpu").host + COORDINATOR_BYTES
+    shape = memory.shape_of(spec)
+    need = (
+        NODES * memory.estimate(shape, "cpu").host
+        + memory.estimate_keeper(shape).host
+        + COORDINATOR_BYTES
+    )
     available = memory.available_host_bytes() or 0
     if need > available:
         return (
