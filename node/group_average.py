@@ -144,6 +144,14 @@ class _RoundInput:
     refused: bool  # SendGuard refused it: this peer contributes nothing this round
 
 
+def robust_summary(wire: dict) -> str:
+    """What this peer's reducers did to the senders' parts (robust.py), for the round's wire
+    line: "" when nothing was dropped, clipped or capped."""
+    counts = [(wire.get(k) or 0, k) for k in ("dropped", "clipped", "capped")]
+    done = [f"{k} {n}" for n, k in counts if n]
+    return f"; as reducer: {', '.join(done)} sender part(s)" if done else ""
+
+
 class VerdictBoard:
     """Per-round DHT record of each member's verdict on its latest all-reduce."""
 
@@ -362,7 +370,7 @@ class GroupAverage:
                 if wire:
                     log.info(
                         "round %d: %s wire: sent %d bytes for %d values (%.4f B/value), "
-                        "received %d bytes for %d values",
+                        "received %d bytes for %d values%s",
                         round_number + 1,
                         self.codec.name,
                         wire["sent_bytes"],
@@ -370,6 +378,7 @@ class GroupAverage:
                         wire["sent_bytes"] / max(1, wire["sent_values"]),
                         wire["received_bytes"],
                         wire["received_values"],
+                        robust_summary(wire),
                     )
                 return Settled(total, node_ids, group_tokens, attempt + 1, wire)
             total_weight = group_tokens / max(1, self.config.tokens_per_round)

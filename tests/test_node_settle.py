@@ -83,3 +83,12 @@ def test_the_floor_counts_the_keeper_only_beside_two_nodes() -> None:
     assert min_group_size(num_peers=3, keeper_present=True) == 3  # two nodes: both, and the keeper
     assert min_group_size(num_peers=2, keeper_present=False) == 2
     assert min_group_size(num_peers=5, keeper_present=False) == 2
+
+
+def test_the_round_line_sums_up_what_the_reducers_did() -> None:
+    from gpt5os.node.group_average import robust_summary
+
+    assert robust_summary({"sent_bytes": 1, "dropped": 0, "clipped": 0, "capped": 0}) == ""
+    assert robust_summary({}) == ""
+    line = robust_summary({"dropped": 1, "clipped": 44, "capped": 0})
+    assert line == "; as reducer: dropped 1, clipped 44 sender part(s)"
