@@ -24,6 +24,7 @@ from gpt5os.node.state_wire import (
 from gpt5os.node.swarm import PseudoGradientAverager
 from hivemind.compression import deserialize_torch_tensor
 from hivemind.proto import averaging_pb2, runtime_pb2
+from hivemind.utils.mpfuture import MPFuture
 from hivemind.utils.serializer import MSGPackSerializer
 from hivemind.utils.streaming import combine_from_streaming
 
@@ -247,3 +248,37 @@ def test_a_crowd_of_joiners_spreads_over_the_sources_and_none_serves_beyond_its_
     assert all(isinstance(o, Adopted) for o in outcomes)
     assert sorted(served.values()) == [2, 2, 3]  # spread, not one peer
     assert outcomes[-1].tried > 1  # the last one met busy peers first
+
+
+def _download_from(server: SimpleNamespace, problem: str = ""):
+    """The downloader's side of node/swarm.py, reading from the server's handler in-process."""
+
+    class Stub:
+        async def rpc_download_state(self, request):
+            context = SimpleNamespace(remote_id="joiner")
+            return PseudoGradientAverager.rpc_download_state(server, request, context)
+
+    joiner = SimpleNamespace(
+        get_stub=lambda p2p, peer, namespace: Stub(),
+        _p2p=None,
+        prefix="unit",
+        _averaged_tensors=[None],  # θ_global is the first tensor
+        serializer=MSGPackSerializer,
+        source_problem=lambda meta, peer: problem,
+    )
+    future = MPFuture()
+    download = PseudoGradientAverager._download_state_from
+    asyncio.run(download(joiner, b"\x00\x24" + bytes(36), 5.0, future))
+    return future.result(timeout=5)
+
+
+def test_the_downloader_takes_a_state_a_busy_answer_and_a_refusal_apart() -> None:
+    loaded = _download_from(_server(limit=1))
+    assert isinstance(loaded, Downloaded) and loaded.meta == {"round": 3}
+    assert [t.tolist() for t in loaded.tensors] == [[1.0, 1.0], [0.0, 0.0, 0.0]]
+    assert loaded.digest == tensors_sha256([torch.ones(2)])
+    full = _server(limit=1)
+    full._serving.acquire()
+    assert isinstance(_download_from(full), Busy)
+    assert _download_from(_server(limit=1), problem="no swarm token") is None
+    assert _download_from(_server(limit=1, sharing=False)) is None
