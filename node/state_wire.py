@@ -26,7 +26,9 @@ import numpy as np
 import torch
 from hivemind.proto import runtime_pb2
 
-PART_BYTES = 4 * 2**20  # 64x fewer messages than hivemind's parts; each one copied whole a few times
+PART_BYTES = (
+    4 * 2**20
+)  # 64x fewer messages than hivemind's parts; each one copied whole a few times
 BUSY = "busy"  # the metadata key of a server's "serving too many downloads, try the next" answer
 MAX_CONCURRENT_DOWNLOADS = 2  # per serving peer; each holds a copy of the state while it runs
 
