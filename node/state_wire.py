@@ -26,9 +26,8 @@ import numpy as np
 import torch
 from hivemind.proto import runtime_pb2
 
-PART_BYTES = (
-    4 * 2**20
-)  # 64x fewer messages than hivemind's parts; each one copied whole a few times
+# 64x fewer messages than hivemind's 64 KiB parts (its streams have no size cap)
+PART_BYTES = 4 * 2**20
 BUSY = "busy"  # the metadata key of a server's "serving too many downloads, try the next" answer
 MAX_CONCURRENT_DOWNLOADS = 2  # per serving peer; each holds a copy of the state while it runs
 
