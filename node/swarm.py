@@ -38,7 +38,7 @@ from .group_average import GroupAverage, GroupAverageConfig
 from .memory import return_freed_memory_to_os
 from .robust import RobustConfig
 from .rounds import RoundTracker
-from .state_wire import BUSY, Busy, Downloaded, ServeSlots, StateAssembler, state_parts
+from .state_wire import BUSY, Busy, Downloaded, ServeSlots, StateAssembler, state_frames
 from .swarm_access import SwarmAccess
 
 log = logging.getLogger(__name__)
@@ -372,9 +372,8 @@ class PseudoGradientAverager(hivemind.DecentralizedAverager):
             return
         try:
             metadata, tensors, _infos = await self._get_current_state_from_host_process()
-            for part in state_parts(tensors):
-                yield averaging_pb2.DownloadData(tensor_part=part, metadata=metadata)
-                metadata = b""
+            for message in state_frames(metadata, tensors):
+                yield message  # a DownloadData, encoded by hand
         finally:
             self._serving.release()
 

@@ -19,6 +19,7 @@ from gpt5os.node.state_wire import (
     Downloaded,
     ServeSlots,
     StateAssembler,
+    state_frames,
     state_parts,
 )
 from gpt5os.node.swarm import PseudoGradientAverager
@@ -59,6 +60,20 @@ def test_parts_are_big_raw_slices_that_rebuild_the_tensors_and_their_digest() ->
     for part in parts:
         short.add(part)
     assert short.result()[1] is None
+
+
+def test_hand_encoded_messages_are_the_protobuf_messages_of_the_parts() -> None:
+    tensors = [*_state(), torch.randn(300)]  # a part over 127 bytes: multi-byte lengths
+    meta = MSGPackSerializer.dumps({"round": 2})
+    frames = [
+        averaging_pb2.DownloadData.FromString(f.SerializeToString())
+        for f in state_frames(meta, tensors, part_bytes=200)
+    ]
+    parts = list(state_parts(tensors, part_bytes=200))
+    assert [f.tensor_part for f in frames] == parts
+    assert frames[0].metadata == meta and not any(f.metadata for f in frames[1:])
+    with pytest.raises(ValueError, match="float16/32/64"):
+        list(state_frames(b"", [torch.ones(2, dtype=torch.int64)]))
 
 
 def test_hivemind_reads_our_parts_and_we_read_hivemind_s() -> None:
@@ -139,7 +154,7 @@ def _serve(server: SimpleNamespace) -> list[averaging_pb2.DownloadData]:
         stream = PseudoGradientAverager.rpc_download_state(
             server, averaging_pb2.DownloadRequest(), context
         )
-        return [m async for m in stream]
+        return [averaging_pb2.DownloadData.FromString(m.SerializeToString()) async for m in stream]
 
     return asyncio.run(collect())
 
@@ -253,10 +268,16 @@ def test_a_crowd_of_joiners_spreads_over_the_sources_and_none_serves_beyond_its_
 def _download_from(server: SimpleNamespace, problem: str = ""):
     """The downloader's side of node/swarm.py, reading from the server's handler in-process."""
 
-    class Stub:
+    class Stub:  # hivemind's wire in between: each message serialised and parsed
         async def rpc_download_state(self, request):
             context = SimpleNamespace(remote_id="joiner")
-            return PseudoGradientAverager.rpc_download_state(server, request, context)
+            handler = PseudoGradientAverager.rpc_download_state(server, request, context)
+
+            async def wire():
+                async for message in handler:
+                    yield averaging_pb2.DownloadData.FromString(message.SerializeToString())
+
+            return wire()
 
     joiner = SimpleNamespace(
         get_stub=lambda p2p, peer, namespace: Stub(),
