@@ -6,13 +6,16 @@ downloads a state and adopts it only when the round and the sha256 of its parame
 certificate; otherwise it tries the next source. Sources: peers whose DHT claim names the
 certified state first, in random order (so a crowd of late joiners does not all pull from one
 peer, hivemind issue 169), then the keeper, then everyone else that shares state. Claims only
-order the sources: a forged claim costs one download and changes nothing.
+order the sources: a forged claim costs one download and changes nothing. A source that serves
+too many downloads already answers "busy" (state_wire.py): it is skipped, and tried again after
+a randomised back-off when no other source served the certified state.
 """
 
 from __future__ import annotations
 
 import logging
 import random
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +25,7 @@ from gpt5os.proto import pb
 
 from .claims import RoundClaim
 from .diloco import tensors_sha256
+from .state_wire import Busy, Downloaded
 
 log = logging.getLogger(__name__)
 
@@ -88,15 +92,23 @@ def _label(peer: bytes) -> str:
     return "…" + peer.hex()[-10:]
 
 
-def rejection(meta: object, tensors: Sequence[torch.Tensor], n_params: int, target: Target) -> str:
-    """Why a downloaded state is not the certified one ("" when it is)."""
+def rejection(
+    meta: object,
+    tensors: Sequence[torch.Tensor],
+    n_params: int,
+    target: Target,
+    digest: str | None = None,
+) -> str:
+    """Why a downloaded state is not the certified one ("" when it is). `digest`: the sha256 of
+    tensors[:n_params] that this process computed while receiving them (None: hash them here)."""
     if not isinstance(meta, dict) or "round" not in meta:
         return "no metadata"
     if int(meta["round"]) != target.round:
         return f"round {meta['round']}, certified {target.round}"
     if len(tensors) < n_params:
         return f"{len(tensors)} tensors, expected at least {n_params}"
-    digest = tensors_sha256(list(tensors[:n_params]))
+    if digest is None:
+        digest = tensors_sha256(list(tensors[:n_params]))
     if digest != target.params_sha256:
         return f"sha256 {digest[:12]} is not the certified {target.params_sha256[:12]}"
     return ""
@@ -107,7 +119,7 @@ class StateSync:
 
     :param sources: peer ids that share state now (the averager's `state_sources`)
     :param claims: the claim board's current {peer id: claim}
-    :param download: (meta, tensors) from one peer, or None
+    :param download: one peer's state (Downloaded, or a (meta, tensors) pair), Busy, or None
     :param adopt: takes (meta, tensors) into the OuterState (import_state)
     :param n_params: how many of the tensors are θ_global (the rest is outer momentum)
     """
@@ -122,6 +134,9 @@ class StateSync:
         n_params: int,
         rng: random.Random | None = None,
         max_sources: int = 8,
+        busy_retries: int = 3,
+        busy_wait_s: float = 2.0,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.sources = sources
         self.claims = claims
@@ -130,24 +145,43 @@ class StateSync:
         self.n_params = n_params
         self.rng = rng or random.Random()
         self.max_sources = max_sources
+        self.busy_retries = busy_retries
+        self.busy_wait_s = busy_wait_s
+        self.sleep = sleep
 
     def sync(self, target: Target) -> SyncOutcome:
         order = order_sources(list(self.sources()), self.claims(), target, self.rng)
-        reasons = []
-        for tried, peer in enumerate(order[: self.max_sources], start=1):
-            loaded = self.download(peer)
-            if loaded is None:
-                reasons.append(f"{_label(peer)}: no state")
-                continue
-            meta, tensors = loaded
-            why = rejection(meta, tensors, self.n_params, target)
-            if why:
-                log.warning("state from peer %s rejected: %s", _label(peer), why)
-                reasons.append(f"{_label(peer)}: {why}")
-                continue
-            self.adopt(meta, tensors)
-            return Adopted(source=_label(peer), round=target.round, tried=tried)
-        return NotAdopted(tried=min(len(order), self.max_sources), reasons=reasons)
+        order = order[: self.max_sources]
+        reasons: list[str] = []
+        tried = 0
+        for attempt in range(self.busy_retries + 1):
+            busy = []
+            for peer in order:
+                tried += 1
+                loaded = self.download(peer)
+                if isinstance(loaded, Busy):
+                    busy.append(peer)
+                    reasons.append(f"{_label(peer)}: busy")
+                    continue
+                if loaded is None:
+                    reasons.append(f"{_label(peer)}: no state")
+                    continue
+                loaded = Downloaded(*loaded)
+                why = rejection(loaded.meta, loaded.tensors, self.n_params, target, loaded.digest)
+                if why:
+                    log.warning("state from peer %s rejected: %s", _label(peer), why)
+                    reasons.append(f"{_label(peer)}: {why}")
+                    continue
+                self.adopt(loaded.meta, loaded.tensors)
+                return Adopted(source=_label(peer), round=target.round, tried=tried)
+            if not busy or attempt == self.busy_retries:
+                break
+            # every free source failed; the busy ones may be free once their downloads end
+            wait = self.busy_wait_s * 2**attempt * (0.5 + self.rng.random())
+            log.info("%d state source(s) busy: trying them again in %.1f s", len(busy), wait)
+            self.sleep(wait)
+            order = busy
+        return NotAdopted(tried=tried, reasons=reasons)
 
 
 def sync_unshared(sync: StateSync, averager: Any, target: Target) -> SyncOutcome:

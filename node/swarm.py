@@ -22,17 +22,12 @@ from gpt5os.common.swarm_auth import MemberCheck, install_token
 from gpt5os.coordinator.run_spec import RunSpec
 from hivemind.averaging.allreduce import AllreduceException
 from hivemind.averaging.partition import DEFAULT_PART_SIZE_BYTES
-from hivemind.compression import (
-    CompressionInfo,
-    NoCompression,
-    deserialize_torch_tensor,
-)
+from hivemind.compression import CompressionInfo, NoCompression
 from hivemind.p2p import P2PContext, PeerID
 from hivemind.p2p.p2p_daemon_bindings.utils import P2PDaemonError
 from hivemind.proto import averaging_pb2
 from hivemind.utils import MPFuture, get_dht_time
 from hivemind.utils.asyncio import aiter_with_timeout, as_aiter, azip
-from hivemind.utils.streaming import combine_from_streaming
 
 from .allreduce import SameBytesRunner, WireReport
 from .claims import ClaimBoard
@@ -43,6 +38,7 @@ from .group_average import GroupAverage, GroupAverageConfig
 from .memory import return_freed_memory_to_os
 from .robust import RobustConfig
 from .rounds import RoundTracker
+from .state_wire import BUSY, Busy, Downloaded, ServeSlots, StateAssembler, state_frames
 from .swarm_access import SwarmAccess
 
 log = logging.getLogger(__name__)
@@ -146,6 +142,7 @@ class PseudoGradientAverager(hivemind.DecentralizedAverager):
         self.codec: Codec | None = None if self.exact else codec_for(spec.compression)
         self.robust = RobustConfig()
         self._wire_reports: dict[bytes, WireReport] = {}
+        self._serving = ServeSlots()  # state downloads we serve at once (averager process)
         dtype = torch.float64 if self.exact else torch.float32
         if numels is None:
             assert outer is not None, "give the outer state or the buffers' sizes"
@@ -324,38 +321,61 @@ class PseudoGradientAverager(hivemind.DecentralizedAverager):
             and subkey != self.peer_id.to_bytes()
         ]
 
-    def download_state(self, peer: bytes, timeout: float) -> tuple[dict, list[torch.Tensor]] | None:
-        """(meta, tensors) as `peer` serves them, or None when it refused or failed. Nothing is
-        checked here: the caller compares the tensors with the certified digest."""
+    def download_state(self, peer: bytes, timeout: float) -> Downloaded | Busy | None:
+        """`peer`'s state (with the sha256 of its θ_global as it arrived), Busy when it serves
+        too many downloads already, None when it refused or failed. The digest is not compared
+        here: the caller compares it with the certified one (state_sync.py)."""
         future = MPFuture()
         self._outer_pipe.send(("_download_state_from", [peer, timeout], dict(future=future)))
         return future.result(timeout=timeout * 4 + 30)
 
     async def _download_state_from(self, peer: bytes, timeout: float, future: MPFuture) -> None:
-        """In the averager process: stream one peer's state (per-chunk `timeout`)."""
+        """In the averager process: stream one peer's state (per-chunk `timeout`) into shared
+        memory, hashing θ_global on the way (state_wire.py)."""
         try:
             stub = self.get_stub(self._p2p, PeerID(peer), namespace=self.prefix)
             stream = await stub.rpc_download_state(averaging_pb2.DownloadRequest())
-            meta, parts, tensors = None, [], []
+            meta, state = None, StateAssembler(hashed=len(self._averaged_tensors))
             async for message in aiter_with_timeout(stream, timeout=timeout):
                 if message.metadata:
                     meta = self.serializer.loads(message.metadata)
+                    if isinstance(meta, dict) and meta.get(BUSY):
+                        log.info("state from peer %s: busy, trying the next source", PeerID(peer))
+                        future.set_result(Busy())
+                        return
                     why = self.source_problem(meta, PeerID(peer))
                     if why:
                         log.warning("state from peer %s refused: %s", PeerID(peer), why)
                         future.set_result(None)
                         return
-                if message.tensor_part.dtype and parts:
-                    tensors.append(deserialize_torch_tensor(combine_from_streaming(parts)))
-                    parts = []
-                parts.append(message.tensor_part)
-            if parts:
-                tensors.append(deserialize_torch_tensor(combine_from_streaming(parts)))
-            future.set_result((meta, tensors) if isinstance(meta, dict) else None)
+                if message.HasField("tensor_part"):
+                    state.add(message.tensor_part)
+            tensors, digest = state.result()
+            future.set_result(Downloaded(meta, tensors, digest) if isinstance(meta, dict) else None)
         except Exception as e:  # a peer that vanished or sent garbage: the caller tries the next
             log.info("state download from %s failed: %r", PeerID(peer), e)
             if not future.done():
                 future.set_result(None)
+
+    async def rpc_download_state(
+        self, _request: averaging_pb2.DownloadRequest, context: P2PContext
+    ) -> AsyncIterator[averaging_pb2.DownloadData]:
+        """hivemind's state sharing in big raw parts (state_wire.py; hivemind's own receiver
+        still reads them), at most MAX_CONCURRENT_DOWNLOADS at once: beyond that the answer is
+        "busy" and the downloader tries its next source (hivemind issue 169)."""
+        if not self.allow_state_sharing:
+            return  # hivemind's "no": the downloader tries the next source
+        if not self._serving.acquire():
+            log.info("state download by %s refused: busy (%d running)", context.remote_id,
+                     self._serving.active)  # fmt: skip
+            yield averaging_pb2.DownloadData(metadata=self.serializer.dumps({BUSY: True}))
+            return
+        try:
+            metadata, tensors, _infos = await self._get_current_state_from_host_process()
+            for message in state_frames(metadata, tensors):
+                yield message  # a DownloadData, encoded by hand
+        finally:
+            self._serving.release()
 
 
 def min_group_size(num_peers: int, keeper_present: bool) -> int:
