@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 GIB = 1024**3
 M_MMAP_THRESHOLD = -3  # <malloc.h>
 MMAP_THRESHOLD_BYTES = 128 * 1024  # glibc's initial default
+MADV_REMOVE = 9  # <sys/mman.h>: free a shared mapping's backing pages
+PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 # bytes per parameter (see module doc)
 WEIGHTS = 4
@@ -165,6 +167,39 @@ def refusal(
 def skip_check() -> bool:
     """GPT5OS_SKIP_MEMORY_CHECK=1: join anyway (the estimate can be wrong; the OOM killer is not)."""
     return os.environ.get("GPT5OS_SKIP_MEMORY_CHECK", "") not in ("", "0")
+
+
+def release_shared_pages(tensor, *, madvise=None) -> int:
+    """Hand the pages of a tensor in shared memory back to the system; bytes released.
+
+    For the averager's wire buffers between rounds: they sit in shared memory (shmem, mapped by
+    the node's and the averager's process) and every round writes them whole before they are
+    read, so in between they need not hold memory. madvise(MADV_REMOVE) frees the shmem pages
+    under every mapping at once; they read as zeros and come back when written. Only whole pages
+    inside the tensor; 0 where it is not possible (not Linux, not shared memory)."""
+    nbytes = tensor.numel() * tensor.element_size()
+    if nbytes < PAGE or not tensor.is_shared() or not tensor.is_contiguous():
+        return 0
+    start = -(-tensor.data_ptr() // PAGE) * PAGE
+    end = (tensor.data_ptr() + nbytes) // PAGE * PAGE
+    if end <= start:
+        return 0
+    madvise = madvise or _libc_madvise()
+    if madvise is None or madvise(start, end - start, MADV_REMOVE) != 0:
+        return 0
+    return end - start
+
+
+def _libc_madvise():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return fn
 
 
 def return_freed_memory_to_os() -> bool:
