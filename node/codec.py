@@ -19,7 +19,10 @@ our runner (allreduce.py) decodes them.
 Error feedback (`ErrorFeedback`): a node adds the quantization error it kept from earlier rounds
 to this round's pseudo-gradient before quantizing, and keeps the new error. What it sends over T
 rounds then sums to what it meant to send, short of one round's error: quantization loses nothing
-for good, not even values below a block's step. The buffer is this node's, not part of θ_global.
+for good, not even values below a block's step. The buffer is this node's, not part of θ_global,
+and is kept in bfloat16 (2 bytes a parameter instead of 4): the error is at most half a block's
+step, and bfloat16 keeps it to 2⁻⁹ of itself, far below the step, with float32's range (no
+underflow of small blocks); the conversion rounds to nearest even, the same bits everywhere.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from hivemind.compression import CompressionBase, CompressionInfo
 from hivemind.proto import runtime_pb2
 
 BLOCK = 2048  # values per scale: 2 bytes of scale over 2048 one-byte codes = 1.001 bytes a value
+ERROR_DTYPE = torch.bfloat16  # error feedback's buffer (see module doc)
 CHUNK_VALUES = 1 << 20  # values error feedback encodes at a time (ErrorFeedback.chunk)
 TINY_SCALE = 2.0**-100  # scales below this become 0 (no subnormal arithmetic anywhere)
 
@@ -207,9 +211,12 @@ class ErrorFeedback:
     is only committed (`commit`) when the round's average was applied with our contribution in
     it; a round we did not average keeps the old error."""
 
-    def __init__(self, codec: Codec, chunk: int = CHUNK_VALUES) -> None:
+    def __init__(
+        self, codec: Codec, chunk: int = CHUNK_VALUES, dtype: torch.dtype = ERROR_DTYPE
+    ) -> None:
         self.codec = codec
-        self.errors: list[torch.Tensor] | None = None  # float32, one per tensor, flat
+        self.dtype = dtype
+        self.errors: list[torch.Tensor] | None = None  # `dtype`, one per tensor, flat
         # values encoded at a time: the transients of Δ + e and its roundtrip exist for one
         # chunk, not for a whole tensor; a whole number of blocks, so blocks (aligned to the
         # tensor's start) and their bits are the same as one roundtrip of the tensor
@@ -220,7 +227,7 @@ class ErrorFeedback:
         # sizes without computing Δ where the deltas are computed when read (diloco.py)
         numels = deltas.numels() if hasattr(deltas, "numels") else [d.numel() for d in deltas]
         if self.errors is None or [e.numel() for e in self.errors] != numels:
-            self.errors = [torch.zeros(n, dtype=torch.float32) for n in numels]
+            self.errors = [torch.zeros(n, dtype=self.dtype) for n in numels]
         return self.errors
 
     def write_contribution(
@@ -242,7 +249,7 @@ class ErrorFeedback:
         flat = delta.detach().reshape(-1)
         for start in range(0, flat.numel(), self.chunk):
             span = slice(start, start + self.chunk)
-            yield span, flat[span].to(torch.float32) + error[span]
+            yield span, flat[span].to(torch.float32) + error[span].to(torch.float32)
 
     def norm(self) -> float:
         return math.sqrt(sum(float(e.double().pow(2).sum()) for e in self.errors or []))

@@ -109,6 +109,7 @@ def test_chunked_error_feedback_gives_the_bits_of_whole_tensors() -> None:
             chunked.commit(deltas)
             assert all(torch.equal(x, y) for x, y in zip(whole.errors, chunked.errors, strict=True))
         assert whole.norm() > 0
+        assert all(e.dtype == torch.bfloat16 for e in whole.errors)  # 2 bytes a parameter
 
 
 def test_error_feedback_reads_sizes_of_live_deltas_without_computing_them() -> None:
