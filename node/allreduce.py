@@ -145,8 +145,8 @@ class RobustPartReducer(TensorPartReducer):
         self.report.dropped += len(what.dropped)
         self.report.clipped += len(what.clipped)
         self.report.capped += len(what.capped)
-        if what.dropped or what.clipped or what.capped:
-            logger.info(
+        if what.dropped or what.clipped or what.capped:  # the round's wire line sums them up
+            logger.debug(
                 f"part {self.current_part_index}: dropped {list(what.dropped)} (non-finite), "
                 f"clipped {list(what.clipped)}, capped weights of {list(what.capped)}"
             )
