@@ -129,6 +129,9 @@ def run_preset(preset: str, args: argparse.Namespace, root: Path) -> dict:
     )  # fmt: skip
     coordinator, address = start_coordinator(run_dir, root / "ch", root / f"coord-{preset}.log")
     nodes, samplers, stop = [], [], threading.Event()
+    # the coordinator's tree: it, the keeper it starts and their hivemind processes
+    serving = Samples()
+    threading.Thread(target=sample, args=(coordinator, serving, stop), daemon=True).start()
     try:
         for name in "ab"[: args.nodes]:
             home = root / f"{preset}-{name}"
@@ -169,6 +172,8 @@ def run_preset(preset: str, args: argparse.Namespace, root: Path) -> dict:
         "floor": floor_per_param(args.optimizer, shape.compression),
         "estimate": memory.estimate(shape, "cpu"),
         "samples": sum(len(s.rows) for _, s, _ in samplers),
+        "serving": max(serving.rows, key=lambda row: row[1], default=(0, 0, 0, {})),
+        "keeper_estimate": memory.estimate_keeper(shape),
     }
 
 
@@ -211,6 +216,13 @@ def main() -> None:
             for phase, roles in (("training", troles), ("averaging", aroles)):
                 parts = ", ".join(f"{k} {v / p:.1f}" for k, v in sorted(roles.items()))
                 print(f"  {preset} {phase} peak, B/param by process: {parts}", flush=True)
+            _, spss, _, _ = r["serving"]
+            print(
+                f"  {preset} coordinator + keeper tree peak: {spss / memory.GIB:.2f} GiB "
+                f"({spss / p:.1f} B/param; the keeper's estimate "
+                f"{r['keeper_estimate'].host / memory.GIB:.2f} GiB)",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":
