@@ -31,8 +31,9 @@ def settled(ok: bool, digest: str, verdicts: dict[str, Verdict], members: list[s
     """The settle rule: our checked result stands when every member agrees with it, or when some
     member never spoke (it left, or never really joined: it must not block us; a member whose
     own check failed averages again without us, and certified rounds repair it)."""
-    everyone_spoke = len(verdicts) == len(members)
-    agreed = all(v.ok and v.digest == digest for v in verdicts.values())
+    spoken = [verdicts[m] for m in members if m in verdicts]  # a non-member's verdict counts not
+    everyone_spoke = len(spoken) == len(members)
+    agreed = all(v.ok and v.digest == digest for v in spoken)
     return ok and (agreed or not everyone_spoke)
 
 

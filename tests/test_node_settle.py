@@ -25,6 +25,12 @@ def test_the_settle_rule() -> None:
     assert not settled(True, "x", ok | {"b": Verdict("b", "g", True, "y")}, members)
     assert settled(True, "x", {"a": ok["a"]}, members)  # silent members do not block us
     assert not settled(False, "x", {"a": ok["a"]}, members)  # ...but our own check still counts
+    made = "".join(["x", ""])  # equal to "x", not the same object
+    assert settled(True, made, ok, members)
+    assert not settled(True, "x", ok | {"b": Verdict("b", "g", True, "a")}, members)  # "a" < "x"
+    stranger = {"z": Verdict("z", "g", False, "")}  # a verdict from outside the group: ignored
+    assert settled(True, "x", ok | stranger, members)
+    assert settled(True, "x", {"a": ok["a"], "b": ok["b"]} | stranger, members)  # k silent
     # with a member silent our checked result stands even beside a dissent (the certificate
     # repairs whichever side was wrong; a silent member must never block the round)
     assert settled(True, "x", {"a": ok["a"], "b": Verdict("b", "g", True, "y")}, members)
