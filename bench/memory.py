@@ -124,10 +124,14 @@ def run_preset(preset: str, args: argparse.Namespace, root: Path) -> dict:
         overrides = {"model_n_layer": n_layer, "model_n_embd": n_embd}
     create_run(
         run_dir, data, preset=preset, seq_len=args.seq_len, batch_size=args.batch_size,
-        inner_steps=args.steps, inner_name=args.optimizer, **overrides,
+        inner_steps=args.steps, inner_name=args.optimizer, compression=args.compression,
+        **overrides,
     )  # fmt: skip
     coordinator, address = start_coordinator(run_dir, root / "ch", root / f"coord-{preset}.log")
     nodes, samplers, stop = [], [], threading.Event()
+    # the coordinator's tree: it, the keeper it starts and their hivemind processes
+    serving = Samples()
+    threading.Thread(target=sample, args=(coordinator, serving, stop), daemon=True).start()
     try:
         for name in "ab"[: args.nodes]:
             home = root / f"{preset}-{name}"
@@ -168,6 +172,8 @@ def run_preset(preset: str, args: argparse.Namespace, root: Path) -> dict:
         "floor": floor_per_param(args.optimizer, shape.compression),
         "estimate": memory.estimate(shape, "cpu"),
         "samples": sum(len(s.rows) for _, s, _ in samplers),
+        "serving": max(serving.rows, key=lambda row: row[1], default=(0, 0, 0, {})),
+        "keeper_estimate": memory.estimate_keeper(shape),
     }
 
 
@@ -178,6 +184,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--steps", type=int, default=4, help="inner steps per node per round")
     parser.add_argument("--optimizer", default="adamw", choices=sorted(memory.ADAM_MOMENTS))
+    parser.add_argument("--compression", default="blockwise8", choices=sorted(memory.WIRE))
     parser.add_argument("--timeout", type=float, default=1800)
     parser.add_argument("--shape", default="", help="LAYERSxWIDTH instead of the preset's")
     parser.add_argument(
@@ -185,7 +192,8 @@ def main() -> None:
     )
     args = parser.parse_args()
     print(
-        f"seq_len {args.seq_len}, batch {args.batch_size}, {args.optimizer}, CPU node, "
+        f"seq_len {args.seq_len}, batch {args.batch_size}, {args.optimizer}, "
+        f"compression {args.compression}, CPU node, "
         f"{'model ' + args.shape + ', ' if args.shape else ''}"
         f"peak PSS (USS) of a node's whole process tree, the worst of {args.nodes} node(s)"
     )
@@ -208,6 +216,13 @@ def main() -> None:
             for phase, roles in (("training", troles), ("averaging", aroles)):
                 parts = ", ".join(f"{k} {v / p:.1f}" for k, v in sorted(roles.items()))
                 print(f"  {preset} {phase} peak, B/param by process: {parts}", flush=True)
+            _, spss, _, _ = r["serving"]
+            print(
+                f"  {preset} coordinator + keeper tree peak: {spss / memory.GIB:.2f} GiB "
+                f"({spss / p:.1f} B/param; the keeper's estimate "
+                f"{r['keeper_estimate'].host / memory.GIB:.2f} GiB)",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

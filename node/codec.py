@@ -19,7 +19,10 @@ our runner (allreduce.py) decodes them.
 Error feedback (`ErrorFeedback`): a node adds the quantization error it kept from earlier rounds
 to this round's pseudo-gradient before quantizing, and keeps the new error. What it sends over T
 rounds then sums to what it meant to send, short of one round's error: quantization loses nothing
-for good, not even values below a block's step. The buffer is this node's, not part of θ_global.
+for good, not even values below a block's step. The buffer is this node's, not part of θ_global,
+and is kept in bfloat16 (2 bytes a parameter instead of 4): the error is at most half a block's
+step, and bfloat16 keeps it to 2⁻⁹ of itself, far below the step, with float32's range (no
+underflow of small blocks); the conversion rounds to nearest even, the same bits everywhere.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ from hivemind.compression import CompressionBase, CompressionInfo
 from hivemind.proto import runtime_pb2
 
 BLOCK = 2048  # values per scale: 2 bytes of scale over 2048 one-byte codes = 1.001 bytes a value
+ERROR_DTYPE = torch.bfloat16  # error feedback's buffer (see module doc)
+CHUNK_VALUES = 1 << 20  # values error feedback encodes at a time (ErrorFeedback.chunk)
 TINY_SCALE = 2.0**-100  # scales below this become 0 (no subnormal arithmetic anywhere)
 
 
@@ -206,13 +211,23 @@ class ErrorFeedback:
     is only committed (`commit`) when the round's average was applied with our contribution in
     it; a round we did not average keeps the old error."""
 
-    def __init__(self, codec: Codec) -> None:
+    def __init__(
+        self, codec: Codec, chunk: int = CHUNK_VALUES, dtype: torch.dtype = ERROR_DTYPE
+    ) -> None:
         self.codec = codec
-        self.errors: list[torch.Tensor] | None = None  # float32, one per tensor, flat
+        self.dtype = dtype
+        self.errors: list[torch.Tensor] | None = None  # `dtype`, one per tensor, flat
+        # values encoded at a time: the transients of Δ + e and its roundtrip exist for one
+        # chunk, not for a whole tensor; a whole number of blocks, so blocks (aligned to the
+        # tensor's start) and their bits are the same as one roundtrip of the tensor
+        block = getattr(codec, "block", 1)
+        self.chunk = max(block, chunk // block * block)
 
     def _ensure(self, deltas: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        if self.errors is None or [e.numel() for e in self.errors] != [d.numel() for d in deltas]:
-            self.errors = [torch.zeros(d.numel(), dtype=torch.float32) for d in deltas]
+        # sizes without computing Δ where the deltas are computed when read (diloco.py)
+        numels = deltas.numels() if hasattr(deltas, "numels") else [d.numel() for d in deltas]
+        if self.errors is None or [e.numel() for e in self.errors] != numels:
+            self.errors = [torch.zeros(n, dtype=self.dtype) for n in numels]
         return self.errors
 
     def write_contribution(
@@ -220,14 +235,21 @@ class ErrorFeedback:
     ) -> None:
         """out[i] ← roundtrip(Δ_i + e_i), exactly the values that will travel."""
         for delta, error, buf in zip(deltas, self._ensure(deltas), out, strict=True):
-            x = delta.detach().reshape(-1).to(torch.float32) + error
-            buf.copy_(self.codec.roundtrip(x))
+            for span, x in self._sums(delta, error):
+                buf[span].copy_(self.codec.roundtrip(x))
 
     def commit(self, deltas: Sequence[torch.Tensor]) -> None:
         """e_i ← (Δ_i + e_i) − roundtrip(Δ_i + e_i): the part of this round's Δ still unsent."""
         for delta, error in zip(deltas, self._ensure(deltas), strict=True):
-            x = delta.detach().reshape(-1).to(torch.float32) + error
-            error.copy_(x - self.codec.roundtrip(x))
+            for span, x in self._sums(delta, error):
+                error[span].copy_(x - self.codec.roundtrip(x))
+
+    def _sums(self, delta: torch.Tensor, error: torch.Tensor):
+        """(slice, Δ + e over it) for each chunk of one tensor."""
+        flat = delta.detach().reshape(-1)
+        for start in range(0, flat.numel(), self.chunk):
+            span = slice(start, start + self.chunk)
+            yield span, flat[span].to(torch.float32) + error[span].to(torch.float32)
 
     def norm(self) -> float:
         return math.sqrt(sum(float(e.double().pow(2).sum()) for e in self.errors or []))

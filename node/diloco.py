@@ -9,13 +9,41 @@ pseudo-gradient Δ = θ_global − θ_local to its θ_global with SGD(lr, moment
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 from gpt5os.coordinator.run_spec import OuterOptimizerSpec
 from gpt5os.model.checkpoint import tensors_sha256
 
-__all__ = ["OuterState", "tensors_sha256"]
+__all__ = ["LivePseudoGradients", "OuterState", "tensors_sha256"]
+
+
+class LivePseudoGradients(Sequence):
+    """Δ_i = θ_global_i − θ_local_i, computed when item i is read (fp32, on the CPU), never held
+    for all tensors at once: a round's averaging reads each Δ_i when it writes the wire buffer,
+    commits the error feedback, or steps alone, and recomputes the same bits each time (the
+    elementwise subtraction of the same operands). Valid only while neither θ changes: the
+    non-overlapped round, where training waits for the average (memory.py)."""
+
+    def __init__(self, outer: OuterState) -> None:
+        self._outer = outer
+
+    def __len__(self) -> int:
+        return len(self._outer.global_params)
+
+    def numels(self) -> list[int]:
+        """The tensors' sizes, without computing them."""
+        return [g.numel() for g in self._outer.global_params]
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        with torch.no_grad():
+            g, p = self._outer.global_params[i], self._outer.local_params[i]
+            return g - p.detach().to("cpu", torch.float32)
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        return (self[i] for i in range(len(self)))
 
 
 class OuterState:
@@ -47,12 +75,13 @@ class OuterState:
         return sum(p.numel() for p in self.global_params)
 
     def pseudo_gradients(self) -> list[torch.Tensor]:
-        """Δ = θ_global − θ_local for every parameter, on the CPU in fp32."""
-        with torch.no_grad():
-            return [
-                g - p.detach().to("cpu", torch.float32)
-                for g, p in zip(self.global_params, self.local_params, strict=False)
-            ]
+        """Δ = θ_global − θ_local for every parameter, on the CPU in fp32 (a copy: 4 bytes a
+        parameter; see `live_pseudo_gradients` for a round that holds none)."""
+        return list(self.live_pseudo_gradients())
+
+    def live_pseudo_gradients(self) -> LivePseudoGradients:
+        """Δ computed per tensor when read, the same bits as `pseudo_gradients` (see the class)."""
+        return LivePseudoGradients(self)
 
     def apply_outer_step(
         self,
@@ -64,21 +93,26 @@ class OuterState:
     ) -> None:
         """θ_global ← OuterSGD(θ_global, Δ_avg); one more round, `tokens` more; then θ_local ←
         θ_global, or with `delayed` (an overlapped round, see `begin_overlapped_round`)
-        θ_local += θ_global_new − θ_global_old: the steps trained since keep their progress."""
+        θ_local += θ_global_new − θ_global_old: the steps trained since keep their progress.
+
+        One tensor at a time (SGD's CPU step is per tensor anyway, so the bits are the same as
+        one step over all): an fp32 copy of Δ_avg, where one is needed, and the old θ_global
+        exist for one tensor only, and `averaged` may be the wire buffers themselves or
+        `LivePseudoGradients` (read before θ_local changes)."""
         with self.lock, torch.no_grad():
-            old = [g.clone() for g in self.global_params] if delayed else []
             self.round += 1
             self.swarm_tokens += tokens
             self.group_size = group_size
-            for g, d in zip(self.global_params, averaged, strict=False):
-                g.grad = d.to(torch.float32).reshape(g.shape)
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
+            for i, g in enumerate(self.global_params):
+                old = g.clone() if delayed else None
+                g.grad = averaged[i].to(torch.float32).reshape(g.shape)
+                self.optimizer.step()  # only g has a gradient: the other tensors are skipped
+                g.grad = None
+                if old is not None:
+                    p = self.local_params[i]
+                    p.add_((g - old).to(p.device, p.dtype))
             if not delayed:
                 self._copy_global_to_local()
-                return
-            for p, g, o in zip(self.local_params, self.global_params, old, strict=False):
-                p.add_((g - o).to(p.device, p.dtype))
 
     def begin_overlapped_round(self) -> list[torch.Tensor]:
         """Δ = θ_global − θ_local for a round averaged in the background, and θ_local ← θ_global

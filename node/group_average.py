@@ -73,6 +73,13 @@ ROUND_BITS = 16
 WIRE_REPORT = "__wire__"  # swarm.PseudoGradientAverager puts its WireReport under this key
 
 
+def zero_deltas(numels: Sequence[int]) -> list[torch.Tensor]:
+    """A contribution of nothing (the keeper's, a refused one): flat fp32 zeros that take no
+    memory (one value, broadcast: a view with stride 0; they are only read)."""
+    zero = torch.zeros((), dtype=torch.float32)
+    return [zero.expand(n) for n in numels]
+
+
 def group_bits(round_number: int) -> str:
     """hivemind group-key bits: peers match only within the same outer round."""
     return format(round_number % 2**ROUND_BITS, f"0{ROUND_BITS}b")
@@ -97,7 +104,9 @@ class GroupAverageConfig:
 class Settled:
     """Every member holds the same checked average: apply it."""
 
-    averaged: list[torch.Tensor]  # the group's token-weighted mean Δ
+    # the group's token-weighted mean Δ: the averager's wire buffers themselves (flat), valid
+    # until this peer's next all-reduce
+    averaged: list[torch.Tensor]
     node_ids: list[str]  # the contributing members (keepers are members but not contributors)
     group_tokens: int
     attempts: int = 1
@@ -236,7 +245,7 @@ class GroupAverage:
                 round_number + 1,
                 refusal,
             )
-            deltas = [torch.zeros(d.numel(), dtype=torch.float32) for d in deltas]
+            deltas = zero_deltas([d.numel() for d in deltas])
             tokens = 0
         self._round = _RoundInput(norm=norm, refused=refusal is not None)
         attempts = self.config.max_attempts
@@ -347,7 +356,9 @@ class GroupAverage:
             if self.exact:
                 total, ok = self._check(buffers, group, seed)
             else:
-                total = [b.clone() for b in buffers]
+                # the wire buffers themselves, not a copy (4 bytes a parameter): nothing writes
+                # them again before the next attempt's encode, after the outer step read them
+                total = list(buffers)
                 ok = bool(wire and wire.get("parts") and not wire.get("incomplete_parts"))
                 if not ok:
                     log.warning(

@@ -34,7 +34,7 @@ from gpt5os.proto import pb, pb_grpc
 
 from .claims import KEEPER_NODE_ID, RoundClaim
 from .diloco import OuterState
-from .group_average import Settled
+from .group_average import Settled, zero_deltas
 from .state_sync import Adopted, StateSync, Target, sync_unshared
 from .swarm import CHUNK_TIMEOUT_S, SwarmPeer, swarm_prefix
 from .swarm_access import SwarmAccess
@@ -262,7 +262,7 @@ class Keeper:
     def average_round(self) -> bool:
         """Join this round's averaging with a zero contribution; apply the group's result."""
         round_number = self.outer.round
-        zeros = [torch.zeros_like(p) for p in self.outer.global_params]
+        zeros = zero_deltas([p.numel() for p in self.outer.global_params])
         result = self.peer.group_average.run(
             round_number,
             zeros,
@@ -270,6 +270,7 @@ class Keeper:
             cancel=lambda: self.stop.is_set() or self.peer.tracker.global_epoch > round_number,
         )
         if not isinstance(result, Settled):
+            self.peer.averager.release_wire()
             log.warning(
                 "round %d: keeper got no settled average (%s); it will catch up from the "
                 "round's certificate",
@@ -282,6 +283,7 @@ class Keeper:
                 result.averaged, tokens=result.group_tokens, group_size=len(result.node_ids)
             )
             self.peer.tracker.update_epoch(self.outer.round)
+        self.peer.averager.release_wire()  # the average (in the wire buffers) is applied
         self._digest = self.outer.digest()
         log.info(
             "round %d: keeper applied the average of %d node(s), %d tokens; sha256 %s",

@@ -7,12 +7,19 @@ bench/memory.py (which prints it beside what a node really peaks at).
 Where the bytes go, per model parameter (p):
 - training state: the weights, their gradients and the inner optimizer's two moments
   (fp32: 4 + 4 + 8; AdamW8bit keeps its moments in 1 byte each: 4 + 4 + 2); on the device;
+  the gradients exist only during a step (freed after it), so not while averaging;
 - outer state: θ_global and the outer momentum, fp32 on the host: 8;
-- the wire buffer hivemind averages, shared with the averager process: 8 (float64 fixed point
-  with compression "none"); 4 + 4 with "float16" or "blockwise8" (fp32 buffers sent as fp16 or
-  8-bit codes, and the node's error-feedback buffer, codec.py);
-- while averaging: the fp32 pseudo-gradient (4) and the averaged update as fp32 gradients of
-  θ_global (4); the float64 sum is decoded in the wire buffer itself.
+- error feedback (codecs "float16", "blockwise8"): this node's quantization error, kept from
+  round to round in bfloat16 (codec.py): 2;
+- while averaging only: the wire buffer hivemind averages, shared with the averager process
+  (float64 fixed point with compression "none": 8; fp32 with a codec: 4); its pages go back to
+  the system once the round's average is applied (swarm.py release_wire). Nothing else per
+  parameter: the pseudo-gradient is computed one tensor at a time as it is written into the
+  wire buffer (diloco.py LivePseudoGradients), the average is read from the wire buffer itself
+  and the outer step runs one tensor at a time;
+- while averaging, per value of the largest tensor (the embedding or the head, vocab × width):
+  its Δ (4), SGD's Nesterov term (4), the averager process's assembled average of one tensor
+  (4) and, with "none", the fp32 copy of its float64 average (4).
 Activations and logits grow with batch_size × seq_len and sit on the device as well.
 """
 
@@ -30,14 +37,17 @@ log = logging.getLogger(__name__)
 GIB = 1024**3
 M_MMAP_THRESHOLD = -3  # <malloc.h>
 MMAP_THRESHOLD_BYTES = 128 * 1024  # glibc's initial default
+MADV_REMOVE = 9  # <sys/mman.h>: free a shared mapping's backing pages
+PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 # bytes per parameter (see module doc)
 WEIGHTS = 4
 GRADS = 4
 ADAM_MOMENTS = {"adamw": 8, "adamw8bit": 2}
 OUTER_STATE = 8
-WIRE = {"none": 8, "float16": 4 + 4, "blockwise8": 4 + 4}  # float16 also keeps error feedback
-AVERAGING_TRANSIENT = {"none": 4 + 4, "float16": 4 + 4, "blockwise8": 4 + 4}
+WIRE = {"none": 8, "float16": 4, "blockwise8": 4}  # while averaging only
+ERROR_FEEDBACK = {"none": 0, "float16": 2, "blockwise8": 2}  # bfloat16, from round 1 on
+TENSOR_TRANSIENT = {"none": 16, "float16": 12, "blockwise8": 12}  # per value of the largest tensor
 # Activations saved for backward, in bytes per token, measured on the CPU path with fp32 (one
 # forward+backward at T=2048, peak RSS over the step before it; 2026-11-29): ~230 per layer and
 # channel, ~10.3 per vocabulary entry (logits, their fp32 copy and gradient), ~100 per channel.
@@ -112,24 +122,38 @@ def estimate(shape: ModelShape, device_type: str) -> MemoryNeed:
     )
     training = p * (WEIGHTS + GRADS + ADAM_MOMENTS.get(shape.optimizer, 8)) + activations
     compression = shape.compression if shape.compression in WIRE else "none"
-    host = BASELINE_HOST + p * (OUTER_STATE + WIRE[compression] + AVERAGING_TRANSIENT[compression])
+    kept = p * (OUTER_STATE + ERROR_FEEDBACK[compression])
+    averaging = _averaging(shape, compression)
     if device_type == "cuda":
-        return MemoryNeed(host=host, device=training, params=p, device_state=training - activations)
-    return MemoryNeed(host=host + training, device=0, params=p)
+        return MemoryNeed(
+            host=BASELINE_HOST + kept + averaging,
+            device=training,
+            params=p,
+            device_state=training - activations,
+        )
+    # on the CPU the peak is a training step's or the averaging's (no gradients then)
+    averaging_phase = p * (WEIGHTS + ADAM_MOMENTS.get(shape.optimizer, 8)) + averaging
+    return MemoryNeed(
+        host=BASELINE_HOST + kept + max(training, averaging_phase), device=0, params=p
+    )
+
+
+def _averaging(shape: ModelShape, compression: str) -> int:
+    """What a round's averaging adds on the host: the wire buffer and one tensor's transients."""
+    largest = shape.vocab_size * shape.n_embd
+    return shape.params * WIRE[compression] + largest * TENSOR_TRANSIENT[compression]
 
 
 def estimate_keeper(shape: ModelShape) -> MemoryNeed:
     """Peak host memory of the run's keeper (node/keeper.py): the model it builds once (its
-    weights), θ_global and the outer momentum, the wire buffers and averaging transients of a
+    weights), θ_global and the outer momentum, the wire buffer and averaging transients of a
     member, and the fp32 copies of θ_global and the momentum a checkpoint write takes. No
-    gradients, inner optimizer or activations: it never trains."""
+    gradients, inner optimizer, activations or error feedback: it never trains or sends."""
     p = shape.params
     compression = shape.compression if shape.compression in WIRE else "none"
     checkpoint_copy = OUTER_STATE
-    per_param = (
-        WEIGHTS + OUTER_STATE + WIRE[compression] + AVERAGING_TRANSIENT[compression]
-    ) + checkpoint_copy
-    return MemoryNeed(host=BASELINE_HOST + p * per_param, device=0, params=p)
+    host = BASELINE_HOST + p * (WEIGHTS + OUTER_STATE + checkpoint_copy)
+    return MemoryNeed(host=host + _averaging(shape, compression), device=0, params=p)
 
 
 def available_host_bytes(meminfo: Path = Path("/proc/meminfo")) -> int | None:
@@ -165,6 +189,39 @@ def refusal(
 def skip_check() -> bool:
     """GPT5OS_SKIP_MEMORY_CHECK=1: join anyway (the estimate can be wrong; the OOM killer is not)."""
     return os.environ.get("GPT5OS_SKIP_MEMORY_CHECK", "") not in ("", "0")
+
+
+def release_shared_pages(tensor, *, madvise=None) -> int:
+    """Hand the pages of a tensor in shared memory back to the system; bytes released.
+
+    For the averager's wire buffers between rounds: they sit in shared memory (shmem, mapped by
+    the node's and the averager's process) and every round writes them whole before they are
+    read, so in between they need not hold memory. madvise(MADV_REMOVE) frees the shmem pages
+    under every mapping at once; they read as zeros and come back when written. Only whole pages
+    inside the tensor; 0 where it is not possible (not Linux, not shared memory)."""
+    nbytes = tensor.numel() * tensor.element_size()
+    if nbytes < PAGE or not tensor.is_shared() or not tensor.is_contiguous():
+        return 0
+    start = -(-tensor.data_ptr() // PAGE) * PAGE
+    end = (tensor.data_ptr() + nbytes) // PAGE * PAGE
+    if end <= start:
+        return 0
+    madvise = madvise or _libc_madvise()
+    if madvise is None or madvise(start, end - start, MADV_REMOVE) != 0:
+        return 0
+    return end - start
+
+
+def _libc_madvise():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return fn
 
 
 def return_freed_memory_to_os() -> bool:

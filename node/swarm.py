@@ -35,7 +35,7 @@ from .codec import Blockwise8, Codec, codec_for
 from .dht_records import dht_records
 from .diloco import OuterState
 from .group_average import GroupAverage, GroupAverageConfig
-from .memory import return_freed_memory_to_os
+from .memory import release_shared_pages, return_freed_memory_to_os
 from .robust import RobustConfig
 from .rounds import RoundTracker
 from .state_wire import BUSY, Busy, Downloaded, ServeSlots, StateAssembler, state_frames
@@ -177,6 +177,14 @@ class PseudoGradientAverager(hivemind.DecentralizedAverager):
             # start together must not download each other's state and end up swapped.
             allow_state_sharing=False,
         )
+        self.release_wire()  # shared as zeros (written pages): not needed before round 1
+
+    def release_wire(self) -> int:
+        """The wire buffers' memory back to the system until the next round writes them
+        (memory.py release_shared_pages); call once the round's average has been applied.
+        Bytes released."""
+        with self.get_tensors() as buffers:
+            return sum(release_shared_pages(b) for b in buffers)
 
     def _set_state_sharing(self, value: bool) -> None:
         """A client-mode peer (behind NAT) cannot serve state: asking it to (here or through

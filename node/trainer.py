@@ -11,6 +11,7 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -22,7 +23,7 @@ from .claims import RoundClaim
 from .config import NodeConfig
 from .coordinator_client import CoordinatorClient, CoordinatorError, Session
 from .diloco import OuterState
-from .group_average import Alone, Cancelled, Incomplete, Settled
+from .group_average import Alone, Cancelled, Incomplete, Settled, zero_deltas
 from .heartbeat import Heartbeat
 from .inner_step import accumulate_gradients
 from .loop_stats import LoopStats
@@ -127,7 +128,7 @@ class RoundApplied:
 class Averaged:
     """What a round's all-reduce gave this node: the Δ to apply and who contributed."""
 
-    deltas: list[torch.Tensor]
+    deltas: Sequence[torch.Tensor]
     peers: list[str]
     group_tokens: int
     attempts: int
@@ -396,22 +397,26 @@ class Trainer:
     def outer_round(self) -> OuterRoundOutcome:
         """Average pseudo-gradients with whoever is in the swarm now, then take the outer step."""
         started = time.monotonic()
-        averaged = self._average(
-            self.outer.pseudo_gradients(), max(1, self._round_tokens), self._round_lr_sum
-        )
-        if isinstance(averaged, RoundMissed):
-            return averaged
-        record = self._apply(
-            averaged,
-            started=started,
-            tokens=self._round_tokens,
-            loss_sum=self._round_loss_sum,
-            round_started=self._round_started,
-        )
+        try:
+            # Δ computed per tensor when read: training waits here, so neither θ moves (diloco.py)
+            averaged = self._average(
+                self.outer.live_pseudo_gradients(), max(1, self._round_tokens), self._round_lr_sum
+            )
+            if isinstance(averaged, RoundMissed):
+                return averaged
+            record = self._apply(
+                averaged,
+                started=started,
+                tokens=self._round_tokens,
+                loss_sum=self._round_loss_sum,
+                round_started=self._round_started,
+            )
+        finally:
+            self.peer.averager.release_wire()  # the average (in the wire buffers) is applied
         return RoundApplied(record)
 
     def _average(
-        self, deltas: list[torch.Tensor], tokens: int, lr_sum: float | None = None
+        self, deltas: Sequence[torch.Tensor], tokens: int, lr_sum: float | None = None
     ) -> Averaged | RoundMissed:
         """This round's all-reduce (or this node's own Δ when there is no group)."""
         averaged, peers, group_tokens = None, [self.session.node_id], tokens
@@ -419,7 +424,7 @@ class Trainer:
         round_number = self.outer.round
         if not all(torch.isfinite(d).all() for d in deltas):
             log.error("pseudo-gradient has NaN/Inf: this round's local work is discarded")
-            deltas = [torch.zeros_like(d) for d in deltas]
+            deltas = zero_deltas([g.numel() for g in self.outer.global_params])
         elif self.tracker.global_progress.num_peers > 1:
             result = self.peer.group_average.run(
                 round_number,
@@ -450,7 +455,7 @@ class Trainer:
                 log.warning("round %d: no group formed; stepping alone", round_number + 1)
             if averaged is None and self.peer.group_average.refused:
                 # what the guard refused to send must not move θ_global here either
-                deltas = [torch.zeros_like(d) for d in deltas]
+                deltas = zero_deltas([g.numel() for g in self.outer.global_params])
                 group_tokens = 0
         if averaged is None and self.tracker.global_epoch > round_number:
             return RoundMissed("a peer already finished this round")
@@ -564,14 +569,17 @@ class Trainer:
             log.info("round %d: %s", self.outer.round + 1, pending.result.reason)
             self.check_certificate(behind=True, force=True)
             return
-        record = self._apply(
-            pending.result,
-            started=pending.started,
-            tokens=pending.tokens,
-            loss_sum=pending.loss_sum,
-            round_started=pending.round_started,
-            delayed=True,
-        )
+        try:
+            record = self._apply(
+                pending.result,
+                started=pending.started,
+                tokens=pending.tokens,
+                loss_sum=pending.loss_sum,
+                round_started=pending.round_started,
+                delayed=True,
+            )
+        finally:
+            self.peer.averager.release_wire()
         self.rounds.append(record)
 
     def _report(self, record: RoundRecord) -> None:

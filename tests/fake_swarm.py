@@ -57,6 +57,11 @@ class FakeAverager:
     downloads: list[bytes] = field(default_factory=list)
     allow_state_sharing: bool = False
     state_sharing_priority: float = 0.0
+    released: int = 0  # release_wire() calls
+
+    def release_wire(self) -> int:
+        self.released += 1
+        return 0
 
     def state_sources(self) -> list[bytes]:
         return list(self.served)

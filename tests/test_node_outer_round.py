@@ -144,6 +144,29 @@ def test_a_settled_group_average_is_applied_with_the_groups_tokens(tmp_path: Pat
     assert trainer.outer.swarm_tokens == 1500
 
 
+def test_the_wire_buffers_are_released_once_the_average_in_them_is_applied(
+    tmp_path: Path,
+) -> None:
+    """The settled average is the wire buffers themselves; releasing them (which zeroes them)
+    must come after the outer step read them, and also when the round was missed."""
+    peer = FakeSwarmPeer()
+    trainer, _ = make_trainer(tmp_path, peer)
+    twin, _ = make_trainer(tmp_path, FakeSwarmPeer())
+    deltas = drift(trainer)
+    wire = [d.reshape(-1) * 0.5 for d in deltas]
+    expected = [w.clone() for w in wire]
+    released = []
+    peer.averager.release_wire = lambda: released.append([w.zero_() for w in wire]) or 0
+    peer.group_average.outcome = Settled(wire, ["me", "other"], 1500)
+    assert isinstance(trainer.outer_round(), RoundApplied)
+    assert len(released) == 1
+    twin.outer.apply_outer_step(expected, tokens=1500, group_size=2)
+    assert trainer.outer.digest() == twin.outer.digest()
+    peer.group_average.outcome = Cancelled()
+    drift(trainer)
+    assert isinstance(trainer.outer_round(), RoundMissed) and len(released) == 2
+
+
 def test_cancelled_while_matching_means_the_round_was_missed(tmp_path: Path) -> None:
     peer = FakeSwarmPeer()
     peer.group_average.outcome = Cancelled()
