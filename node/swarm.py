@@ -41,7 +41,7 @@ from .dht_records import dht_records
 from .diloco import OuterState
 from .group_average import GroupAverage, GroupAverageConfig
 from .memory import return_freed_memory_to_os
-from .robust import RobustConfig
+from .robust import RobustConfig, claim_bound
 from .rounds import RoundTracker
 from .swarm_access import SwarmAccess
 
@@ -144,7 +144,7 @@ class PseudoGradientAverager(hivemind.DecentralizedAverager):
         self._creator_pid = os.getpid()  # hivemind forks our process inside __init__ (start=True)
         self.exact = spec.compression == EXACT
         self.codec: Codec | None = None if self.exact else codec_for(spec.compression)
-        self.robust = RobustConfig()
+        self.robust = RobustConfig(max_weight=float(claim_bound(spec.round_tokens)))
         self._wire_reports: dict[bytes, WireReport] = {}
         dtype = torch.float64 if self.exact else torch.float32
         if numels is None:
