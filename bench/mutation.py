@@ -45,9 +45,12 @@ TARGETS: dict[str, list[str]] = {
     ],
     # the node's round settlement after averaging: which state to adopt, from whom, and why not
     "state_sync": ["tests/test_node_outer_round.py"],
+    # the rules each member applies to a round's gathered data: does our average stand, who
+    # contributed, was the group big enough
+    "settle": ["tests/test_node_settle.py"],
 }
 # modules outside coordinator/ (default: coordinator/<name>.py)
-MODULE_PATHS = {"state_sync": "node/state_sync.py"}
+MODULE_PATHS = {"state_sync": "node/state_sync.py", "settle": "node/settle.py"}
 
 
 def module_path(name: str) -> str:

@@ -154,8 +154,8 @@ class RobustPartReducer(TensorPartReducer):
                 f"sender {i} claims weight {self.weights[i]:.6g}, more than the run allows a "
                 f"member ({self.robust.max_weight:.6g} tokens): counted as that"
             )
-        if what.dropped or what.clipped or what.capped:
-            logger.info(
+        if what.dropped or what.clipped or what.capped:  # the round's wire line sums them up
+            logger.debug(
                 f"part {self.current_part_index}: dropped {list(what.dropped)} (non-finite), "
                 f"clipped {list(what.clipped)}, capped weights of {list(what.capped)}"
             )

@@ -40,7 +40,6 @@ steps alone; it stops looking as soon as the swarm finishes the round without it
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import secrets
@@ -58,6 +57,14 @@ from .codec import ErrorFeedback
 from .dht_records import dht_records
 from .diloco import tensors_sha256
 from .robust import SendGuard, claim_bound, claimed_tokens
+from .settle import (
+    Verdict,
+    contributors,
+    declared_norms,
+    group_name,
+    required_size,
+    settled,
+)
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +76,6 @@ WIRE_REPORT = "__wire__"  # swarm.PseudoGradientAverager puts its WireReport und
 def group_bits(round_number: int) -> str:
     """hivemind group-key bits: peers match only within the same outer round."""
     return format(round_number % 2**ROUND_BITS, f"0{ROUND_BITS}b")
-
-
-def group_name(nonces: Sequence[str]) -> str:
-    """The same name on every member of one all-reduce, different for every all-reduce."""
-    return hashlib.sha256("|".join(sorted(nonces)).encode()).hexdigest()[:32]
 
 
 @dataclass(frozen=True)
@@ -142,54 +144,12 @@ class _RoundInput:
     refused: bool  # SendGuard refused it: this peer contributes nothing this round
 
 
-def settled(ok: bool, digest: str, verdicts: dict[str, Verdict], members: list[str]) -> bool:
-    """The settle rule: our checked result stands when every member agrees with it, or when some
-    member never spoke (it left, or never really joined: it must not block us; a member whose
-    own check failed averages again without us, and certified rounds repair it)."""
-    everyone_spoke = len(verdicts) == len(members)
-    agreed = all(v.ok and v.digest == digest for v in verdicts.values())
-    return ok and (agreed or not everyone_spoke)
-
-
-def contributors(group: list[dict]) -> list[str]:
-    """The node ids of the members that contributed work (keepers, and members whose
-    pseudo-gradient was refused, receive the result only)."""
-    return [str(g["node_id"]) for g in group if not g.get("keeper") and not g.get("refused")]
-
-
-def required_size(group: list[dict]) -> int:
-    """The largest group floor any member declared (0 when none did). hivemind enforces only the
-    leader's min_group_size, and a leader that had not yet seen a slow node (a fast node, the
-    keeper) would let a group of two finish the round without it, whose work the re-sync then
-    throws away. Every member reads the same gathered data, so all of them keep or drop the
-    group alike."""
-    need = 0
-    for g in group:
-        try:
-            need = max(need, int(g.get("floor", 0)))
-        except (TypeError, ValueError):
-            continue
-    return need
-
-
-def declared_norms(group: list[dict]) -> list[float]:
-    """The pseudo-gradient norms the group's contributors declared (for SendGuard)."""
-    norms = []
-    for g in group:
-        try:
-            if not g.get("keeper") and not g.get("refused"):
-                norms.append(float(g["norm"]))
-        except (KeyError, TypeError, ValueError):
-            continue
-    return norms
-
-
-@dataclass(frozen=True)
-class Verdict:
-    node_id: str
-    group: str
-    ok: bool
-    digest: str
+def robust_summary(wire: dict) -> str:
+    """What this peer's reducers did to the senders' parts (robust.py), for the round's wire
+    line: "" when nothing was dropped, clipped, capped or bounded."""
+    counts = [(wire.get(k) or 0, k) for k in ("dropped", "clipped", "capped", "bounded")]
+    done = [f"{k} {n}" for n, k in counts if n]
+    return f"; as reducer: {', '.join(done)} sender part(s)" if done else ""
 
 
 class VerdictBoard:
@@ -425,7 +385,7 @@ class GroupAverage:
                 if wire:
                     log.info(
                         "round %d: %s wire: sent %d bytes for %d values (%.4f B/value), "
-                        "received %d bytes for %d values",
+                        "received %d bytes for %d values%s",
                         round_number + 1,
                         self.codec.name,
                         wire["sent_bytes"],
@@ -433,6 +393,7 @@ class GroupAverage:
                         wire["sent_bytes"] / max(1, wire["sent_values"]),
                         wire["received_bytes"],
                         wire["received_values"],
+                        robust_summary(wire),
                     )
                 return Settled(total, node_ids, group_tokens, attempt + 1, wire)
             total_weight = group_tokens / max(1, self.config.tokens_per_round)

@@ -136,12 +136,15 @@ def healthy(address: str, security: Security = PLAINTEXT) -> bool:
         return False
 
 
-def start_coordinator(run_dir: Path, home: Path, log_path: Path, *extra: str) -> tuple[Proc, str]:
-    """`gpt5os-coordinator serve` on a free port (--port 0 + --port-file); returns it once healthy."""
+def start_coordinator(
+    run_dir: Path, home: Path, log_path: Path, *extra: str, host: str = "127.0.0.1"
+) -> tuple[Proc, str]:
+    """`gpt5os-coordinator serve` on a free port of `host` (--port 0 + --port-file); returns it
+    once healthy."""
     port_file = run_dir.parent / f"{run_dir.name}.port"
     port_file.unlink(missing_ok=True)
     args = [
-        tool("gpt5os-coordinator"), "serve", "--dir", str(run_dir), "--host", "127.0.0.1",
+        tool("gpt5os-coordinator"), "serve", "--dir", str(run_dir), "--host", host,
         "--port", "0", "--port-file", str(port_file), *extra,
     ]  # fmt: skip
     proc = Proc(args, log_path, process_env(home))
@@ -151,7 +154,7 @@ def start_coordinator(run_dir: Path, home: Path, log_path: Path, *extra: str) ->
             120,
             "the coordinator's port file",
         )
-        address = f"127.0.0.1:{port}"
+        address = f"{host}:{port}"
         tls = TlsFiles.of_run(run_dir)  # `init --tls`: pin the run's own certificate
         security = Security(fingerprint(tls.cert.read_bytes()), True) if tls.exists() else PLAINTEXT
         wait_for(

@@ -1,6 +1,7 @@
 """Faults an operator meets, with real processes on 127.0.0.1: a volunteer leaving with SIGTERM or
 Ctrl-C, the coordinator killed -9 and restarted under a training node, a node killed -9 while
-it holds a lease, a node frozen (SIGSTOP) for longer than a round.
+it holds a lease, a node cut off (its network namespace's link down; SIGSTOP without root) for
+longer than a round.
 
 Every test reads the coordinator's own database (read-only, beside the running server) for what
 it promises: leases back, nothing counted twice, reports reaching the restarted coordinator.
@@ -15,8 +16,9 @@ import time
 from pathlib import Path
 
 import e2e_support
+import netns
 import pytest
-from e2e_support import Proc, join_node, start_coordinator, wait_for
+from e2e_support import Proc, join_node, process_env, start_coordinator, tool, wait_for
 from gpt5os.coordinator.store import DB_NAME, Store
 from gpt5os.coordinator.testkit import make_data_dir
 from process_tree import tree
@@ -234,49 +236,101 @@ def test_shard_of_a_node_killed9_is_retrained_once(tmp_path: Path, data_dir: Pat
         coordinator.stop()
 
 
-def test_node_frozen_longer_than_a_round_comes_back_and_catches_up(
+class CutOff:
+    """Cuts node `i` off the swarm and the coordinator, then lets it back: its network
+    namespace's link goes down while its processes keep running (training, trying to average,
+    failing to heartbeat) where root can make namespaces; SIGSTOP, which freezes it, otherwise."""
+
+    def __init__(self) -> None:
+        self.why_not = netns.available()
+        self.net = netns.Net.create(2) if self.why_not is None else None
+        self.host = self.net.host_ip if self.net else "127.0.0.1"
+        self.how = "netns link down" if self.net else f"SIGSTOP ({self.why_not})"
+
+    def node(self, address: str, tmp_path: Path, i: int, name: str, *extra: str) -> Proc:
+        if self.net is None:
+            return node(address, tmp_path, name, *extra)
+        home = tmp_path / f"node-{name}"
+        args = [tool("gpt5os-node"), "join", "--coordinator", address, "--device", "cpu",
+                "--threads", "1", "--home", str(home), "--name", name,
+                "--dht-listen", f"/ip4/{self.net.ips[i]}/tcp/0", *extra]  # fmt: skip
+        return Proc(self.net.wrap(i, args), tmp_path / f"node-{name}.log", process_env(home))
+
+    def cut(self, i: int, proc: Proc) -> None:
+        if self.net:
+            self.net.cut(i)
+        else:
+            proc.popen.send_signal(signal.SIGSTOP)
+
+    def restore(self, i: int, proc: Proc) -> None:
+        if self.net:
+            self.net.restore(i)
+        else:
+            proc.popen.send_signal(signal.SIGCONT)
+
+    def close(self) -> None:
+        if self.net:
+            self.net.close()
+
+
+def test_node_cut_off_longer_than_a_round_comes_back_and_catches_up(
     tmp_path: Path, data_dir: Path
 ) -> None:
+    """A partition: b loses the coordinator and its peer for longer than a round (it may train
+    and step alone meanwhile); once back, it is active again, reports rounds past the swarm's
+    with the same θ_global digest as a at each (it re-synced to the certified state), and no
+    shard is counted twice."""
     run_dir = tmp_path / "run"
     init_run(run_dir, data_dir, "--heartbeat-seconds", "2", "--lease-seconds", "20")
     db = Db(run_dir)
-    coordinator, address = start_coordinator(  # with its DHT: the nodes must find each other
-        run_dir, tmp_path / "coord-home", tmp_path / "coordinator.log"
-    )
-    a = node(address, tmp_path, "a", "--min-peers", "2")
-    b = node(address, tmp_path, "b", "--min-peers", "2")
+    off = CutOff()
+    coordinator = a = b = None
     try:
+        coordinator, address = start_coordinator(  # with its DHT: the nodes must find each other
+            run_dir, tmp_path / "coord-home", tmp_path / "coordinator.log", host=off.host
+        )
+        a = off.node(address, tmp_path, 0, "a", "--min-peers", "2")
+        b = off.node(address, tmp_path, 1, "b", "--min-peers", "2")
         a_id = wait_for(lambda: db.node_id("a"), 600, "a's join", 0.5)
         b_id = wait_for(lambda: db.node_id("b"), 600, "b's join", 0.5)
         wait_for(lambda: db.reports(b_id), 600, "b's first round", 0.5)
-        b.popen.send_signal(signal.SIGSTOP)  # cut off: no heartbeats, no averaging, no DHT
-        frozen_at = time.time()
-        stopped_round = max(r["round"] for r in db.reports(b_id))
+        off.cut(1, b)
+        cut_at = time.time()
+        cut_round = max(r["round"] for r in db.reports(b_id))
 
         def a_moved_on():
-            return max((r["round"] for r in db.reports(a_id)), default=0) >= stopped_round + 1
+            return max((r["round"] for r in db.reports(a_id)), default=0) >= cut_round + 1
 
         wait_for(a_moved_on, 600, "a round without b", 0.5)
         wait_for(lambda: db.node(b_id)["state"] == "lost", 120, "b marked lost", 0.5)
-        b.popen.send_signal(signal.SIGCONT)
-        frozen_s = time.time() - frozen_at
+        off.restore(1, b)
+        cut_s = time.time() - cut_at
         swarm_round = max(r["round"] for r in db.reports(a_id))
 
         def caught_up():
             return max(r["round"] for r in db.reports(b_id)) > swarm_round
 
         wait_for(caught_up, 600, "b reporting past the swarm's round", 0.5)
-        assert db.node(b_id)["state"] == "active"
+        wait_for(lambda: db.node(b_id)["state"] == "active", 60, "b active again", 0.5)
+        a_digests = {r["round"]: r["params_sha256"] for r in db.reports(a_id)}
+        after = [
+            r for r in db.reports(b_id) if r["round"] > swarm_round and r["round"] in a_digests
+        ]
+        assert after, "b and a reported no common round after the cut"
+        for r in after:  # back in step: the same θ_global as a at the same round
+            assert r["params_sha256"] == a_digests[r["round"]], (r, a_digests)
         assert_counted_once(db)
         print(
-            f"\nFIGURE sigstop: frozen {frozen_s:.0f} s (swarm at round {swarm_round}), "
+            f"\nFIGURE cut-off ({off.how}): {cut_s:.0f} s (swarm at round {swarm_round}), "
             f"back and reporting round {max(r['round'] for r in db.reports(b_id))}"
         )
     finally:
-        b.popen.send_signal(signal.SIGCONT)
-        a.stop()
-        b.stop()
-        coordinator.stop()
+        if b is not None:
+            off.restore(1, b)
+        for proc in (a, b, coordinator):
+            if proc is not None:
+                proc.stop()
+        off.close()
 
 
 def test_leaving_mid_averaging_is_clean(tmp_path: Path, data_dir: Path) -> None:
