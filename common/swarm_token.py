@@ -123,8 +123,13 @@ class TokenChecker:
         return verdict
 
 
-def needs_renewal(token: pb.SwarmToken | None, received_at: float, now: float) -> bool:
-    """True once `RENEW_AFTER` of the token's life (counted from when we got it) has passed."""
+def needs_renewal(
+    token: pb.SwarmToken | None, received_at: float, now: float, margin_s: float = 0.0
+) -> bool:
+    """True once `RENEW_AFTER` of the token's life (counted from when we got it) has passed, or
+    once less than `margin_s` of it is left: a holder that asks only every N seconds passes
+    2N, so that one lost request does not let a short-lived token run out."""
     if token is None or not token.signature:
         return True
-    return now >= received_at + RENEW_AFTER * (expires_at(token) - received_at)
+    expiry = expires_at(token)
+    return now >= received_at + RENEW_AFTER * (expiry - received_at) or now >= expiry - margin_s

@@ -261,8 +261,8 @@ def _write_port_file(path: Path, port: int) -> None:
     type=click.FloatRange(min=5.0),
     default=TOKEN_LIFETIME_S,
     show_default=True,
-    help="Seconds a hivemind swarm token admits its holder; renewed at half (a banned node's "
-    "is not).",
+    help="Seconds a hivemind swarm token admits its holder (at least 3 heartbeats); renewed at "
+    "half its life or two heartbeats before its end (a banned node's is not).",
 )
 @click.option(
     "--tls-cert",

@@ -57,6 +57,9 @@ KEEPER_USERNAME = "keeper"  # the keeper's name in its swarm token (node/claims.
 log = logging.getLogger(__name__)
 
 
+MIN_TOKEN_HEARTBEATS = 3  # a swarm token outlives this many heartbeats (renewed 2 before its end)
+
+
 class ServeError(RuntimeError):
     """The server cannot start (port in use, unreadable run directory); the message says why."""
 
@@ -389,6 +392,15 @@ class CoordinatorServer:
             )
         except (OSError, ValueError, RuntimeError) as e:
             raise ServeError(f"cannot open run directory {self.run_dir}: {e}") from e
+        shortest = MIN_TOKEN_HEARTBEATS * config.heartbeat_seconds
+        if self.swarm_token_lifetime_s < shortest:
+            self.swarm.store.close()
+            raise ServeError(
+                f"a swarm token lifetime of {self.swarm_token_lifetime_s:g} s is shorter than "
+                f"{MIN_TOKEN_HEARTBEATS} heartbeats ({config.heartbeat_seconds:g} s each): nodes' "
+                f"tokens would run out between renewals; use --swarm-token-lifetime {shortest:g} "
+                "or more"
+            )
         if self.start_dht:  # first: the DHT forks, and must not inherit gRPC threads (dht.py)
             self._dht = BootstrapPeer(self.host, self.token_issuer)
             try:

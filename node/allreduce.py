@@ -8,8 +8,8 @@ average into its buffers (no `local + delta`). Codec decoding is exact (codec.py
 member's result is bitwise equal.
 
 Also here:
-- the reducer's sum is robust (robust.py): non-finite parts dropped, weights capped, norms
-  clipped to the group's median;
+- the reducer's sum is robust (robust.py): non-finite parts dropped, each sender's weight
+  bounded by the run's claim_bound and capped at the group's median, norms clipped to it;
 - the reducer rounds the average stochastically (unbiased), so rounding errors do not add up in
   one direction over rounds (senders' own rounding is corrected by error feedback, codec.py);
 - each AVERAGED_PART carries, as its `weight`, how many senders' parts the reducer received for
@@ -53,6 +53,7 @@ class WireReport:
     dropped: int = 0  # (as a reducer) parts dropped as non-finite
     clipped: int = 0  # (as a reducer) parts clipped to the median bound
     capped: int = 0  # (as a reducer) weights capped
+    bounded: int = 0  # (as a reducer) senders whose claimed weight was above the run's bound
 
     @property
     def complete(self) -> bool:
@@ -83,6 +84,7 @@ class RobustPartReducer(TensorPartReducer):
         report: WireReport,
     ) -> None:
         self.codec, self.robust, self.seed, self.report = codec, robust, seed, report
+        self._bounded: set[int] = set()  # senders whose claimed weight we bounded (logged once)
         super().__init__(part_shapes, num_senders)
 
     def reset_accumulators(self) -> None:
@@ -145,6 +147,13 @@ class RobustPartReducer(TensorPartReducer):
         self.report.dropped += len(what.dropped)
         self.report.clipped += len(what.clipped)
         self.report.capped += len(what.capped)
+        for i in set(what.bounded) - self._bounded:
+            self._bounded.add(i)
+            self.report.bounded += 1
+            logger.warning(
+                f"sender {i} claims weight {self.weights[i]:.6g}, more than the run allows a "
+                f"member ({self.robust.max_weight:.6g} tokens): counted as that"
+            )
         if what.dropped or what.clipped or what.capped:  # the round's wire line sums them up
             logger.debug(
                 f"part {self.current_part_index}: dropped {list(what.dropped)} (non-finite), "

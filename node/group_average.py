@@ -56,7 +56,7 @@ from . import checksum, fixed_point
 from .codec import ErrorFeedback
 from .dht_records import dht_records
 from .diloco import tensors_sha256
-from .robust import SendGuard
+from .robust import SendGuard, claim_bound, claimed_tokens
 from .settle import (
     Verdict,
     contributors,
@@ -155,8 +155,8 @@ class _RoundInput:
 
 def robust_summary(wire: dict) -> str:
     """What this peer's reducers did to the senders' parts (robust.py), for the round's wire
-    line: "" when nothing was dropped, clipped or capped."""
-    counts = [(wire.get(k) or 0, k) for k in ("dropped", "clipped", "capped")]
+    line: "" when nothing was dropped, clipped, capped or bounded."""
+    counts = [(wire.get(k) or 0, k) for k in ("dropped", "clipped", "capped", "bounded")]
     done = [f"{k} {n}" for n, k in counts if n]
     return f"; as reducer: {', '.join(done)} sender part(s)" if done else ""
 
@@ -237,6 +237,7 @@ class GroupAverage:
         """Average `deltas` (this peer's Δ over `tokens` tokens, trained at inner learning rates
         summing to `lr_sum`) with the round's group."""
         self._contribution = None
+        tokens = self._claim(round_number, tokens)
         norm, refusal = (None, None) if self.config.keeper else self.guard.check(deltas, lr_sum)
         if refusal is not None:
             log.warning(
@@ -276,6 +277,20 @@ class GroupAverage:
                 attempt,
             )
         return Incomplete(attempts)
+
+    def _claim(self, round_number: int, tokens: int) -> int:
+        """What this peer claims: its tokens, at most the run's claim_bound (what every member
+        counts it for, robust.py "Claimed weight"); a node whose round ran long says so."""
+        bound = claim_bound(self.config.tokens_per_round)
+        if tokens > bound:
+            log.warning(
+                "round %d: this node trained %d tokens; it claims the most a member may, %d",
+                round_number + 1,
+                tokens,
+                bound,
+            )
+            return bound
+        return tokens
 
     @property
     def refused(self) -> bool:
@@ -343,7 +358,7 @@ class GroupAverage:
             return _NoGroup()
         members = [str(g["node_id"]) for g in group]
         node_ids = contributors(group)
-        group_tokens = sum(int(g["tokens"]) for g in group)
+        group_tokens = self._group_tokens(round_number, group)
         rounds = {int(g["round"]) for g in group}
         if len(rounds) > 1:  # cannot happen with round group keys; never apply a mixed average
             log.error("averaged with peers in different rounds %s: discarded", sorted(rounds))
@@ -399,6 +414,26 @@ class GroupAverage:
         # left (the redo then runs without it) or was never really in the group (a matchmaking
         # race under load), and is looking for a group under the old key.
         return _Redo()
+
+    def _group_tokens(self, round_number: int, group: list[dict]) -> int:
+        """The group's tokens, each member's claim bounded by the run's claim_bound (robust.py
+        "Claimed weight"); one line per member whose claim was above it."""
+        bound = claim_bound(self.config.tokens_per_round)
+        total = 0
+        for g in group:
+            counted = claimed_tokens(g.get("tokens"), bound)
+            if counted == bound and g.get("tokens") != bound:
+                log.warning(
+                    "round %d: member %s claims %.40r tokens, more than a member may (%d): "
+                    "counted as %d",
+                    round_number + 1,
+                    str(g.get("node_id"))[:40],
+                    g.get("tokens"),
+                    bound,
+                    bound,
+                )
+            total += counted
+        return total
 
     def _floor(self) -> int | None:
         """The smallest group this peer will average with now (swarm.py min_group_size); after

@@ -53,7 +53,9 @@ class Heartbeat(threading.Thread):
         if access is None:  # an unmoderated swarm: no token to renew
             response = self.client.heartbeat(stats)
         else:
-            response = self.client.heartbeat(stats, swarm_public_key=access.wanted())
+            response = self.client.heartbeat(
+                stats, swarm_public_key=access.wanted(2 * self.interval_s)
+            )
             if response.HasField("swarm_token"):
                 access.renewed(response.swarm_token)
         if response.paused != self.paused:

@@ -182,7 +182,7 @@ class Keeper:
         )
         access = getattr(self.peer, "access", None)
         if access is not None:
-            request.swarm_public_key = access.wanted()
+            request.swarm_public_key = access.wanted(2 * REPORT_EVERY_S)
         response = self.reporter.report(request)
         if access is not None and response.HasField("swarm_token"):
             access.renewed(response.swarm_token)

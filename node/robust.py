@@ -10,6 +10,23 @@ Two places apply it, both pure logic here:
   to `clip` × the median part norm of the group's contributing senders. The median is the lower
   median, so with two senders the smaller norm bounds both.
 
+- every member, for the weight each member claims (`claimed_tokens`, and the reducer's
+  `max_weight`): see "Claimed weight" below.
+
+Claimed weight. A member's weight in a round's average is the tokens it declares (its gather
+data's "tokens"; in codec modes also the weight hivemind sends with each part). Whatever it
+declares, every member counts at most `claim_bound(round_tokens)` = MAX_CLAIM_ROUNDS x the run
+spec's `round_tokens` (H inner steps x batch_size x seq_len, what one node trains in a full
+round), which the coordinator recorded for the run and handed every admitted member at Join.
+The slack: a node trains on until it sees that the round is due, ~10% past H steps in the e2e
+runs; no honest node trains two rounds' worth. Bounded are the group's total (`group_tokens`,
+the divisor of the exact mode's mean, the tokens the outer step counts) and each reducer's
+weight in codec modes.
+Members with the same spec apply the same bound, so they agree. Honest senders claim at most
+the bound too (group_average.py), so their encoding matches what the others count. What this
+does not bound: in exact mode a member pre-weights its own fixed-point values (fixed_point.py),
+so the size of those values is its own; only the codec reducer clips norms (below).
+
 What it guarantees (per part, with W the capped total weight and w the attacker's capped weight):
 the attacker's term in the mean has norm at most w/W · clip · median, so a ×1e6, a NaN or a
 sign-flipped update moves the result by at most (w/W) · (clip + 1) · median from the clean mean.
@@ -31,6 +48,7 @@ NORM_CHUNK = 1 << 20  # values summed at a time (sum_of_squares)
 class RobustConfig:
     clip: float = 2.0  # a part's norm is clipped to clip × the group's median part norm
     weight_cap: float = 4.0  # a sender's weight is capped at weight_cap × the median weight
+    max_weight: float = math.inf  # and at this (claim_bound: see "Claimed weight")
 
 
 @dataclass(frozen=True)
@@ -39,7 +57,8 @@ class Reduction:
 
     dropped: tuple[int, ...] = ()  # senders whose part was non-finite
     clipped: tuple[int, ...] = ()  # senders whose part was scaled down
-    capped: tuple[int, ...] = ()  # senders whose weight was capped
+    capped: tuple[int, ...] = ()  # senders whose weight was capped at weight_cap × median
+    bounded: tuple[int, ...] = ()  # senders whose weight was above max_weight
     total_weight: float = 0.0
 
 
@@ -48,11 +67,34 @@ def lower_median(values: Sequence[float]) -> float:
     return ordered[(len(ordered) - 1) // 2]
 
 
+MAX_CLAIM_ROUNDS = 2  # a member counts for at most this many rounds' tokens ("Claimed weight")
+
+
+def claim_bound(round_tokens: int) -> int:
+    """The most tokens any member's round counts for (see "Claimed weight")."""
+    return MAX_CLAIM_ROUNDS * round_tokens
+
+
+def claimed_tokens(declared: object, bound: int) -> int:
+    """The tokens a member's round counts for: what it declared, at most `bound`
+    (`claim_bound`); 0 for anything that is not a non-negative number."""
+    try:
+        tokens = float(declared)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return 0
+    if not tokens >= 0:  # NaN, negative
+        return 0
+    return int(min(tokens, bound))
+
+
 def robust_mean(
     parts: Sequence[torch.Tensor | None], weights: Sequence[float], config: RobustConfig
 ) -> tuple[torch.Tensor | None, Reduction]:
     """The weighted mean of `parts` (None: the sender sent nothing for this part) after dropping
-    non-finite ones, capping weights and clipping norms; None when no weight remains."""
+    non-finite ones, bounding each weight at `max_weight`, capping weights at `weight_cap` × the
+    median and clipping norms; None when no weight remains."""
+    bounded = tuple(i for i, w in enumerate(weights) if w > config.max_weight)
+    weights = [min(w, config.max_weight) for w in weights]
     usable = [
         i
         for i, (p, w) in enumerate(zip(parts, weights, strict=True))
@@ -61,7 +103,7 @@ def robust_mean(
     dropped = tuple(i for i in usable if not bool(torch.isfinite(parts[i]).all()))
     usable = [i for i in usable if i not in dropped]
     if not usable:
-        return None, Reduction(dropped=dropped)
+        return None, Reduction(dropped=dropped, bounded=bounded)
     cap = config.weight_cap * lower_median([weights[i] for i in usable])
     capped = tuple(i for i in usable if weights[i] > cap)
     norms = {i: float(parts[i].double().norm()) for i in usable}
@@ -78,7 +120,11 @@ def robust_mean(
         total.add_(parts[i].double(), alpha=w * scale)
         total_weight += w
     return (total / total_weight).to(torch.float32), Reduction(
-        dropped=dropped, clipped=tuple(clipped), capped=capped, total_weight=total_weight
+        dropped=dropped,
+        clipped=tuple(clipped),
+        capped=capped,
+        bounded=bounded,
+        total_weight=total_weight,
     )
 
 

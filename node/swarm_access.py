@@ -54,10 +54,11 @@ class SwarmAccess:
         with self._lock:
             return self.token.SerializeToString()
 
-    def wanted(self) -> bytes:
-        """Our swarm public key when the token needs renewing (put it in the next heartbeat)."""
+    def wanted(self, margin_s: float = 0.0) -> bytes:
+        """Our swarm public key when the token needs renewing (put it in the next heartbeat);
+        `margin_s`: renew when less than this is left (the caller's interval, twice)."""
         with self._lock:
-            due = needs_renewal(self.token, self.received_at, self.clock())
+            due = needs_renewal(self.token, self.received_at, self.clock(), margin_s)
         return self.key.public_key if due else b""
 
     def on_renewal(self, listener: Callable[[pb.SwarmToken], None]) -> None:

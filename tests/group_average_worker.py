@@ -9,7 +9,9 @@ TensorPartContainer.register_failed_reducer does when a reducer's stream breaks)
 applies each result as an outer step, reporting every round's result digest, θ_global's digest
 and the error of the summed results against the summed exact token-weighted means.
 `--attack` makes this peer hostile past our sender's guard: `x1e6` (its Δ times a million),
-`signflip` (−Δ) or `nan` (a NaN scale in its blockwise8 messages, which no honest codec writes).
+`signflip` (−Δ) or `nan` (a NaN scale in its blockwise8 messages, which no honest codec writes),
+or `tokens1e9` (it claims 1e9 tokens, in its gather data and as its all-reduce weight; the
+group string lists what the others must count it for: claim_bound(TOKENS_PER_ROUND)).
 
 Writes its outcome as JSON to --out and then waits (bounded) until every worker wrote its own,
 so no peer leaves the DHT while another still needs it.
@@ -32,7 +34,7 @@ from gpt5os.node.swarm import PseudoGradientAverager, start_dht, visible_maddrs
 from gpt5os.proto import pb
 from hivemind.averaging import partition
 
-TOKENS_PER_ROUND = 1000
+TOKENS_PER_ROUND = 1024  # the spec's round_tokens: 2 inner steps of tiny's 4 x 128 tokens
 
 
 def model() -> torch.nn.Module:
@@ -124,7 +126,7 @@ def main() -> None:
     parser.add_argument("--no-barrier", action="store_true", help="start averaging at once")
     parser.add_argument("--compression", default="none")
     parser.add_argument("--rounds", type=int, default=0, help="several rounds with outer steps")
-    parser.add_argument("--attack", choices=["x1e6", "signflip", "nan"])
+    parser.add_argument("--attack", choices=["x1e6", "signflip", "nan", "tokens1e9"])
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
     group = [tuple(int(x) for x in item.split(":")) for item in args.group.split(",")]
@@ -137,6 +139,8 @@ def main() -> None:
     exact = args.compression == "none"
     spec = preset_spec("tiny", run_id="worker")
     spec.compression, spec.matchmaking_time_s = args.compression, 2.0
+    spec.inner_steps = 2
+    assert spec.round_tokens == TOKENS_PER_ROUND, spec.round_tokens
     outer = OuterState(model(), pb.OuterOptimizerSpec(lr=0.7, momentum=0.9, nesterov=True))
     dht = start_dht([p for p in args.peers.split(",") if p], "/ip4/127.0.0.1/tcp/0")
     if args.maddrs_file:
@@ -168,6 +172,9 @@ def main() -> None:
             mine = [d * 1e6 for d in mine]
         elif args.attack == "signflip":
             mine = [-d for d in mine]
+        elif args.attack == "tokens1e9":
+            tokens = 10**9
+            GroupAverage._claim = lambda self, round_number, tokens: tokens  # no own bound
         result = averaging.run(0, mine, tokens, cancel=lambda: False)
         want = expected_mean(group) if exact else weighted_mean(group)
         settled = isinstance(result, Settled)
@@ -176,6 +183,7 @@ def main() -> None:
             "outcome": type(result).__name__,
             "attempts": getattr(result, "attempts", 1),
             "complete": settled,
+            "group_tokens": result.group_tokens if settled else None,
             "node_ids": sorted(result.node_ids) if settled else [],
             "digest": tensors_sha256(got) if got else None,
             "exact": bool(got) and all(torch.equal(a, b) for a, b in zip(got, want, strict=True)),

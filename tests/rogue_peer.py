@@ -12,6 +12,14 @@ signed itself and trusts every answer, then for SECONDS tries to read and write 
 records, to advertise itself as a state source, and to enter averaging groups by calling every
 volunteer's rpc_join_group directly. It prints one `stranger <what> <result>` line per attempt
 kind (JSON) and `stranger done`.
+
+`--ignore-ban -- JOIN_OPTIONS...`: a real `gpt5os-node join` (random tokens instead of leased
+shards, no validation) that averages like any node until the coordinator bans it, then ignores
+the ban: every refusal is "retry later", its DHT and averager keep running and its trainer
+keeps entering rounds. Once its last swarm token has expired it also knocks on every bootstrap
+peer's rpc_join_group with that token, again and again. Prints `rogue peer <peer id> node
+<node id>`, `rogue banned: ignoring it`, `rogue token expired: knocking` and, every few seconds,
+`rogue knocks <codes as JSON>`.
 """
 
 from __future__ import annotations
@@ -49,7 +57,13 @@ def main() -> None:
     parser.add_argument("--coordinator", required=True)
     parser.add_argument("--home", type=Path, required=True)
     parser.add_argument("--stranger", type=float, default=None)
-    args = parser.parse_args()
+    parser.add_argument("--ignore-ban", action="store_true")
+    args, join_options = parser.parse_known_args()
+    if args.ignore_ban:
+        ignore_ban(args.coordinator, args.home, [a for a in join_options if a != "--"])
+        return
+    if join_options:
+        parser.error(f"unrecognized arguments: {' '.join(join_options)}")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     if args.stranger is not None:
@@ -98,39 +112,43 @@ class Forger(SwarmAuthorizer):
         return True
 
 
-class StrangerAverager(PseudoGradientAverager):
-    async def _attack(self, peers: list[bytes], gather: dict, seconds: float, future) -> None:
-        """Call rpc_join_group on every peer, again and again; the first answer's code each."""
-        codes: dict[str, int] = {}
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            for peer in peers:
-                request = averaging_pb2.JoinRequest(
-                    schema_hash=self._matchmaking.schema_hash,
-                    expiration=get_dht_time() + 5,
-                    gather=self.serializer.dumps(
-                        [
-                            self.bandwidth or 1.0,
-                            AveragingMode.NODE.value,
-                            self.serializer.dumps(gather),
-                        ]
-                    ),
-                    group_key=self._matchmaking.group_key_manager.current_key,
+async def knock(self, peers: list[bytes], gather: dict, seconds: float, future) -> None:
+    """Call rpc_join_group on every peer, again and again; the first answer's code each (runs in
+    the averager's process: send it through `_outer_pipe`)."""
+    codes: dict[str, int] = {}
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for peer in peers:
+            request = averaging_pb2.JoinRequest(
+                schema_hash=self._matchmaking.schema_hash,
+                expiration=get_dht_time() + 5,
+                gather=self.serializer.dumps(
+                    [
+                        self.bandwidth or 1.0,
+                        AveragingMode.NODE.value,
+                        self.serializer.dumps(gather),
+                    ]
+                ),
+                group_key=self._matchmaking.group_key_manager.current_key,
+            )
+            try:
+                # the handler's name is the *nodes'* class name (hivemind's get_stub names
+                # the protocol after the class it is called on)
+                stub = PseudoGradientAverager.get_stub(
+                    self._p2p, PeerID(peer), namespace=self.prefix
                 )
-                try:
-                    # the handler's name is the *nodes'* class name (hivemind's get_stub names
-                    # the protocol after the class it is called on)
-                    stub = PseudoGradientAverager.get_stub(
-                        self._p2p, PeerID(peer), namespace=self.prefix
-                    )
-                    stream = await stub.rpc_join_group(request)
-                    message = await asyncio.wait_for(anext(stream), 5)
-                    name = averaging_pb2.MessageCode.Name(message.code)
-                except Exception as e:
-                    name = type(e).__name__
-                codes[name] = codes.get(name, 0) + 1
-            await asyncio.sleep(0.2)
-        future.set_result(codes)
+                stream = await stub.rpc_join_group(request)
+                message = await asyncio.wait_for(anext(stream), 5)
+                name = averaging_pb2.MessageCode.Name(message.code)
+            except Exception as e:
+                name = type(e).__name__
+            codes[name] = codes.get(name, 0) + 1
+        await asyncio.sleep(0.2)
+    future.set_result(codes)
+
+
+class StrangerAverager(PseudoGradientAverager):
+    _attack = knock
 
 
 async def _store_remote(key: str, subkey: bytes, value: object, _dht, node) -> bool:
@@ -189,6 +207,81 @@ def stranger(coordinator: str, home: Path, seconds: float) -> None:
     averager.shutdown()
     dht.shutdown()
     key.close()
+
+
+# -- the banned node that carries on ----------------------------------------------------------
+
+
+def ignore_ban(coordinator: str, home: Path, join_options: list[str]) -> None:
+    import numpy as np
+    from gpt5os.common.swarm_token import expires_at
+    from gpt5os.node import cli, coordinator_client, shard_feed, swarm, validation
+    from gpt5os.node.coordinator_client import CoordinatorError
+
+    banned = threading.Event()
+    translate = coordinator_client.CoordinatorClient._translate
+
+    def shrug(self, method, error):  # a refusal for good becomes "try again later"
+        hook, self.on_banned = self.on_banned, None  # the node's hook would stop it
+        try:
+            err = translate(self, method, error)
+        finally:
+            self.on_banned = hook
+        if isinstance(err, coordinator_client.Banned):
+            self.banned = None
+            if not banned.is_set():
+                print("rogue banned: ignoring it", flush=True)
+                banned.set()
+            err = CoordinatorError(str(err))
+            err.code = None  # type: ignore[attr-defined]
+        return err
+
+    def random_batches(self):
+        rng = np.random.default_rng(0)
+        while not self.stop.is_set():
+            tokens = torch.from_numpy(rng.integers(0, 256, (self.batch_size, self.seq_len + 1)))
+            yield shard_feed.Batch(tokens[:, :-1].clone(), tokens[:, 1:].clone(), "random")
+
+    start = swarm.SwarmPeer.start.__func__
+
+    def start_and_knock(cls, *args, **kwargs):
+        peer = start(cls, *args, **kwargs)
+        print(f"rogue peer {peer.dht.peer_id} node {kwargs['node_id']}", flush=True)
+        peers = [
+            PeerID.from_base58(str(Multiaddr(m)["p2p"])).to_bytes() for m in kwargs["initial_peers"]
+        ]
+        threading.Thread(
+            target=_knock_after_expiry,
+            args=(peer, kwargs["node_id"], peers, banned, expires_at),
+            daemon=True,
+        ).start()
+        return peer
+
+    coordinator_client.CoordinatorClient._translate = shrug
+    shard_feed.ShardFeed._prefetch_loop = lambda self: None  # leases nothing
+    shard_feed.ShardFeed.batches = random_batches
+    validation.Validator.loss = lambda self, model, device: None
+    swarm.SwarmPeer.start = classmethod(start_and_knock)
+    swarm.PseudoGradientAverager._knock = knock
+    cli.main(["join", "--coordinator", coordinator, "--home", str(home), *join_options])
+
+
+def _knock_after_expiry(peer, node_id: str, peers, banned, expires_at) -> None:
+    banned.wait()
+    while time.time() < expires_at(peer.access.token) + 0.2:
+        time.sleep(0.1)
+    print("rogue token expired: knocking", flush=True)
+    while True:
+        gather = {
+            "node_id": node_id,
+            "tokens": 10**6,
+            "round": 0,
+            "nonce": "cd" * 8,
+            "swarm_token": peer.access.token_bytes(),
+        }
+        future = MPFuture()
+        peer.averager._outer_pipe.send(("_knock", [peers, gather, 5.0], dict(future=future)))
+        print("rogue knocks " + json.dumps(future.result(timeout=120)), flush=True)
 
 
 if __name__ == "__main__":

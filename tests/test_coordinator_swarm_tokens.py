@@ -136,3 +136,12 @@ async def test_the_coordinator_key_is_made_once_and_private(tmp_path: Path) -> N
     path.chmod(0o644)
     with pytest.raises(ServeError, match="chmod 600"):
         await CoordinatorServer(tmp_path / "run", port=0).start()
+
+
+async def test_serve_refuses_a_token_lifetime_shorter_than_three_heartbeats(tmp_path: Path) -> None:
+    """Nodes renew once per heartbeat: a token shorter than that would run out between two."""
+    make_run(tmp_path / "run", n_train=4, n_val=1)  # heartbeat_seconds: 5 s
+    with pytest.raises(ServeError, match="shorter than 3 heartbeats.*lifetime 15 or more"):
+        await CoordinatorServer(tmp_path / "run", port=0, swarm_token_lifetime_s=10.0).start()
+    async with serving(tmp_path / "run", swarm_token_lifetime_s=15.0) as srv:
+        assert srv.token_issuer.lifetime_s == 15.0

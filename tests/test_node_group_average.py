@@ -182,3 +182,23 @@ def test_one_hostile_peer_of_four_moves_the_mean_a_bounded_distance(
         assert sum(r["wire"]["dropped"] for r in results) >= 1, results
     elif attack == "x1e6":
         assert reducers_saw >= 1, results
+
+
+def test_a_peer_claiming_1e9_tokens_counts_for_two_rounds_of_tokens_at_most(
+    tmp_path: Path,
+) -> None:
+    """Peer 3 of 4 claims 1e9 tokens (gather data and all-reduce weight) for an honest Δ. Every
+    member counts it for claim_bound(round_tokens) = 2 x 1024 (node/robust.py "Claimed
+    weight"): the result is the mean weighted 700:700:700:2048 to blockwise8's precision (the
+    median cap alone, 4 x 700, would put it ~10% off), the group's tokens are 2100 + 2048 on
+    every member, and the reducers logged the bound."""
+    group = "11:700,22:700,33:700,44:2048"
+    results = _run_group(tmp_path, group, compression="blockwise8", attack=(3, "tokens1e9"))
+    for r in results:
+        assert r["complete"], r
+        assert r["group_tokens"] == 2100 + 2048, r
+        assert r["rel_err"] < 2e-2, r
+    assert len({r["digest"] for r in results}) == 1
+    assert sum(r["wire"]["bounded"] for r in results) >= 1, results
+    logs = "".join((tmp_path / f"worker{me}.log").read_text() for me in range(3))
+    assert "member node-3 claims 1000000000 tokens, more than a member may (2048)" in logs

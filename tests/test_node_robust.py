@@ -7,7 +7,15 @@ import math
 
 import pytest
 import torch
-from gpt5os.node.robust import RobustConfig, SendGuard, lower_median, robust_mean
+from gpt5os.node.robust import (
+    MAX_CLAIM_ROUNDS,
+    RobustConfig,
+    SendGuard,
+    claim_bound,
+    claimed_tokens,
+    lower_median,
+    robust_mean,
+)
 
 CONFIG = RobustConfig()
 
@@ -96,3 +104,73 @@ def test_send_guard_compares_norms_per_unit_of_learning_rate() -> None:
     assert "15x" in raw.check([d * 15])[1]  # would have been refused
     norm, why = guard.check([d * 1500], lr_sum=1.0)  # 3000 per unit: 150x, refused
     assert why is not None and "per unit of learning rate" in why
+
+
+# -- claimed weight: at most the run's round_tokens (robust.py "Claimed weight") ---------------
+
+
+def test_a_claimed_weight_above_the_run_bound_counts_as_the_bound() -> None:
+    """A sender claiming 1e9 tokens where the run's round_tokens is 1000 weighs 1000, below the
+    4x-median cap (2000) that alone would allow; the others are untouched."""
+    honest = _honest(4)
+    config = RobustConfig(max_weight=1000.0)
+    mean, what = robust_mean(honest, [500.0, 500.0, 500.0, 1e9], config)
+    assert what.bounded == (3,) and what.capped == () and what.total_weight == 2500.0
+    assert torch.allclose(mean, _plain(honest, [500.0, 500.0, 500.0, 1000.0]).float())
+    _, unbounded = robust_mean(honest, [500.0, 500.0, 500.0, 1e9], CONFIG)
+    assert unbounded.total_weight == 3500.0  # what the median cap alone gives the attacker
+    _, inf = robust_mean(honest, [500.0, 500.0, 500.0, math.inf], config)
+    assert inf.bounded == (3,) and inf.total_weight == 2500.0
+
+
+@pytest.mark.parametrize(
+    ("declared", "counted"),
+    [(700, 700), (1000, 1000), (10**9, 1000), (1e300, 1000), (math.inf, 1000), (-5, 0),
+     (math.nan, 0), ("700", 700), ("lots", 0), (None, 0), ([1], 0)],
+)  # fmt: skip
+def test_claimed_tokens_are_bounded_by_the_run_and_garbage_counts_nothing(
+    declared: object, counted: int
+) -> None:
+    assert claimed_tokens(declared, 1000) == counted
+
+
+def _averaging(tokens_per_round: int = 1000):
+    """A GroupAverage over nothing: only its claim arithmetic is exercised (pure logic)."""
+    from types import SimpleNamespace
+
+    from gpt5os.node.group_average import GroupAverage, GroupAverageConfig
+
+    return GroupAverage(
+        SimpleNamespace(codec=None),
+        None,
+        prefix="p",
+        config=GroupAverageConfig(node_id="me", tokens_per_round=tokens_per_round),
+        exact=True,
+    )
+
+
+def test_every_member_counts_a_claim_above_the_bound_as_the_bound(caplog) -> None:
+    """The group's tokens (the exact mode's divisor, the outer step's count): a member that
+    claims 1e9 counts for claim_bound(round_tokens) = 2000, with one line naming it."""
+    assert claim_bound(1000) == MAX_CLAIM_ROUNDS * 1000 == 2000
+    group = [
+        {"node_id": "a", "tokens": 1100},  # a round that ran a little long: untouched
+        {"node_id": "b", "tokens": 10**9},
+        {"node_id": "keeper", "tokens": 0, "keeper": True},
+        {"node_id": "c", "tokens": "junk"},
+    ]
+    with caplog.at_level("WARNING", logger="gpt5os.node.group_average"):
+        assert _averaging()._group_tokens(4, group) == 1100 + 2000
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [
+        "round 5: member b claims 1000000000 tokens, more than a member may (2000): counted as 2000"
+    ]
+
+
+def test_an_honest_sender_claims_no_more_than_the_others_count(caplog) -> None:
+    """Its own claim (gather tokens, exact mode's encoding weight) is bounded the same way."""
+    averaging = _averaging()
+    assert averaging._claim(0, 1500) == 1500
+    with caplog.at_level("WARNING", logger="gpt5os.node.group_average"):
+        assert averaging._claim(0, 5000) == 2000
+    assert "trained 5000 tokens; it claims the most a member may, 2000" in caplog.text

@@ -103,6 +103,18 @@ def test_renewal_is_due_after_half_the_life(issuer, clock, keys) -> None:
     assert needs_renewal(None, received, clock.now)
 
 
+def test_a_short_lived_token_is_renewed_two_intervals_before_it_ends(issuer, clock, keys) -> None:
+    """A holder that asks every 10 s (margin 20 s) asks at the latest 20 s before the end,
+    however short the token's life; with no margin, at half."""
+    token = issuer.issue("node-a", keys[0].public_key)
+    received = clock.now
+    assert not needs_renewal(token, received, received + 100.0, margin_s=20.0)
+    short = dataclasses.replace(issuer, lifetime_s=30.0).issue("node-a", keys[0].public_key)
+    assert not needs_renewal(short, received, received + 9.9, margin_s=20.0)
+    assert needs_renewal(short, received, received + 10.0, margin_s=20.0)
+    assert not needs_renewal(short, received, received + 10.0)  # half: 15 s
+
+
 def test_a_token_admits_only_the_peer_whose_key_it_names(issuer, clock, keys) -> None:
     mine, theirs = keys
     token = issuer.issue("node-a", mine.public_key).SerializeToString()
