@@ -55,13 +55,12 @@ def _raw(tensor: torch.Tensor) -> memoryview:
     return memoryview(t.numpy()).cast("B") if t.numel() else memoryview(b"")
 
 
-def state_parts(
-    tensors: Sequence[torch.Tensor], part_bytes: int = PART_BYTES
-) -> Iterator[runtime_pb2.Tensor]:
-    """Each tensor as hivemind's uncompressed streaming parts of up to `part_bytes`.
-
-    The first part of a tensor carries its dtype, shape and number of parts (hivemind's
-    `split_for_streaming` layout), the others only bytes."""
+def _split(
+    tensors: Sequence[torch.Tensor], part_bytes: int
+) -> Iterator[tuple[memoryview, runtime_pb2.Tensor | None]]:
+    """Each tensor's bytes in parts of up to `part_bytes`, the first part of a tensor with its
+    header (dtype, shape and number of parts: hivemind's `split_for_streaming` layout), the
+    others with None."""
     for tensor in tensors:
         name = str(tensor.dtype).replace("torch.", "")
         if name not in _NUMPY_DTYPES:
@@ -69,18 +68,24 @@ def state_parts(
         raw = _raw(tensor)
         starts = range(0, max(len(raw), 1), part_bytes)
         for i, start in enumerate(starts):
-            chunk = raw[start : start + part_bytes].tobytes()
+            header = None
             if i == 0:
-                yield runtime_pb2.Tensor(
-                    compression=runtime_pb2.CompressionType.NONE,
-                    buffer=chunk,
-                    chunks=len(starts),
-                    size=list(tensor.shape),
-                    dtype=name,
-                    requires_grad=False,
-                )
-            else:
-                yield runtime_pb2.Tensor(buffer=chunk)
+                header = runtime_pb2.Tensor(size=list(tensor.shape), dtype=name, chunks=len(starts))
+            yield raw[start : start + part_bytes], header
+
+
+def state_parts(
+    tensors: Sequence[torch.Tensor], part_bytes: int = PART_BYTES
+) -> Iterator[runtime_pb2.Tensor]:
+    """Each tensor as hivemind's uncompressed streaming parts of up to `part_bytes` (`_split`)."""
+    for chunk, header in _split(tensors, part_bytes):
+        if header is None:
+            yield runtime_pb2.Tensor(buffer=chunk.tobytes())
+            continue
+        header.compression = runtime_pb2.CompressionType.NONE
+        header.buffer = chunk.tobytes()
+        header.requires_grad = False
+        yield header
 
 
 def _varint(n: int) -> bytes:
@@ -115,24 +120,13 @@ def state_frames(
     """`averaging_pb2.DownloadData` messages of `state_parts`, encoded by hand: each part's bytes
     are copied once, from the tensor into the message (protobuf would copy them three times:
     the slice, the message, its serialisation). The first message carries `metadata`."""
-    for tensor in tensors:
-        name = str(tensor.dtype).replace("torch.", "")
-        if name not in _NUMPY_DTYPES:
-            raise ValueError(f"state tensors must be float16/32/64, not {name}")
-        raw = _raw(tensor)
-        starts = range(0, max(len(raw), 1), part_bytes)
-        for i, start in enumerate(starts):
-            chunk = raw[start : start + part_bytes]
-            header = b""
-            if i == 0:
-                header = runtime_pb2.Tensor(
-                    size=list(tensor.shape), dtype=name, chunks=len(starts)
-                ).SerializeToString()
-            buffer = _field(1, len(chunk))  # Tensor.buffer
-            part = _field(2, len(header) + len(buffer) + len(chunk))  # DownloadData.tensor_part
-            meta = _field(1, len(metadata)) + metadata if metadata else b""  # .metadata
-            metadata = b""
-            yield RawMessage(b"".join([meta, part, header, buffer, chunk]))
+    for chunk, first in _split(tensors, part_bytes):
+        header = first.SerializeToString() if first is not None else b""
+        buffer = _field(1, len(chunk))  # Tensor.buffer
+        part = _field(2, len(header) + len(buffer) + len(chunk))  # DownloadData.tensor_part
+        meta = _field(1, len(metadata)) + metadata if metadata else b""  # .metadata
+        metadata = b""
+        yield RawMessage(b"".join([meta, part, header, buffer, chunk]))
 
 
 def _shared_empty(shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:

@@ -15,9 +15,8 @@ import pytest
 from click.testing import CliRunner
 from gpt5os.common.request_signing import node_id_of
 from gpt5os.coordinator.cli import main as coordinator_cli
-from gpt5os.coordinator.server import CoordinatorServer
-from gpt5os.coordinator.testkit import aio_channel, make_run, node_key, serving
-from gpt5os.proto import pb, pb_grpc
+from gpt5os.coordinator.testkit import make_run, node_key, serving
+from gpt5os.proto import pb
 
 Code = grpc.StatusCode
 pytestmark = pytest.mark.timeout(60)
@@ -28,12 +27,6 @@ async def server(tmp_path: Path):
     make_run(tmp_path / "run", n_train=4, admission="invite-only", heartbeat_seconds=2.0)
     async with serving(tmp_path / "run") as srv:
         yield srv
-
-
-@pytest.fixture
-async def stub(server: CoordinatorServer):
-    async with aio_channel(server.address) as channel:
-        yield pb_grpc.CoordinatorStub(channel)
 
 
 def cli(*args: str) -> str:

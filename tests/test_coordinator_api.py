@@ -50,12 +50,6 @@ async def server(tmp_path: Path):
         yield srv
 
 
-@pytest.fixture
-async def stub(server: CoordinatorServer):
-    async with aio_channel(server.address) as channel:
-        yield pb_grpc.CoordinatorStub(channel)
-
-
 async def join(stub, key: bytes | None = None, version: str = "0.1.0", name: str = "n"):
     """Join with a new key, or the key of the 32-byte seed `key` (the same seed, the same node)."""
     reply = await stub.Join(

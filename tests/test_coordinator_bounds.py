@@ -12,7 +12,7 @@ import grpc
 import pytest
 from gpt5os.coordinator.validate import MAX_ROUND, MAX_TOKENS
 from gpt5os.proto import pb
-from test_coordinator_api import code_of, healthy, join, server, stub  # noqa: F401 (fixtures)
+from test_coordinator_api import code_of, healthy, join, server  # noqa: F401 (fixture)
 
 Code = grpc.StatusCode
 pytestmark = pytest.mark.timeout(60)

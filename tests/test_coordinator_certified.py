@@ -15,9 +15,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from gpt5os.coordinator import certify
 from gpt5os.coordinator.keeper_auth import KEEPER_KEY_FILE, report_payload
 from gpt5os.coordinator.server import CoordinatorServer
-from gpt5os.coordinator.testkit import aio_channel, make_run, node_key, serving
+from gpt5os.coordinator.testkit import make_run, node_key, serving
 from gpt5os.node.keeper import KeeperReporter
-from gpt5os.proto import pb, pb_grpc
+from gpt5os.proto import pb
 
 pytestmark = pytest.mark.timeout(60)
 Code = grpc.StatusCode
@@ -29,12 +29,6 @@ async def server(tmp_path: Path):
     make_run(tmp_path / "run", n_train=6, n_val=1, heartbeat_seconds=2.0, lease_seconds=10.0)
     async with serving(tmp_path / "run") as srv:
         yield srv
-
-
-@pytest.fixture
-async def stub(server: CoordinatorServer):
-    async with aio_channel(server.address) as channel:
-        yield pb_grpc.CoordinatorStub(channel)
 
 
 def keeper_key(server: CoordinatorServer) -> Ed25519PrivateKey:

@@ -16,8 +16,8 @@ from gpt5os.common.swarm_token import TokenChecker, expires_at
 from gpt5os.coordinator.server import CoordinatorServer, ServeError
 from gpt5os.coordinator.store import DB_NAME, Store
 from gpt5os.coordinator.swarm_key import COORDINATOR_KEY_FILE
-from gpt5os.coordinator.testkit import aio_channel, make_run, node_key, serving
-from gpt5os.proto import pb, pb_grpc
+from gpt5os.coordinator.testkit import make_run, node_key, serving
+from gpt5os.proto import pb
 
 pytestmark = pytest.mark.timeout(60)
 LIFETIME = 60.0
@@ -44,12 +44,6 @@ async def server(tmp_path: Path):
     make_run(tmp_path / "run", n_train=4, n_val=1)
     async with serving(tmp_path / "run", clock=Clock(), swarm_token_lifetime_s=LIFETIME) as srv:
         yield srv
-
-
-@pytest.fixture
-async def stub(server: CoordinatorServer):
-    async with aio_channel(server.address) as channel:  # signs with keys from node_key()
-        yield pb_grpc.CoordinatorStub(channel)
 
 
 async def join(stub, swarm_key: bytes) -> pb.JoinResponse:
