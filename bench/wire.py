@@ -22,7 +22,7 @@ import time
 
 import torch
 
-CODECS = ("none", "float16", "blockwise8")
+CODECS = ("none", "float16", "blockwise8", "blockwise4", "blockwise2")
 TOKENS_PER_ROUND = 1000
 
 

@@ -23,10 +23,11 @@ from gpt5os.proto import pb
 
 SPEC_VERSION = 1
 TOKENIZER = "rwkv-world-v20230424"
-# How pseudo-gradients travel (node/codec.py, node/allreduce.py): "blockwise8" (the default) and
-# "float16" with error feedback, every member decoding the same quantized average; "none": exact
-# float64 fixed point (8 bytes a value), for tests and as an option.
-COMPRESSIONS = ("blockwise8", "float16", "none")
+# How pseudo-gradients travel (node/codec.py, node/allreduce.py): "blockwise8" (the default),
+# "blockwise4", "blockwise2" (0.5 and 0.25 bytes a value: what they cost in loss is in
+# bench/RESULTS.md) and "float16", with error feedback, every member decoding the same quantized
+# average; "none": exact float64 fixed point (8 bytes a value), for tests and as an option.
+COMPRESSIONS = ("blockwise8", "blockwise4", "blockwise2", "float16", "none")
 DEFAULT_COMPRESSION = "blockwise8"
 # Validation: every node measures the loss of θ_global on the same first `val_batches` full
 # batches (batch_size x seq_len tokens each) of the held-out split after each outer round.

@@ -10,6 +10,9 @@ sends the reducer's *quantized* average to every member, and the reducer decodes
   code · scale is exact in float32 (7 + 8 significant bits), and quantizing decoded values again
   gives the same codes (the block's largest code is ±127, so its scale comes back unchanged): a
   sender that puts `roundtrip(x)` into its buffer sends exactly those values.
+- `blockwise4`, `blockwise2`: the same with 4-bit (-7..7) and 2-bit (-1..1) codes packed two and
+  four to a byte: 0.501 and 0.251 bytes a value, for links where even 8 bits are too many; each
+  round's coarser step is carried by error feedback (what they cost in loss: bench/RESULTS.md).
 - `float16`: two bytes per value.
 
 They are hivemind `CompressionBase`s so hivemind's TensorPartContainer serializes the parts a
@@ -116,13 +119,20 @@ class Blockwise8(Codec):
     """8-bit absmax codes, one bfloat16 scale per `block` values (see module doc)."""
 
     name = "blockwise8"
+    bits = 8
+    levels = 127  # codes run from -levels to levels
 
     def __init__(self, block: int = BLOCK) -> None:
         self.block = block
-        self.bytes_per_value = 1.0 + 2.0 / block
+        self.bytes_per_value = self.bits / 8 + 2.0 / block
 
     def wire_size(self, numel: int) -> int:
-        return numel + 2 * math.ceil(numel / self.block)
+        return math.ceil(numel * self.bits / 8) + 2 * math.ceil(numel / self.block)
+
+    def estimate_compression_ratio(self, info: CompressionInfo) -> float:
+        # hivemind cuts parts of part_size_bytes / (4 * ratio) values: 2**19 / (bits / 8) is a
+        # whole number of blocks for 8, 4 and 2 bits (swarm.py checks it)
+        return self.bits / 32
 
     def quantize(
         self, x: torch.Tensor, generator: torch.Generator | None = None
@@ -137,7 +147,7 @@ class Blockwise8(Codec):
         padded[:n] = x
         padded = padded.view(blocks, self.block)
         absmax = padded.abs().amax(dim=1)
-        scales = (absmax / 127.0).to(torch.bfloat16)
+        scales = (absmax / float(self.levels)).to(torch.bfloat16)
         scales[scales.float() < TINY_SCALE] = 0
         safe = scales.float()
         safe[safe == 0] = 1.0
@@ -147,7 +157,7 @@ class Blockwise8(Codec):
         else:
             noise = torch.rand(scaled.shape, generator=generator, dtype=torch.float32)
             scaled.add_(noise).floor_()
-        codes = scaled.clamp_(-127, 127).to(torch.int8).reshape(-1)[:n]
+        codes = scaled.clamp_(-self.levels, self.levels).to(torch.int8).reshape(-1)[:n]
         return scales, codes
 
     def dequantize(self, scales: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
@@ -162,14 +172,59 @@ class Blockwise8(Codec):
 
     def encode_bytes(self, x: torch.Tensor, generator: torch.Generator | None = None) -> bytes:
         scales, codes = self.quantize(x, generator)
-        return scales.view(torch.int16).numpy().tobytes() + codes.numpy().tobytes()
+        return scales.view(torch.int16).numpy().tobytes() + self.pack(codes).numpy().tobytes()
 
     def decode_bytes(self, data: bytes, numel: int) -> torch.Tensor:
         blocks = math.ceil(numel / self.block)
         raw = torch.frombuffer(bytearray(data), dtype=torch.uint8)
         scales = raw[: 2 * blocks].view(torch.int16).view(torch.bfloat16)
-        codes = raw[2 * blocks :].view(torch.int8)
-        return self.dequantize(scales, codes)
+        return self.dequantize(scales, self.unpack(raw[2 * blocks :], numel))
+
+    def pack(self, codes: torch.Tensor) -> torch.Tensor:
+        """int8 codes -> the bytes that travel (8 bits: the codes themselves)."""
+        return codes
+
+    def unpack(self, packed: torch.Tensor, numel: int) -> torch.Tensor:
+        return packed.view(torch.int8)
+
+
+class BlockwiseLowBit(Blockwise8):
+    """`bits`-bit absmax codes (4: -7..7, 2: -1..1), 8 // bits to a byte, one bfloat16 scale per
+    block: 0.501 / 0.251 bytes a value at BLOCK = 2048. What the decoded values keep is what the
+    8-bit codec's argument gives (code · scale exact in float32, re-quantizing decoded values
+    gives the same codes); error feedback carries what each round's coarser step loses."""
+
+    def pack(self, codes: torch.Tensor) -> torch.Tensor:
+        per = 8 // self.bits
+        n = codes.numel()
+        biased = torch.zeros(math.ceil(n / per) * per, dtype=torch.uint8)
+        biased[:n] = (codes.to(torch.int16) + self.levels).to(torch.uint8)
+        biased = biased.view(-1, per)
+        packed = biased[:, 0].clone()
+        for i in range(1, per):
+            packed |= biased[:, i] << (self.bits * i)
+        return packed
+
+    def unpack(self, packed: torch.Tensor, numel: int) -> torch.Tensor:
+        per = 8 // self.bits
+        mask = (1 << self.bits) - 1
+        fields = [(packed >> (self.bits * i)) & mask for i in range(per)]
+        biased = torch.stack(fields, dim=1).reshape(-1)[:numel]
+        if bool((biased > 2 * self.levels).any()):
+            raise CodecError(f"{self.tag}: a code outside -{self.levels}..{self.levels}")
+        return (biased.to(torch.int16) - self.levels).to(torch.int8)
+
+
+class Blockwise4(BlockwiseLowBit):
+    name = "blockwise4"
+    bits = 4
+    levels = 7
+
+
+class Blockwise2(BlockwiseLowBit):
+    name = "blockwise2"
+    bits = 2
+    levels = 1
 
 
 class Float16(Codec):
@@ -192,7 +247,12 @@ class Float16(Codec):
         return raw.view(torch.float16).to(torch.float32)
 
 
-CODECS: dict[str, type[Codec]] = {"blockwise8": Blockwise8, "float16": Float16}
+CODECS: dict[str, type[Codec]] = {
+    "blockwise8": Blockwise8,
+    "blockwise4": Blockwise4,
+    "blockwise2": Blockwise2,
+    "float16": Float16,
+}
 
 
 def codec_for(compression: str) -> Codec:

@@ -45,9 +45,11 @@ WEIGHTS = 4
 GRADS = 4
 ADAM_MOMENTS = {"adamw": 8, "adamw8bit": 2}
 OUTER_STATE = 8
-WIRE = {"none": 8, "float16": 4, "blockwise8": 4}  # while averaging only
-ERROR_FEEDBACK = {"none": 0, "float16": 2, "blockwise8": 2}  # bfloat16, from round 1 on
-TENSOR_TRANSIENT = {"none": 16, "float16": 12, "blockwise8": 12}  # per value of the largest tensor
+_BLOCKWISE = ("blockwise8", "blockwise4", "blockwise2")  # the same buffers, whatever the bits
+WIRE = {"none": 8, "float16": 4} | dict.fromkeys(_BLOCKWISE, 4)  # while averaging only
+ERROR_FEEDBACK = {"none": 0, "float16": 2} | dict.fromkeys(_BLOCKWISE, 2)  # bf16, from round 1
+# per value of the largest tensor
+TENSOR_TRANSIENT = {"none": 16, "float16": 12} | dict.fromkeys(_BLOCKWISE, 12)
 # Activations saved for backward, in bytes per token, measured on the CPU path with fp32 (one
 # forward+backward at T=2048, peak RSS over the step before it; 2026-11-29): ~230 per layer and
 # channel, ~10.3 per vocabulary entry (logits, their fp32 copy and gradient), ~100 per channel.

@@ -7,8 +7,13 @@ Two places apply it, both pure logic here:
   receives the group's average, like the keeper);
 - the reducer of each part (`robust_mean`, called by allreduce.py): drops non-finite parts, caps
   each sender's weight at `weight_cap` × the median positive weight, and clips each sender's part
-  to `clip` × the median part norm of the group's contributing senders. The median is the lower
-  median, so with two senders the smaller norm bounds both.
+  to `clip` × the median part norm of the group's contributing senders. The median of an even
+  count is the mean of the middle two: with one bad sender of four, both are honest. With two
+  senders nothing is clipped (the bound is clip × their mean norm, above the larger): two
+  members are no majority, and bounding both by the smaller norm (the lower median, as before)
+  clipped the honest node that trained more steps in most parts of every round (a 0.1b round:
+  "clipped 39 sender part(s)"), and let a sender of near-zero updates cut the other's down to
+  nothing. A two-member group keeps the sender's guard, the weight bounds and NaN dropping.
 
 - every member, for the weight each member claims (`claimed_tokens`, and the reducer's
   `max_weight`): see "Claimed weight" below.
@@ -67,6 +72,13 @@ def lower_median(values: Sequence[float]) -> float:
     return ordered[(len(ordered) - 1) // 2]
 
 
+def median(values: Sequence[float]) -> float:
+    """The median; of an even count, the mean of the middle two (see the module doc)."""
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
 MAX_CLAIM_ROUNDS = 2  # a member counts for at most this many rounds' tokens ("Claimed weight")
 
 
@@ -107,7 +119,7 @@ def robust_mean(
     cap = config.weight_cap * lower_median([weights[i] for i in usable])
     capped = tuple(i for i in usable if weights[i] > cap)
     norms = {i: float(parts[i].double().norm()) for i in usable}
-    bound = config.clip * lower_median(list(norms.values()))
+    bound = config.clip * median(list(norms.values()))
     total = torch.zeros(parts[usable[0]].shape, dtype=torch.float64)
     total_weight = 0.0
     clipped = []

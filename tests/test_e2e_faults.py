@@ -1,6 +1,6 @@
 """Faults an operator meets, with real processes on 127.0.0.1: a volunteer leaving with SIGTERM or
 Ctrl-C, the coordinator killed -9 and restarted under a training node, a node killed -9 while
-it holds a lease, a node cut off (its network namespace's link down; SIGSTOP without root) for
+it holds a lease, a node killed -9 inside a round (the others go on without it), a node cut off (its network namespace's link down; SIGSTOP without root) for
 longer than a round.
 
 Every test reads the coordinator's own database (read-only, beside the running server) for what
@@ -234,6 +234,52 @@ def test_shard_of_a_node_killed9_is_retrained_once(tmp_path: Path, data_dir: Pat
         if other is not None:
             other.stop()
         coordinator.stop()
+
+
+@pytest.mark.slow
+def test_a_node_killed_mid_round_does_not_stop_the_next_round(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    """Three nodes (8-bit wire, H = 2: a node is averaging most of a round); c is killed -9
+    right after its first round, inside the second. a and b (and the keeper) finish the rounds
+    after it without c, with the same θ_global."""
+    run_dir = tmp_path / "run"
+    init_run(run_dir, data_dir, "--heartbeat-seconds", "2", "--compression", "blockwise8")
+    db = Db(run_dir)
+    coordinator, address = start_coordinator(
+        run_dir, tmp_path / "coord-home", tmp_path / "coordinator.log"
+    )
+    procs = {name: node(address, tmp_path, name, "--min-peers", "3") for name in "abc"}
+    try:
+        ids = {n: wait_for(lambda n=n: db.node_id(n), 600, f"{n}'s join", 0.5) for n in "abc"}
+        wait_for(lambda: db.reports(ids["c"]), 600, "c's first round", 0.5)
+        kill9_group(procs["c"])
+        killed_at = time.time()
+        killed_in = max(r["round"] for r in db.reports(ids["c"])) + 1  # the round c was in
+
+        def after_c() -> int | None:
+            """The first round past the one c died in that a and b both reported, one digest."""
+            a = {r["round"]: r for r in db.reports(ids["a"])}
+            for r in sorted(db.reports(ids["b"]), key=lambda r: r["round"]):
+                same = a.get(r["round"], {}).get("params_sha256") == r["params_sha256"]
+                if r["round"] > killed_in and same:
+                    return r["round"]
+            return None
+
+        next_round = wait_for(after_c, 600, "a round after c's death that a and b agree on", 0.5)
+        took = time.time() - killed_at
+        for name in "ab":
+            report = next(r for r in db.reports(ids[name]) if r["round"] == next_round)
+            assert set(report["peer_node_ids"]) == {ids["a"], ids["b"]}, report
+            assert procs[name].alive(), procs[name].tail()
+        retries = procs["a"].output().count("averaging failed")
+        print(
+            f"\nFIGURE node-kill9-mid-round: killed in round {killed_in}; a and b agreed on "
+            f"round {next_round} {took:.0f} s later (a's failed averaging attempts: {retries})"
+        )
+    finally:
+        for proc in (*procs.values(), coordinator):
+            proc.stop()
 
 
 class CutOff:

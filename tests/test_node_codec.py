@@ -5,7 +5,16 @@ from __future__ import annotations
 
 import pytest
 import torch
-from gpt5os.node.codec import CODECS, Blockwise8, CodecError, ErrorFeedback, Float16, codec_for
+from gpt5os.node.codec import (
+    CODECS,
+    Blockwise2,
+    Blockwise4,
+    Blockwise8,
+    CodecError,
+    ErrorFeedback,
+    Float16,
+    codec_for,
+)
 from gpt5os.node.robust import RobustConfig, robust_mean
 
 
@@ -28,6 +37,33 @@ def test_decoding_the_same_bytes_gives_the_same_bits_and_survives_a_second_pass(
     # what a sender puts in its buffer travels unchanged (codec.py: whole blocks)
     assert torch.equal(codec.roundtrip(once), once)
     assert codec.compress(once).buffer == codec.compress(x).buffer
+
+
+@pytest.mark.parametrize(("codec", "bytes_per_value"), [(Blockwise4(), 0.5), (Blockwise2(), 0.25)])
+def test_low_bit_codecs_pack_their_codes(codec, bytes_per_value: float) -> None:
+    """4-bit and 2-bit codes take half and a quarter of a byte (the scales add 2/2048), decode to
+    a multiple of their block's scale within half a step, and a partial last byte round-trips."""
+    n = 1 << 20
+    assert codec.compress(_x(n)).ByteSize() / n < bytes_per_value + 0.0011
+    x = _x(codec.block * 3 + 3)  # the last byte holds fewer codes than it can
+    out = codec.roundtrip(x)
+    block = slice(0, codec.block)
+    step = out[block].abs().max() / codec.levels  # the block's (bfloat16) scale
+    assert float((out[block] - x[block]).abs().max()) <= float(step) * 0.51
+    codes = out[block] / step
+    assert torch.equal(codes, codes.round())
+    assert set(codes.round().int().tolist()) <= set(range(-codec.levels, codec.levels + 1))
+    assert codec.levels in codes.round().int().abs().tolist()  # the block's absmax is a full code
+
+
+@pytest.mark.parametrize("codec", [Blockwise4(), Blockwise2()])
+def test_low_bit_codes_outside_the_range_are_refused(codec) -> None:
+    msg = codec.compress(_x(5000))
+    raw = bytearray(msg.buffer)
+    raw[-1] = 0xFF  # every field of the last byte at its largest: beyond 2 * levels
+    msg.buffer = bytes(raw)
+    with pytest.raises(CodecError, match="outside"):
+        codec.extract(msg)
 
 
 def test_blockwise8_error_is_bounded_by_half_a_step_per_block() -> None:

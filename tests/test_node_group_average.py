@@ -117,6 +117,9 @@ def test_a_peer_that_found_no_group_keeps_looking_instead_of_stepping_alone(
 
 @pytest.mark.parametrize(("codec", "rel_err", "bytes_per_value"), [
     ("float16", 2e-3, 2.0), ("blockwise8", 2e-2, 1.0),
+    # one round's error is mostly the reducer's unbiased rounding of the mean (measured 0.26 and
+    # 1.23 here): 2 bits cannot tell the weighting apart in one round, only bound the damage
+    ("blockwise4", 0.35, 0.5), ("blockwise2", 1.6, 0.25),
 ])  # fmt: skip
 def test_each_codec_gives_the_token_weighted_mean_bitwise_equal_on_every_peer(
     tmp_path: Path, codec: str, rel_err: float, bytes_per_value: float
@@ -133,9 +136,10 @@ def test_each_codec_gives_the_token_weighted_mean_bitwise_equal_on_every_peer(
         assert wire["parts"] > 0 and wire["incomplete_parts"] == 0, wire
         # both ways: a peer sends its parts and the averages of the parts it reduces
         assert wire["sent_values"] > 0 and wire["received_values"] > 0
-        # scales and protobuf framing: 0.24% here (256-value biases); 0.1% on large tensors
-        assert wire["sent_bytes"] / wire["sent_values"] < bytes_per_value * 1.005, wire
-        assert wire["received_bytes"] / wire["received_values"] < bytes_per_value * 1.005, wire
+        # scales and protobuf framing: 0.0024 bytes a value here (256-value biases), 0.001 on
+        # large tensors
+        assert wire["sent_bytes"] / wire["sent_values"] < bytes_per_value + 0.005, wire
+        assert wire["received_bytes"] / wire["received_values"] < bytes_per_value + 0.005, wire
     assert results[0]["digest"] == results[1]["digest"]
 
 

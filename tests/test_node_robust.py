@@ -14,6 +14,7 @@ from gpt5os.node.robust import (
     claim_bound,
     claimed_tokens,
     lower_median,
+    median,
     robust_mean,
 )
 
@@ -41,8 +42,10 @@ def test_one_bad_sender_of_four_moves_the_mean_a_bounded_distance(attack: str) -
     bad = {"x1e6": bad * 1e6, "nan": bad.clone().fill_(math.nan), "inf": bad.clone().fill_(math.inf),
            "sign_flip": -bad}[attack]  # fmt: skip
     got, what = robust_mean(honest[:3] + [bad], [1.0, 1.0, 1.0, 1000.0], CONFIG)
-    median = lower_median([float(p.norm()) for p in honest])
-    assert float((got - clean).norm()) <= (CONFIG.clip + 1) * median * 4 / 7 + 1e-4
+    # the reducer's median: of the finite parts; with one bad of four, between honest norms
+    norms = [float(p.norm()) for p in honest[:3] + [bad] if torch.isfinite(p).all()]
+    assert median(norms) <= max(float(p.norm()) for p in honest[:3])
+    assert float((got - clean).norm()) <= (CONFIG.clip + 1) * median(norms) * 4 / 7 + 1e-4
     if attack in ("nan", "inf"):
         assert what.dropped == (3,)
         assert float((got - _plain(honest[:3], [1.0] * 3)).norm()) < 1e-5
@@ -69,11 +72,26 @@ def test_zero_weight_members_and_missing_parts_do_not_count() -> None:
     assert robust_mean([torch.zeros(3)], [0.0], CONFIG)[0] is None
 
 
-def test_with_two_senders_the_smaller_norm_bounds_both() -> None:
+def test_with_two_senders_neither_is_clipped() -> None:
+    """Two members are no majority (robust.py): the honest node that trained more steps, with
+    a norm 3x its partner's, counts in full, and a partner sending near-zero updates cannot cut
+    it down. With four senders the same 3x norm is clipped to 2x the median."""
     a, b = _honest(2)
-    got, what = robust_mean([a, b * 1e6], [1.0, 1.0], CONFIG)
-    assert what.clipped == (1,)
-    assert float(got.norm()) < (CONFIG.clip + 1) * float(a.norm())
+    weights = [1.0, 1.0]
+    got, what = robust_mean([a, 3 * b], weights, CONFIG)
+    assert what.clipped == ()
+    assert torch.allclose(got, _plain([a, 3 * b], weights), atol=1e-6)
+    got, what = robust_mean([a * 1e-6, b], weights, CONFIG)
+    assert what.clipped == ()
+    assert torch.allclose(got, _plain([a * 1e-6, b], weights), atol=1e-6)
+    four = _honest(4)
+    four[3] = four[3] * 3
+    assert robust_mean(four, [1.0] * 4, CONFIG)[1].clipped == (3,)
+
+
+def test_median_of_an_even_count_is_the_mean_of_the_middle_two() -> None:
+    assert median([4.0, 1.0]) == 2.5 and median([3.0, 1.0, 2.0]) == 2.0
+    assert median([1.0, 2.0, 3.0, 100.0]) == 2.5 and lower_median([1.0, 2.0, 3.0, 100.0]) == 2.0
 
 
 def test_send_guard_refuses_nan_and_outliers_but_not_before_it_has_seen_the_swarm() -> None:
