@@ -83,6 +83,20 @@ class OuterOptimizerSpec:
 
 
 @dataclass(kw_only=True)
+class RobustSpec:
+    """How members bound each other's part of a round (node/robust.py). The same for every member
+    of a run, so every reducer of a part applies the same bounds and every member the same claim
+    bound (a node may not pick looser ones for itself)."""
+
+    clip: float = 2.0  # a reducer clips each sender's part to clip × the group's median part norm
+    weight_cap: float = 4.0  # ... and caps its weight at weight_cap × the median weight
+    # a member's tokens count for at most this many rounds' worth (round_tokens): honest nodes
+    # train a step or two past H; none trains two rounds' worth
+    max_claim_rounds: int = 2
+    send_factor: float = 10.0  # a node does not send a norm above this × the swarm's recent median
+
+
+@dataclass(kw_only=True)
 class RunSpec:
     spec_version: int = SPEC_VERSION
     run_id: str
@@ -93,6 +107,7 @@ class RunSpec:
     batch_size: int
     inner: InnerOptimizerSpec
     outer: OuterOptimizerSpec = field(default_factory=OuterOptimizerSpec)
+    robust: RobustSpec = field(default_factory=RobustSpec)
     # DiLoCo's H: inner steps each node trains between two outer rounds, however many nodes there
     # are (a slower node joins the round when a peer has trained H steps, with what it trained).
     inner_steps: int
@@ -144,6 +159,15 @@ class RunSpec:
             raise ValueError("seed must be >= 0")
         if self.matchmaking_time_s <= 0 or self.averaging_timeout_s <= 0:
             raise ValueError("matchmaking_time_s and averaging_timeout_s must be > 0")
+        r = self.robust
+        if not (r.clip >= 1 and r.weight_cap >= 1 and r.send_factor > 1):
+            raise ValueError(
+                "need robust.clip >= 1, robust.weight_cap >= 1, robust.send_factor > 1"
+            )
+        if not isinstance(r.max_claim_rounds, int) or r.max_claim_rounds < 1:
+            raise ValueError(
+                f"robust.max_claim_rounds must be an integer >= 1, got {r.max_claim_rounds!r}"
+            )
 
     # -- serialisation ---------------------------------------------------------------------
 
@@ -167,6 +191,7 @@ class RunSpec:
         raw["model"] = ModelSpec(**raw["model"])
         raw["inner"] = InnerOptimizerSpec(**raw["inner"])
         raw["outer"] = OuterOptimizerSpec(**raw.get("outer", {}))
+        raw["robust"] = RobustSpec(**raw.get("robust", {}))  # runs made before it: the defaults
         return cls(**raw)
 
     @classmethod
@@ -176,10 +201,11 @@ class RunSpec:
     def to_pb(self) -> pb.RunSpec:
         d = self.to_dict()
         return pb.RunSpec(
-            **{k: v for k, v in d.items() if k not in ("model", "inner", "outer")},
+            **{k: v for k, v in d.items() if k not in NESTED},
             model=pb.ModelSpec(**d["model"]),
             inner=pb.InnerOptimizerSpec(**d["inner"]),
             outer=pb.OuterOptimizerSpec(**d["outer"]),
+            robust=pb.RobustSpec(**d["robust"]),
         )
 
     @classmethod
@@ -188,9 +214,7 @@ class RunSpec:
             return {f.name: getattr(m, f.name) for f in dataclasses.fields(kind)}
 
         top = {
-            f.name: getattr(msg, f.name)
-            for f in dataclasses.fields(cls)
-            if f.name not in ("model", "inner", "outer")
+            f.name: getattr(msg, f.name) for f in dataclasses.fields(cls) if f.name not in NESTED
         }
         if not top["val_batches"]:  # a peer from before the field existed sends 0
             top["val_batches"] = DEFAULT_VAL_BATCHES
@@ -199,9 +223,16 @@ class RunSpec:
             model=ModelSpec(**fields(msg.model, ModelSpec)),
             inner=InnerOptimizerSpec(**fields(msg.inner, InnerOptimizerSpec)),
             outer=OuterOptimizerSpec(**fields(msg.outer, OuterOptimizerSpec)),
+            # a peer from before the field existed sends none: the defaults
+            robust=RobustSpec(**fields(msg.robust, RobustSpec))
+            if msg.HasField("robust")
+            else RobustSpec(),
         )
         spec.validate()
         return spec
+
+
+NESTED = ("model", "inner", "outer", "robust")  # RunSpec fields that are messages of their own
 
 
 def val_tokens_needed(seq_len: int, batch_size: int, val_batches: int) -> int:

@@ -56,7 +56,7 @@ from . import checksum, fixed_point
 from .codec import ErrorFeedback
 from .dht_records import dht_records
 from .diloco import tensors_sha256
-from .robust import SendGuard, claim_bound, claimed_tokens
+from .robust import MAX_CLAIM_ROUNDS, SendGuard, claim_bound, claimed_tokens
 from .settle import (
     Verdict,
     contributors,
@@ -95,6 +95,8 @@ class GroupAverageConfig:
     group_patience_s: float = 60.0  # how long to keep looking for a group before going alone
     poll_s: float = 0.2
     keeper: bool = False  # a member that contributes nothing and only receives the result
+    claim_rounds: int = MAX_CLAIM_ROUNDS  # the run spec's robust.max_claim_rounds
+    send_factor: float = SendGuard.factor  # the run spec's robust.send_factor
 
 
 # -- how a round's averaging ended for this peer ------------------------------------------------
@@ -220,7 +222,7 @@ class GroupAverage:
         self.codec = None if exact else getattr(averager, "codec", None)
         # this node's quantization error (node state, not θ_global): codec.py
         self.feedback = ErrorFeedback(self.codec) if self.codec is not None else None
-        self.guard = SendGuard()
+        self.guard = SendGuard(factor=config.send_factor)
         self.last_wire: dict | None = None  # the WireReport of this peer's latest all-reduce
         self._round = _RoundInput(norm=None, refused=False)
         self._relax_at = math.inf  # when this round's group floor drops to 2 (_floor)
@@ -281,7 +283,7 @@ class GroupAverage:
     def _claim(self, round_number: int, tokens: int) -> int:
         """What this peer claims: its tokens, at most the run's claim_bound (what every member
         counts it for, robust.py "Claimed weight"); a node whose round ran long says so."""
-        bound = claim_bound(self.config.tokens_per_round)
+        bound = claim_bound(self.config.tokens_per_round, self.config.claim_rounds)
         if tokens > bound:
             log.warning(
                 "round %d: this node trained %d tokens; it claims the most a member may, %d",
@@ -418,7 +420,7 @@ class GroupAverage:
     def _group_tokens(self, round_number: int, group: list[dict]) -> int:
         """The group's tokens, each member's claim bounded by the run's claim_bound (robust.py
         "Claimed weight"); one line per member whose claim was above it."""
-        bound = claim_bound(self.config.tokens_per_round)
+        bound = claim_bound(self.config.tokens_per_round, self.config.claim_rounds)
         total = 0
         for g in group:
             counted = claimed_tokens(g.get("tokens"), bound)

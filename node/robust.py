@@ -45,15 +45,26 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
+from gpt5os.coordinator.run_spec import RobustSpec
 
+DEFAULTS = RobustSpec()  # the run spec's `robust` (one place for the thresholds)
 NORM_CHUNK = 1 << 20  # values summed at a time (sum_of_squares)
 
 
 @dataclass(frozen=True)
 class RobustConfig:
-    clip: float = 2.0  # a part's norm is clipped to clip × the group's median part norm
-    weight_cap: float = 4.0  # a sender's weight is capped at weight_cap × the median weight
+    clip: float = DEFAULTS.clip  # a part's norm is clipped to clip × the group's median part norm
+    weight_cap: float = DEFAULTS.weight_cap  # a sender's weight is capped at this × the median
     max_weight: float = math.inf  # and at this (claim_bound: see "Claimed weight")
+
+    @classmethod
+    def for_run(cls, robust: RobustSpec, round_tokens: int) -> RobustConfig:
+        """A reducer's bounds from the run spec's `robust` and `round_tokens`."""
+        return cls(
+            clip=robust.clip,
+            weight_cap=robust.weight_cap,
+            max_weight=float(claim_bound(round_tokens, robust.max_claim_rounds)),
+        )
 
 
 @dataclass(frozen=True)
@@ -79,12 +90,13 @@ def median(values: Sequence[float]) -> float:
     return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
-MAX_CLAIM_ROUNDS = 2  # a member counts for at most this many rounds' tokens ("Claimed weight")
+MAX_CLAIM_ROUNDS = DEFAULTS.max_claim_rounds  # a member counts for at most this many rounds' tokens
 
 
-def claim_bound(round_tokens: int) -> int:
-    """The most tokens any member's round counts for (see "Claimed weight")."""
-    return MAX_CLAIM_ROUNDS * round_tokens
+def claim_bound(round_tokens: int, rounds: int = MAX_CLAIM_ROUNDS) -> int:
+    """The most tokens any member's round counts for (see "Claimed weight"): `rounds` is the run
+    spec's robust.max_claim_rounds."""
+    return rounds * round_tokens
 
 
 def claimed_tokens(declared: object, bound: int) -> int:
@@ -154,7 +166,7 @@ class SendGuard:
     """The sender's check (see module doc). `observe` records the norms that a group's members
     declared (gather data); `check` compares ours with their recent median."""
 
-    factor: float = 10.0  # refuse a norm above factor × the swarm's recent median
+    factor: float = DEFAULTS.send_factor  # refuse a norm above factor × the swarm's recent median
     min_samples: int = 3  # the median means something only with a few norms seen
     window: int = 32
     recent: deque = field(default_factory=deque)

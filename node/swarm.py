@@ -36,7 +36,7 @@ from .dht_records import dht_records
 from .diloco import OuterState
 from .group_average import GroupAverage, GroupAverageConfig
 from .memory import release_shared_pages, return_freed_memory_to_os
-from .robust import RobustConfig, claim_bound
+from .robust import RobustConfig
 from .rounds import RoundTracker
 from .state_wire import BUSY, Busy, Downloaded, ServeSlots, StateAssembler, state_frames
 from .swarm_access import SwarmAccess
@@ -140,7 +140,7 @@ class PseudoGradientAverager(hivemind.DecentralizedAverager):
         self._creator_pid = os.getpid()  # hivemind forks our process inside __init__ (start=True)
         self.exact = spec.compression == EXACT
         self.codec: Codec | None = None if self.exact else codec_for(spec.compression)
-        self.robust = RobustConfig(max_weight=float(claim_bound(spec.round_tokens)))
+        self.robust = RobustConfig.for_run(spec.robust, spec.round_tokens)
         self._wire_reports: dict[bytes, WireReport] = {}
         self._serving = ServeSlots()  # state downloads we serve at once (averager process)
         dtype = torch.float64 if self.exact else torch.float32
@@ -456,6 +456,8 @@ class SwarmPeer:
                 tokens_per_round=spec.round_tokens,
                 matchmaking_time_s=spec.matchmaking_time_s,
                 keeper=keeper,
+                claim_rounds=spec.robust.max_claim_rounds,
+                send_factor=spec.robust.send_factor,
             ),
             exact=averager.exact,
             min_group_size=group_floor,

@@ -192,3 +192,32 @@ def test_an_honest_sender_claims_no_more_than_the_others_count(caplog) -> None:
     with caplog.at_level("WARNING", logger="gpt5os.node.group_average"):
         assert averaging._claim(0, 5000) == 2000
     assert "trained 5000 tokens; it claims the most a member may, 2000" in caplog.text
+
+
+def test_the_bounds_come_from_the_run_spec_and_travel_with_it() -> None:
+    """Every member reads the same thresholds from the run spec (coordinator/run_spec.py
+    RobustSpec): a reducer built for a run clips at its clip and bounds claims at its
+    max_claim_rounds; the spec's `robust` survives the wire and run.json, and a spec from before
+    the field existed (no `robust`) means the defaults."""
+    from gpt5os.coordinator.run_spec import RobustSpec, RunSpec, preset_spec
+
+    spec = preset_spec("tiny", run_id="t-robust")
+    spec.robust = RobustSpec(clip=3.0, weight_cap=5.0, max_claim_rounds=3, send_factor=20.0)
+    assert RunSpec.from_pb(spec.to_pb()) == spec
+    assert RunSpec.from_json(spec.to_json()) == spec
+    config = RobustConfig.for_run(spec.robust, spec.round_tokens)
+    assert (config.clip, config.weight_cap) == (3.0, 5.0)
+    assert config.max_weight == 3 * spec.round_tokens
+    old = spec.to_pb()
+    old.ClearField("robust")
+    assert RunSpec.from_pb(old).robust == RobustSpec()
+    raw = spec.to_dict()
+    del raw["robust"]
+    assert RunSpec.from_dict(raw).robust == RobustSpec()
+    honest = _honest(3)
+    honest[2] = honest[2] * 2.5  # above 2 × the median, below 3 ×
+    assert robust_mean(honest, [1.0] * 3, CONFIG)[1].clipped == (2,)
+    assert robust_mean(honest, [1.0] * 3, config)[1].clipped == ()
+    spec.robust = RobustSpec(clip=0.5)
+    with pytest.raises(ValueError, match="robust.clip"):
+        spec.validate()

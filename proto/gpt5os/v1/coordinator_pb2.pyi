@@ -54,8 +54,20 @@ class OuterOptimizerSpec(_message.Message):
     nesterov: bool
     def __init__(self, lr: _Optional[float] = ..., momentum: _Optional[float] = ..., nesterov: _Optional[bool] = ...) -> None: ...
 
+class RobustSpec(_message.Message):
+    __slots__ = ("clip", "weight_cap", "max_claim_rounds", "send_factor")
+    CLIP_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_CAP_FIELD_NUMBER: _ClassVar[int]
+    MAX_CLAIM_ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    SEND_FACTOR_FIELD_NUMBER: _ClassVar[int]
+    clip: float
+    weight_cap: float
+    max_claim_rounds: int
+    send_factor: float
+    def __init__(self, clip: _Optional[float] = ..., weight_cap: _Optional[float] = ..., max_claim_rounds: _Optional[int] = ..., send_factor: _Optional[float] = ...) -> None: ...
+
 class RunSpec(_message.Message):
-    __slots__ = ("spec_version", "run_id", "revision", "model", "tokenizer", "seq_len", "batch_size", "inner", "outer", "compression", "seed", "min_node_version", "matchmaking_time_s", "averaging_timeout_s", "val_batches", "inner_steps")
+    __slots__ = ("spec_version", "run_id", "revision", "model", "tokenizer", "seq_len", "batch_size", "inner", "outer", "compression", "seed", "min_node_version", "matchmaking_time_s", "averaging_timeout_s", "val_batches", "inner_steps", "robust")
     SPEC_VERSION_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
@@ -72,6 +84,7 @@ class RunSpec(_message.Message):
     AVERAGING_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
     VAL_BATCHES_FIELD_NUMBER: _ClassVar[int]
     INNER_STEPS_FIELD_NUMBER: _ClassVar[int]
+    ROBUST_FIELD_NUMBER: _ClassVar[int]
     spec_version: int
     run_id: str
     revision: int
@@ -88,7 +101,8 @@ class RunSpec(_message.Message):
     averaging_timeout_s: float
     val_batches: int
     inner_steps: int
-    def __init__(self, spec_version: _Optional[int] = ..., run_id: _Optional[str] = ..., revision: _Optional[int] = ..., model: _Optional[_Union[ModelSpec, _Mapping]] = ..., tokenizer: _Optional[str] = ..., seq_len: _Optional[int] = ..., batch_size: _Optional[int] = ..., inner: _Optional[_Union[InnerOptimizerSpec, _Mapping]] = ..., outer: _Optional[_Union[OuterOptimizerSpec, _Mapping]] = ..., compression: _Optional[str] = ..., seed: _Optional[int] = ..., min_node_version: _Optional[str] = ..., matchmaking_time_s: _Optional[float] = ..., averaging_timeout_s: _Optional[float] = ..., val_batches: _Optional[int] = ..., inner_steps: _Optional[int] = ...) -> None: ...
+    robust: RobustSpec
+    def __init__(self, spec_version: _Optional[int] = ..., run_id: _Optional[str] = ..., revision: _Optional[int] = ..., model: _Optional[_Union[ModelSpec, _Mapping]] = ..., tokenizer: _Optional[str] = ..., seq_len: _Optional[int] = ..., batch_size: _Optional[int] = ..., inner: _Optional[_Union[InnerOptimizerSpec, _Mapping]] = ..., outer: _Optional[_Union[OuterOptimizerSpec, _Mapping]] = ..., compression: _Optional[str] = ..., seed: _Optional[int] = ..., min_node_version: _Optional[str] = ..., matchmaking_time_s: _Optional[float] = ..., averaging_timeout_s: _Optional[float] = ..., val_batches: _Optional[int] = ..., inner_steps: _Optional[int] = ..., robust: _Optional[_Union[RobustSpec, _Mapping]] = ...) -> None: ...
 
 class NodeInfo(_message.Message):
     __slots__ = ("software_version", "device", "hostname", "display_name")
