@@ -29,7 +29,7 @@ Printed:
 this kernel, so no delay can be added: `--delay-ms` is refused with that message.
 
 Usage: .venv/bin/python bench/swarm.py [--nodes 2 --late 1 --rounds 2 --inner-steps 500]
-       [--wan] [--json] [--keep DIR]
+       [--compression blockwise8] [--overlap] [--wan] [--json] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ from e2e_support import (  # noqa: E402
     tool,
     wait_for,
 )
+from gpt5os.coordinator.run_spec import COMPRESSIONS, DEFAULT_COMPRESSION  # noqa: E402
 from netns import RATE, Net  # noqa: E402
 
 # -- the swarm -------------------------------------------------------------------------------
@@ -202,7 +203,8 @@ def run(args: argparse.Namespace, root: Path) -> dict:
         [tool("gpt5os-coordinator"), "init", "--dir", str(run_dir), "--data", str(data),
          "--preset", "tiny", "--inner-steps", str(args.inner_steps),
          "--seq-len", str(args.seq_len), "--batch-size", str(args.batch_size),
-         "--compression", args.compression, "--heartbeat-seconds", "2"],
+         "--compression", args.compression, "--heartbeat-seconds", "2",
+         *(["--outer-lr", str(args.outer_lr)] if args.outer_lr else [])],
         check=True, capture_output=True, timeout=300,
     )  # fmt: skip
     spec = load_run(run_dir).spec
@@ -307,6 +309,7 @@ def run(args: argparse.Namespace, root: Path) -> dict:
         "seq_len": spec.seq_len,
         "batch_size": spec.batch_size,
         "compression": spec.compression,
+        "outer_lr": spec.outer.lr,
         "overlap": args.overlap,
         "params": params,
         "network": ("netns+tbf " + RATE) if args.wan else ("netns" if net.measured else "loopback"),
@@ -351,7 +354,8 @@ def report(r: dict) -> str:
     lines = [
         f"{r['date']}: {r['nodes']} nodes + {r['late']} late, {r['rounds']} rounds of H = "
         f"{r['inner_steps']}, tiny ({r['params']:,} params), {r['seq_len']}x{r['batch_size']} "
-        f"tokens/step, compression {r['compression']}, network {r['network']}",
+        f"tokens/step, compression {r['compression']}, overlap {r['overlap']}, outer lr "
+        f"{r['outer_lr']}, network {r['network']}",
         f"val loss: swarm {r['val_loss']:.4f}, baseline {r['baseline_val_loss']:.4f} "
         f"({100 * r['val_loss_vs_baseline']:+.1f}%; baseline {r['baseline']['steps']} steps of "
         f"{r['baseline']['batch']} sequences)",
@@ -382,7 +386,10 @@ def main() -> None:
     parser.add_argument("--inner-steps", type=int, default=500)
     parser.add_argument("--seq-len", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=1)
-    parser.add_argument("--compression", default="none")
+    parser.add_argument(
+        "--compression", default=DEFAULT_COMPRESSION, choices=COMPRESSIONS, help="the run spec's"
+    )
+    parser.add_argument("--outer-lr", type=float, help="default: the preset's")
     parser.add_argument("--val-batches", type=int, default=32)
     parser.add_argument("--val-batch-size", type=int, default=8)
     parser.add_argument("--overlap", action="store_true", help="nodes run join --overlap")
