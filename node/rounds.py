@@ -11,7 +11,10 @@ reads between rounds.
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import hivemind
 from hivemind.optim.progress_tracker import (
@@ -19,6 +22,7 @@ from hivemind.optim.progress_tracker import (
     LocalTrainingProgress,
     ProgressTracker,
 )
+from hivemind.utils import get_dht_time
 
 
 def round_due(
@@ -44,6 +48,52 @@ def round_due(
     return any(r == local_round and t >= round_tokens for r, t in peers)
 
 
+PUBLISH_EVERY_S = 5.0  # progress that changes nothing for the others goes out at most this often
+
+
+@dataclass(frozen=True)
+class Published:
+    """The progress this peer last put in the DHT, and when (time.monotonic())."""
+
+    round: int
+    tokens: int
+    at: float
+
+
+def should_publish(
+    last: Published | None, round_: int, tokens: int, now: float, round_tokens: int
+) -> bool:
+    """Whether this progress report must reach the DHT now. hivemind stores every report (every
+    inner step: each a signed record sent to every nearby peer, ~110 KB/s per node with two
+    nodes measured on a veth). What others act on goes out at once: a new round, a reset, and
+    reaching H steps (the round is due for everyone, `round_due`); the token count in between
+    only feeds the swarm's token estimate, and goes out every PUBLISH_EVERY_S."""
+    if last is None or round_ != last.round or tokens < last.tokens:
+        return True
+    if tokens >= round_tokens > last.tokens:
+        return True
+    return tokens != last.tokens and now - last.at >= PUBLISH_EVERY_S
+
+
+def seconds_to_due(
+    peers: Iterable[LocalTrainingProgress], local_round: int, round_tokens: int, now: float
+) -> float:
+    """When the first peer in `local_round` should reach its H steps (`round_tokens`), from what
+    it last published and its speed; inf when no peer there trains. (hivemind's own estimate is
+    when the swarm *together* trained `round_tokens`, after H / N steps: from then on it would
+    fetch at its fastest rate for the rest of the round.)"""
+    eta = math.inf
+    for p in peers:
+        if p.epoch != local_round:
+            continue
+        done = p.samples_accumulated + max(0.0, now - p.time) * p.samples_per_second
+        if done >= round_tokens:
+            return 0.0
+        if p.samples_per_second > 0:
+            eta = min(eta, (round_tokens - done) / p.samples_per_second)
+    return eta
+
+
 class RoundTracker(ProgressTracker):
     """hivemind's ProgressTracker with `ready_to_update_epoch` meaning "some peer trained H steps
     in this round" (`round_due`) instead of "the swarm together trained target_batch_size".
@@ -53,7 +103,33 @@ class RoundTracker(ProgressTracker):
     def __init__(self, dht: hivemind.DHT, prefix: str, round_tokens: int, **kwargs) -> None:
         # what the latest fetch saw: (round, tokens) of every reporting peer
         self.peer_progress: list[tuple[int, int]] = []
+        self.published: Published | None = None
         super().__init__(dht, prefix, target_batch_size=round_tokens, **kwargs)
+
+    def report_local_progress(
+        self, local_epoch: int, samples_accumulated: int, update_global_samples: bool = True
+    ) -> None:
+        """hivemind's (hivemind/optim/progress_tracker.py), except that its reporter thread is
+        woken to store the record in the DHT only when `should_publish` says so: the local
+        progress is always updated, and hivemind's reporter still re-publishes it every
+        metadata_expiration / 2 seconds. (Setting hivemind's event and clearing it after does
+        not work: its reporter wakes on the set and stores whatever the flag then says.)"""
+        now = time.monotonic()
+        if should_publish(
+            self.published, local_epoch, samples_accumulated, now, self.target_batch_size
+        ):
+            self.published = Published(local_epoch, samples_accumulated, now)
+            super().report_local_progress(local_epoch, samples_accumulated, update_global_samples)
+            return
+        extra = samples_accumulated - self.local_progress.samples_accumulated
+        same_epoch = local_epoch == self.local_progress.epoch == self.global_progress.epoch
+        if update_global_samples and same_epoch:
+            self.global_progress.samples_accumulated += extra
+        if extra > 0:
+            self.performance_ema.update(task_size=extra)
+        else:
+            self.performance_ema.reset_timer()
+        self.local_progress = self._get_local_progress(local_epoch, samples_accumulated)
 
     @property
     def ready_to_update_epoch(self) -> bool:
@@ -67,22 +143,30 @@ class RoundTracker(ProgressTracker):
 
     def _parse_swarm_progress_data(self, metadata) -> GlobalTrainingProgress:
         progress = super()._parse_swarm_progress_data(metadata)
-        self.peer_progress = peer_rounds(metadata)
-        # hivemind's ETA (the sum reaching the target) is not used by ready_to_update_epoch; it
-        # only sets the refresh period, which then drops to the minimum once the swarm together
-        # trained one node's round: a peer finishing its H steps is seen within ~2 s at worst.
+        entries = peer_entries(metadata)
+        self.peer_progress = [(p.epoch, p.samples_accumulated) for p in entries]
+        # the next fetch: half the time to the first peer's H steps, between the min and max
+        # refresh periods (a peer finishing early is seen within max_refresh_period)
+        now = get_dht_time()
+        eta = seconds_to_due(entries, self.local_progress.epoch, self.target_batch_size, now)
+        delay = min(max(eta / 2, self.min_refresh_period), self.max_refresh_period)
+        progress.next_fetch_time = now + delay
         return progress
 
 
-def peer_rounds(metadata: object) -> list[tuple[int, int]]:
-    """(round, tokens) of every well-formed progress record the tracker fetched from the DHT
-    ({subkey: ValueWithExpiration(LocalTrainingProgress as dict)}); malformed ones are skipped."""
+def peer_entries(metadata: object) -> list[LocalTrainingProgress]:
+    """Every well-formed progress record the tracker fetched from the DHT ({subkey:
+    ValueWithExpiration(LocalTrainingProgress as dict)}); malformed ones are skipped."""
     peers = []
     if isinstance(metadata, dict):
         for entry in metadata.values():
             try:
-                peer = LocalTrainingProgress.parse_obj(entry.value)
+                peers.append(LocalTrainingProgress.parse_obj(entry.value))
             except Exception:  # a malformed or empty record: a buggy or hostile peer
                 continue
-            peers.append((peer.epoch, peer.samples_accumulated))
     return peers
+
+
+def peer_rounds(metadata: object) -> list[tuple[int, int]]:
+    """(round, tokens) of every well-formed progress record (`peer_entries`)."""
+    return [(p.epoch, p.samples_accumulated) for p in peer_entries(metadata)]

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from gpt5os.node.rounds import peer_rounds, round_due
+from gpt5os.node.rounds import (
+    PUBLISH_EVERY_S,
+    Published,
+    peer_rounds,
+    round_due,
+    seconds_to_due,
+    should_publish,
+)
+from hivemind.optim.progress_tracker import LocalTrainingProgress
 from hivemind.utils import ValueWithExpiration
 
 H_TOKENS = 500 * 4096  # H = 500 steps of one 4096-token sequence
@@ -56,3 +64,39 @@ def test_peer_rounds_reads_well_formed_records_and_skips_the_rest() -> None:
     }
     assert sorted(peer_rounds(metadata)) == [(2, 100), (3, 7)]
     assert peer_rounds(None) == []
+
+
+def test_progress_reaches_the_dht_when_others_act_on_it_and_otherwise_every_few_seconds() -> None:
+    """Every inner step reports progress; only what changes the others' decisions is stored at
+    once (a first report, a new round, a reset, reaching H steps = 1000 tokens here)."""
+    last = Published(round=3, tokens=400, at=100.0)
+    assert should_publish(None, 3, 0, 100.0, 1000)
+    assert not should_publish(last, 3, 432, 101.0, 1000)  # one more step, a second later
+    assert should_publish(last, 3, 432, 100.0 + PUBLISH_EVERY_S, 1000)
+    assert not should_publish(last, 3, 400, 100.0 + PUBLISH_EVERY_S, 1000)  # nothing new
+    assert should_publish(last, 4, 0, 100.5, 1000)  # a new round
+    assert should_publish(last, 3, 0, 100.5, 1000)  # a reset
+    assert should_publish(last, 3, 1000, 100.5, 1000)  # H steps: the round is due
+    assert not should_publish(Published(3, 1000, 100.0), 3, 1000, 100.5, 1000)
+
+
+def _peer(epoch: int, tokens: int, speed: float, at: float) -> LocalTrainingProgress:
+    return LocalTrainingProgress(
+        peer_id=b"p", epoch=epoch, samples_accumulated=tokens, samples_per_second=speed,
+        time=at, client_mode=False,
+    )  # fmt: skip
+
+
+def test_the_next_round_is_due_when_the_first_peer_of_ours_should_reach_h_steps() -> None:
+    """Not when the swarm's sum reaches one node's round (hivemind's estimate, after H / N steps):
+    the tracker fetches at its fastest rate only near the real due time."""
+    peers = [
+        _peer(3, 400, 10.0, at=100.0),
+        _peer(3, 100, 50.0, at=100.0),
+        _peer(2, 990, 99.0, 100.0),
+    ]
+    # at t = 102: the first is at 420 (58 s to go), the second at 200 (16 s): 16 s
+    assert abs(seconds_to_due(peers, 3, 1000, now=102.0) - 16.0) < 1e-9
+    assert seconds_to_due(peers, 3, 1000, now=120.0) == 0.0  # the fast one should be done
+    assert seconds_to_due([_peer(3, 0, 0.0, 100.0)], 3, 1000, now=101.0) == float("inf")
+    assert seconds_to_due(peers, 4, 1000, now=102.0) == float("inf")  # no peer in round 4 yet
