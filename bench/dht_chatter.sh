@@ -3,13 +3,15 @@
 # own network namespace) with H so large that no round comes; after 20 s of training this reads
 # node n0's TCP connections (`ss -ti` in its namespace) twice, 60 s apart, and prints the bytes
 # per second it sent on each (its p2pd: DHT and averager traffic) and in total.
-# Usage (root): bash bench/dht_chatter.sh OUTDIR   (OUTDIR is replaced; keeps the run's logs)
+# Usage (root): bash bench/dht_chatter.sh OUTDIR [DATA]   (OUTDIR is replaced and keeps the run's
+# logs; DATA: prepared data to reuse, as bench/swarm.py --data)
 set -u
 out=$1
+data=(${2:+--data "$2"})
 rm -rf "$out" && mkdir -p "$out"
 cd "$(dirname "$0")/.."
 setsid .venv/bin/python bench/swarm.py --nodes 2 --late 0 --rounds 1 --inner-steps 100000 \
-    --json --keep "$out/run" --timeout 240 > "$out/out.json" 2> "$out/err.log" &
+    --json --keep "$out/run" --timeout 240 "${data[@]}" > "$out/out.json" 2> "$out/err.log" &
 bench=$!
 for _ in $(seq 300); do
     grep -q "starting at round" "$out/run/node-n0.log" 2>/dev/null &&
