@@ -45,10 +45,11 @@ import math
 import secrets
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import hivemind
 import torch
+from gpt5os.coordinator.run_spec import RobustSpec
 from hivemind.averaging.control import AveragingStage
 from hivemind.utils import get_dht_time
 
@@ -56,7 +57,7 @@ from . import checksum, fixed_point
 from .codec import ErrorFeedback
 from .dht_records import dht_records
 from .diloco import tensors_sha256
-from .robust import MAX_CLAIM_ROUNDS, SendGuard, claim_bound, claimed_tokens
+from .robust import SendGuard, claim_bound, claimed_tokens
 from .settle import (
     Verdict,
     contributors,
@@ -95,8 +96,13 @@ class GroupAverageConfig:
     group_patience_s: float = 60.0  # how long to keep looking for a group before going alone
     poll_s: float = 0.2
     keeper: bool = False  # a member that contributes nothing and only receives the result
-    claim_rounds: int = MAX_CLAIM_ROUNDS  # the run spec's robust.max_claim_rounds
-    send_factor: float = SendGuard.factor  # the run spec's robust.send_factor
+    # the run spec's `robust`: the claim bound and the sender's guard
+    robust: RobustSpec = field(default_factory=RobustSpec)
+
+    @property
+    def claim_bound(self) -> int:
+        """The most tokens a member's round counts for (robust.py "Claimed weight")."""
+        return claim_bound(self.tokens_per_round, self.robust.max_claim_rounds)
 
 
 # -- how a round's averaging ended for this peer ------------------------------------------------
@@ -222,7 +228,7 @@ class GroupAverage:
         self.codec = None if exact else getattr(averager, "codec", None)
         # this node's quantization error (node state, not θ_global): codec.py
         self.feedback = ErrorFeedback(self.codec) if self.codec is not None else None
-        self.guard = SendGuard(factor=config.send_factor)
+        self.guard = SendGuard(factor=config.robust.send_factor)
         self.last_wire: dict | None = None  # the WireReport of this peer's latest all-reduce
         self._round = _RoundInput(norm=None, refused=False)
         self._relax_at = math.inf  # when this round's group floor drops to 2 (_floor)
@@ -283,7 +289,7 @@ class GroupAverage:
     def _claim(self, round_number: int, tokens: int) -> int:
         """What this peer claims: its tokens, at most the run's claim_bound (what every member
         counts it for, robust.py "Claimed weight"); a node whose round ran long says so."""
-        bound = claim_bound(self.config.tokens_per_round, self.config.claim_rounds)
+        bound = self.config.claim_bound
         if tokens > bound:
             log.warning(
                 "round %d: this node trained %d tokens; it claims the most a member may, %d",
@@ -420,7 +426,7 @@ class GroupAverage:
     def _group_tokens(self, round_number: int, group: list[dict]) -> int:
         """The group's tokens, each member's claim bounded by the run's claim_bound (robust.py
         "Claimed weight"); one line per member whose claim was above it."""
-        bound = claim_bound(self.config.tokens_per_round, self.config.claim_rounds)
+        bound = self.config.claim_bound
         total = 0
         for g in group:
             counted = claimed_tokens(g.get("tokens"), bound)
