@@ -12,6 +12,7 @@ reads between rounds.
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -67,8 +68,15 @@ def should_publish(
     inner step: each a signed record sent to every nearby peer, ~110 KB/s per node with two
     nodes measured on a veth). What others act on goes out at once: a new round, a reset, and
     reaching H steps (the round is due for everyone, `round_due`); the token count in between
-    only feeds the swarm's token estimate, and goes out every PUBLISH_EVERY_S."""
+    only feeds the swarm's token estimate, and goes out every PUBLISH_EVERY_S.
+
+    The first tokens of a round go out at once too: hivemind does not store a record of 0
+    samples from a peer that has not yet reported any in the previous round (its reporter's
+    `last_report_epoch`), so a node that starts, or re-syncs, is invisible to the others until
+    then, and a fast peer that reaches H steps meanwhile would count no one to average with."""
     if last is None or round_ != last.round or tokens < last.tokens:
+        return True
+    if tokens > 0 and last.tokens == 0:
         return True
     if tokens >= round_tokens > last.tokens:
         return True
@@ -104,6 +112,8 @@ class RoundTracker(ProgressTracker):
         # what the latest fetch saw: (round, tokens) of every reporting peer
         self.peer_progress: list[tuple[int, int]] = []
         self.published: Published | None = None
+        self._fetches = 0  # completed fetches of the swarm's progress (fetch_now waits on it)
+        self._fetched = threading.Condition()
         super().__init__(dht, prefix, target_batch_size=round_tokens, **kwargs)
 
     def report_local_progress(
@@ -131,6 +141,21 @@ class RoundTracker(ProgressTracker):
             self.performance_ema.reset_timer()
         self.local_progress = self._get_local_progress(local_epoch, samples_accumulated)
 
+    def fetch_now(self, timeout: float = 5.0) -> bool:
+        """Fetch the swarm's progress now instead of at the next scheduled fetch (up to
+        max_refresh_period away); True when one completed within `timeout`. For a decision a
+        stale peer count gets wrong: a node that reaches H steps must not step alone because its
+        last fetch came before its peers' first records."""
+        with self._fetched:
+            seen = self._fetches
+            self.global_progress.next_fetch_time = get_dht_time()
+            self.global_state_updated.set()  # hivemind's fetcher re-reads next_fetch_time
+            done = self._fetched.wait_for(lambda: self._fetches > seen, timeout)
+        if done:
+            with self.lock_global_progress:  # the fetcher assigns global_progress under it
+                pass
+        return done
+
     @property
     def ready_to_update_epoch(self) -> bool:
         return round_due(
@@ -151,6 +176,9 @@ class RoundTracker(ProgressTracker):
         eta = seconds_to_due(entries, self.local_progress.epoch, self.target_batch_size, now)
         delay = min(max(eta / 2, self.min_refresh_period), self.max_refresh_period)
         progress.next_fetch_time = now + delay
+        with self._fetched:
+            self._fetches += 1
+            self._fetched.notify_all()
         return progress
 
 

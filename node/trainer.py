@@ -425,7 +425,7 @@ class Trainer:
         if not all(torch.isfinite(d).all() for d in deltas):
             log.error("pseudo-gradient has NaN/Inf: this round's local work is discarded")
             deltas = zero_deltas([g.numel() for g in self.outer.global_params])
-        elif self.tracker.global_progress.num_peers > 1:
+        elif self._others_in_swarm():
             result = self.peer.group_average.run(
                 round_number,
                 deltas,
@@ -460,6 +460,15 @@ class Trainer:
         if averaged is None and self.tracker.global_epoch > round_number:
             return RoundMissed("a peer already finished this round")
         return Averaged(averaged if averaged is not None else deltas, peers, group_tokens, attempts)
+
+    def _others_in_swarm(self) -> bool:
+        """Whether anyone else reports progress in the swarm, from a fresh fetch: the scheduled
+        one may be up to max_refresh_period old, and may predate a starting peer's first record.
+        The round's group floor (swarm.py min_group_size) reads the same count: a peer missing
+        from it would be stepped alone or left out of the round, and its work thrown away."""
+        if not self.tracker.fetch_now():
+            log.debug("the swarm's progress could not be fetched in time: the last fetch decides")
+        return self.tracker.global_progress.num_peers > 1
 
     def _apply(
         self,

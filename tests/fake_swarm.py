@@ -18,6 +18,8 @@ class FakeTracker:
     global_epoch: int = 0
     ready_to_update_epoch: bool = False
     updates: list[int] = field(default_factory=list)
+    fetches: int = 0  # fetch_now() calls
+    peers_after_fetch: int | None = None  # what a fresh fetch finds (None: the same count)
 
     @property
     def global_progress(self) -> SimpleNamespace:
@@ -25,6 +27,12 @@ class FakeTracker:
 
     def report_local_progress(self, epoch: int, samples: int) -> None:
         pass
+
+    def fetch_now(self, timeout: float = 5.0) -> bool:
+        self.fetches += 1
+        if self.peers_after_fetch is not None:
+            self.num_peers = self.peers_after_fetch
+        return True
 
     @contextlib.contextmanager
     def pause_updates(self):

@@ -121,10 +121,26 @@ def test_alone_in_the_swarm_the_node_steps_with_its_own_pseudo_gradient(tmp_path
     assert isinstance(outcome, RoundApplied)
     assert outcome.record.round == 1 and outcome.record.peer_node_ids == ["me"]
     assert peer.group_average.calls == []  # nobody to average with
+    assert peer.tracker.fetches == 1  # after a fresh look
     assert trainer.outer.digest() != before
     assert [r.round for r in client.reports] == [1]
     assert client.reports[0].params_sha256 == trainer.outer.digest()
     assert peer.claims.published[-1].round == 1
+
+
+def test_a_node_looks_at_the_swarm_afresh_before_it_averages(tmp_path: Path) -> None:
+    """Its last fetch may predate its peers' first records (the tracker fetches every few
+    seconds): a round stepped alone, or in a group without them, while they train would throw
+    their work away."""
+    peer = FakeSwarmPeer()
+    peer.tracker.num_peers, peer.tracker.peers_after_fetch = 1, 3
+    trainer, _ = make_trainer(tmp_path, peer)
+    deltas = drift(trainer)
+    peer.group_average.outcome = Settled([d * 0.5 for d in deltas], ["me", "other"], 1000)
+    outcome = trainer.outer_round()
+    assert isinstance(outcome, RoundApplied)
+    assert peer.tracker.fetches == 1 and len(peer.group_average.calls) == 1
+    assert outcome.record.peer_node_ids == ["me", "other"]
 
 
 def test_a_settled_group_average_is_applied_with_the_groups_tokens(tmp_path: Path) -> None:

@@ -68,7 +68,8 @@ def test_peer_rounds_reads_well_formed_records_and_skips_the_rest() -> None:
 
 def test_progress_reaches_the_dht_when_others_act_on_it_and_otherwise_every_few_seconds() -> None:
     """Every inner step reports progress; only what changes the others' decisions is stored at
-    once (a first report, a new round, a reset, reaching H steps = 1000 tokens here)."""
+    once (a first report, a new round, a reset, a round's first tokens, reaching H steps = 1000
+    tokens here)."""
     last = Published(round=3, tokens=400, at=100.0)
     assert should_publish(None, 3, 0, 100.0, 1000)
     assert not should_publish(last, 3, 432, 101.0, 1000)  # one more step, a second later
@@ -78,6 +79,9 @@ def test_progress_reaches_the_dht_when_others_act_on_it_and_otherwise_every_few_
     assert should_publish(last, 3, 0, 100.5, 1000)  # a reset
     assert should_publish(last, 3, 1000, 100.5, 1000)  # H steps: the round is due
     assert not should_publish(Published(3, 1000, 100.0), 3, 1000, 100.5, 1000)
+    # the first tokens of a round: hivemind stored nothing for 0 samples (a starting node)
+    assert should_publish(Published(0, 0, 100.0), 0, 32, 100.5, 1000)
+    assert not should_publish(Published(0, 32, 100.0), 0, 64, 100.5, 1000)
 
 
 def _peer(epoch: int, tokens: int, speed: float, at: float) -> LocalTrainingProgress:
