@@ -18,6 +18,7 @@ import hivemind
 import torch
 from gpt5os.common.hivemind_children import LinkedDHT
 from gpt5os.common.lifetime import die_with_parent
+from gpt5os.common.log_limit import LogLimit, held_back_note
 from gpt5os.common.swarm_auth import MemberCheck, install_token
 from gpt5os.coordinator.run_spec import RunSpec
 from hivemind.averaging.allreduce import AllreduceException
@@ -143,6 +144,7 @@ class PseudoGradientAverager(hivemind.DecentralizedAverager):
         self.robust = RobustConfig.for_run(spec.robust, spec.round_tokens)
         self._wire_reports: dict[bytes, WireReport] = {}
         self._serving = ServeSlots()  # state downloads we serve at once (averager process)
+        self._refusals = LogLimit()  # a peer refused again for the same reason: one line a minute
         dtype = torch.float64 if self.exact else torch.float32
         if numels is None:
             assert outer is not None, "give the outer state or the buffers' sizes"
@@ -283,7 +285,10 @@ class PseudoGradientAverager(hivemind.DecentralizedAverager):
         """As a group's leader: refuse a follower without a valid token before anything else."""
         why = self.member_problem(request.gather, context.remote_id)
         if why:
-            log.warning("refused peer %s in averaging: %s", context.remote_id, why)
+            held_back = self._refusals.allow(("averaging", context.remote_id, why))
+            if held_back is not None:
+                log.warning("refused peer %s in averaging: %s%s", context.remote_id, why,
+                            held_back_note(held_back))  # fmt: skip
             yield averaging_pb2.MessageFromLeader(code=averaging_pb2.PROTOCOL_VIOLATION)
             return
         async for message in super().rpc_join_group(request, context):
@@ -353,7 +358,10 @@ class PseudoGradientAverager(hivemind.DecentralizedAverager):
                         return
                     why = self.source_problem(meta, PeerID(peer))
                     if why:
-                        log.warning("state from peer %s refused: %s", PeerID(peer), why)
+                        held_back = self._refusals.allow(("state", peer, why))
+                        if held_back is not None:
+                            log.warning("state from peer %s refused: %s%s", PeerID(peer), why,
+                                        held_back_note(held_back))  # fmt: skip
                         future.set_result(None)
                         return
                 if message.HasField("tensor_part"):
@@ -374,8 +382,10 @@ class PseudoGradientAverager(hivemind.DecentralizedAverager):
         if not self.allow_state_sharing:
             return  # hivemind's "no": the downloader tries the next source
         if not self._serving.acquire():
-            log.info("state download by %s refused: busy (%d running)", context.remote_id,
-                     self._serving.active)  # fmt: skip
+            held_back = self._refusals.allow(("busy", context.remote_id))
+            if held_back is not None:
+                log.info("state download by %s refused: busy (%d running)%s", context.remote_id,
+                         self._serving.active, held_back_note(held_back))  # fmt: skip
             yield averaging_pb2.DownloadData(metadata=self.serializer.dumps({BUSY: True}))
             return
         try:

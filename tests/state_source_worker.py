@@ -81,6 +81,10 @@ def main() -> None:
             peer = PeerID.from_base58(source["peer"]).to_bytes()
             loaded = averager.download_state(peer, timeout=10.0)
             results[name] = "adopted" if loaded is not None else "refused"
+        # a source refused again for the same reason: refused every time, logged once
+        stranger = PeerID.from_base58(json.loads(args.sources.read_text())["stranger"]["peer"])
+        again = [averager.download_state(stranger.to_bytes(), timeout=10.0) for _ in range(3)]
+        results["stranger_again"] = ["adopted" if a is not None else "refused" for a in again]
         args.out.write_text(json.dumps(results))
     finally:
         averager.shutdown()
