@@ -21,6 +21,11 @@ Where the bytes go, per model parameter (p):
   its Δ (4), SGD's Nesterov term (4), the averager process's assembled average of one tensor
   (4) and, with "none", the fp32 copy of its float64 average (4).
 Activations and logits grow with batch_size × seq_len and sit on the device as well.
+
+With `join --overlap` the round's averaging runs while the next round trains, so both peaks
+coexist, and two more copies exist: the round's Δ, held for the background all-reduce (fp32 on
+the host: 4), and the model copy that validates θ_global off the training loop (its weights, on
+the device: 4; kept from the first overlapped round on).
 """
 
 from __future__ import annotations
@@ -48,6 +53,8 @@ OUTER_STATE = 8
 _BLOCKWISE = ("blockwise8", "blockwise4", "blockwise2")  # the same buffers, whatever the bits
 WIRE = {"none": 8, "float16": 4} | dict.fromkeys(_BLOCKWISE, 4)  # while averaging only
 ERROR_FEEDBACK = {"none": 0, "float16": 2} | dict.fromkeys(_BLOCKWISE, 2)  # bf16, from round 1
+OVERLAP_DELTA = 4  # join --overlap: the round's Δ, fp32 on the host, held while it averages
+EVAL_COPY = 4  # join --overlap: the validation model's weights, on the device
 # per value of the largest tensor
 TENSOR_TRANSIENT = {"none": 16, "float16": 12} | dict.fromkeys(_BLOCKWISE, 12)
 # Activations saved for backward, in bytes per token, measured on the CPU path with fp32 (one
@@ -113,8 +120,9 @@ def shape_of(spec) -> ModelShape:
     )
 
 
-def estimate(shape: ModelShape, device_type: str) -> MemoryNeed:
-    """Peak memory of one node training `shape` on a "cpu" or "cuda" device (the one function)."""
+def estimate(shape: ModelShape, device_type: str, *, overlap: bool = False) -> MemoryNeed:
+    """Peak memory of one node training `shape` on a "cpu" or "cuda" device (the one function);
+    `overlap`: join --overlap (averaging while training, see the module doc)."""
     p = shape.params
     tokens = shape.seq_len * shape.batch_size
     activations = tokens * (
@@ -126,6 +134,9 @@ def estimate(shape: ModelShape, device_type: str) -> MemoryNeed:
     compression = shape.compression if shape.compression in WIRE else "none"
     kept = p * (OUTER_STATE + ERROR_FEEDBACK[compression])
     averaging = _averaging(shape, compression)
+    if overlap:
+        averaging += p * OVERLAP_DELTA
+        training += p * EVAL_COPY
     if device_type == "cuda":
         return MemoryNeed(
             host=BASELINE_HOST + kept + averaging,
@@ -133,6 +144,8 @@ def estimate(shape: ModelShape, device_type: str) -> MemoryNeed:
             params=p,
             device_state=training - activations,
         )
+    if overlap:  # a training step and the background round at once
+        return MemoryNeed(host=BASELINE_HOST + kept + training + averaging, device=0, params=p)
     # on the CPU the peak is a training step's or the averaging's (no gradients then)
     averaging_phase = p * (WEIGHTS + ADAM_MOMENTS.get(shape.optimizer, 8)) + averaging
     return MemoryNeed(

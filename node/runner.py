@@ -32,9 +32,9 @@ def one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text}"
 
 
-def check_memory(spec, device, micro_batch: int | None = None) -> None:
+def check_memory(spec, device, micro_batch: int | None = None, *, overlap: bool = False) -> None:
     """Refuse, with one line, a run this machine cannot hold (node/memory.py's estimate);
-    activations are those of one micro-batch."""
+    activations are those of one micro-batch; `overlap`: join --overlap."""
     import dataclasses
 
     from . import memory
@@ -42,7 +42,7 @@ def check_memory(spec, device, micro_batch: int | None = None) -> None:
     shape = memory.shape_of(spec)
     if micro_batch:
         shape = dataclasses.replace(shape, batch_size=min(micro_batch, shape.batch_size))
-    need = memory.estimate(shape, device.type)
+    need = memory.estimate(shape, device.type, overlap=overlap)
     device_free = None
     if device.type == "cuda":
         import torch
@@ -124,7 +124,7 @@ def run_node(config: NodeConfig, stop: threading.Event) -> int:
             len(session.join.initial_peers),
             device,
         )
-        check_memory(spec, device, config.micro_batch)
+        check_memory(spec, device, config.micro_batch, overlap=config.overlap)
         try:
             mode = network_mode(
                 client,

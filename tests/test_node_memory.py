@@ -43,6 +43,22 @@ def test_a_gpu_node_keeps_training_state_on_the_gpu() -> None:
     assert gpu8.host == memory.BASELINE_HOST + 10**8 * (8 + 2 + 4) + largest * 12
 
 
+def test_overlap_holds_training_and_the_round_at_once_plus_two_copies() -> None:
+    shape = _shape(compression="blockwise8", seq_len=2048)
+    cpu, cpu_overlap = (memory.estimate(shape, "cpu", overlap=o) for o in (False, True))
+    tokens = 2048
+    activations = tokens * (12 * 768 * 230 + 65536 * 11 + 768 * 100)
+    training = 10**8 * 16 + activations
+    averaging = 10**8 * 4 + 65536 * 768 * 12
+    assert cpu.host == memory.BASELINE_HOST + 10**8 * 10 + training  # training is the peak
+    # both at once, plus Δ (4) and the validation model's weights (4)
+    assert cpu_overlap.host == memory.BASELINE_HOST + 10**8 * (10 + 8) + training + averaging
+    gpu, gpu_overlap = (memory.estimate(shape, "cuda", overlap=o) for o in (False, True))
+    assert gpu_overlap.host - gpu.host == 10**8 * 4  # Δ, on the host
+    assert gpu_overlap.device - gpu.device == 10**8 * 4  # the validation copy, on the GPU
+    assert gpu_overlap.device_state - gpu.device_state == 10**8 * 4
+
+
 def test_activations_grow_with_tokens() -> None:
     # (at 64 tokens the averaging peak, without gradients or activations, is the larger one)
     short, long = _shape(seq_len=2048), _shape(seq_len=4096)
