@@ -204,7 +204,9 @@ def run(args: argparse.Namespace, root: Path) -> dict:
          "--preset", "tiny", "--inner-steps", str(args.inner_steps),
          "--seq-len", str(args.seq_len), "--batch-size", str(args.batch_size),
          "--compression", args.compression, "--heartbeat-seconds", "2",
-         *(["--outer-lr", str(args.outer_lr)] if args.outer_lr else [])],
+         *(["--outer-lr", str(args.outer_lr)] if args.outer_lr else []),
+         *([] if args.outer_warmup_rounds is None
+           else ["--outer-warmup-rounds", str(args.outer_warmup_rounds)])],
         check=True, capture_output=True, timeout=300,
     )  # fmt: skip
     spec = load_run(run_dir).spec
@@ -310,6 +312,7 @@ def run(args: argparse.Namespace, root: Path) -> dict:
         "batch_size": spec.batch_size,
         "compression": spec.compression,
         "outer_lr": spec.outer.lr,
+        "outer_warmup_rounds": spec.outer.warmup_rounds,
         "overlap": args.overlap,
         "params": params,
         "network": ("netns+tbf " + RATE) if args.wan else ("netns" if net.measured else "loopback"),
@@ -355,7 +358,7 @@ def report(r: dict) -> str:
         f"{r['date']}: {r['nodes']} nodes + {r['late']} late, {r['rounds']} rounds of H = "
         f"{r['inner_steps']}, tiny ({r['params']:,} params), {r['seq_len']}x{r['batch_size']} "
         f"tokens/step, compression {r['compression']}, overlap {r['overlap']}, outer lr "
-        f"{r['outer_lr']}, network {r['network']}",
+        f"{r['outer_lr']} (warmup {r['outer_warmup_rounds']} rounds), network {r['network']}",
         f"val loss: swarm {r['val_loss']:.4f}, baseline {r['baseline_val_loss']:.4f} "
         f"({100 * r['val_loss_vs_baseline']:+.1f}%; baseline {r['baseline']['steps']} steps of "
         f"{r['baseline']['batch']} sequences)",
@@ -390,6 +393,7 @@ def main() -> None:
         "--compression", default=DEFAULT_COMPRESSION, choices=COMPRESSIONS, help="the run spec's"
     )
     parser.add_argument("--outer-lr", type=float, help="default: the preset's")
+    parser.add_argument("--outer-warmup-rounds", type=int, help="default: the preset's")
     parser.add_argument("--val-batches", type=int, default=32)
     parser.add_argument("--val-batch-size", type=int, default=8)
     parser.add_argument("--overlap", action="store_true", help="nodes run join --overlap")

@@ -27,7 +27,7 @@ from gpt5os.coordinator.data.cli import data  # noqa: E402
 from gpt5os.coordinator.keeper_auth import ensure_keeper_key  # noqa: E402
 from gpt5os.coordinator.limits import MAX_WATCHERS, NODE_BURST, NODE_RATE, Limits  # noqa: E402
 from gpt5os.coordinator.records import ApiError  # noqa: E402
-from gpt5os.coordinator.run_spec import COMPRESSIONS, PRESETS  # noqa: E402
+from gpt5os.coordinator.run_spec import COMPRESSIONS, OUTER_WARMUP_ROUNDS, PRESETS  # noqa: E402
 from gpt5os.coordinator.runs import RUN_FILE, create_run, load_run, update_spec  # noqa: E402
 from gpt5os.coordinator.store import DB_NAME, Store, StoreError  # noqa: E402
 from gpt5os.coordinator.swarm_key import ensure_coordinator_key  # noqa: E402
@@ -87,6 +87,13 @@ def _fail(e: BaseException) -> click.ClickException:
 @click.option("--inner-min-lr", type=click.FloatRange(min=0))
 @click.option("--inner-optimizer", "inner_name", type=click.Choice(["adamw", "adamw8bit"]))
 @click.option("--outer-lr", type=click.FloatRange(min=0, min_open=True))
+@click.option(
+    "--outer-warmup-rounds",
+    type=click.IntRange(min=0),
+    help="Rounds over which the outer momentum warms up from 0, so a run from a random model "
+    f"does not overshoot in its first rounds [default: {OUTER_WARMUP_ROUNDS}; 0: full momentum "
+    "from round 1, e.g. for a run from a trained --from-checkpoint].",
+)
 @click.option("--compression", type=click.Choice(COMPRESSIONS))
 @click.option("--seed", type=click.IntRange(min=0))
 @click.option(

@@ -75,11 +75,34 @@ class InnerOptimizerSpec:
 
 @dataclass(kw_only=True)
 class OuterOptimizerSpec:
-    """DiLoCo's outer Nesterov SGD (Douillard et al. 2023: lr 0.7, momentum 0.9)."""
+    """DiLoCo's outer Nesterov SGD (Douillard et al. 2023: lr 0.7, momentum 0.9), with its
+    momentum warmed up over a run's first rounds (`outer_schedule`)."""
 
     lr: float = 0.7
     momentum: float = 0.9
     nesterov: bool = True
+    # 0 (and a spec or peer from before the field): full momentum from round 1; new runs get
+    # OUTER_WARMUP_ROUNDS from their preset
+    warmup_rounds: int = 0
+
+
+def outer_schedule(outer: OuterOptimizerSpec, round_number: int) -> tuple[float, float]:
+    """(learning rate, momentum) of outer round `round_number` (1 for a run's first).
+
+    The momentum ramps from 0 in round 1 to its full value in round warmup_rounds + 1:
+    momentum × (r − 1) / warmup_rounds. A run from a random model makes its first pseudo-gradients
+    far larger than later ones; full Nesterov momentum steps 1.9 × the first and then replays it
+    in every later round (0.81 × in round 2), and θ_global overshoots (bench/RESULTS.md: the
+    validation loss rose from 7.05 to 11.38 in round 2 of the default bench; bench/outer_sim.py
+    compares settings). Round 1 then takes a plain SGD step, and its pseudo-gradient never enters
+    the momentum. The learning rate stays the same.
+
+    A pure function of the run spec and the round, so every member and the keeper step alike
+    (their θ_global stays bitwise equal)."""
+    w = outer.warmup_rounds
+    if w <= 0 or round_number > w:
+        return outer.lr, outer.momentum
+    return outer.lr, outer.momentum * max(0, round_number - 1) / w
 
 
 @dataclass(kw_only=True)
@@ -159,6 +182,13 @@ class RunSpec:
             raise ValueError("seed must be >= 0")
         if self.matchmaking_time_s <= 0 or self.averaging_timeout_s <= 0:
             raise ValueError("matchmaking_time_s and averaging_timeout_s must be > 0")
+        o = self.outer
+        if not (o.lr > 0 and 0 <= o.momentum < 1):
+            raise ValueError(f"need outer lr > 0 and 0 <= momentum < 1, got {o.lr}, {o.momentum}")
+        if not isinstance(o.warmup_rounds, int) or o.warmup_rounds < 0:
+            raise ValueError(
+                f"outer.warmup_rounds must be an integer >= 0, got {o.warmup_rounds!r}"
+            )
         r = self.robust
         if not (r.clip >= 1 and r.weight_cap >= 1 and r.send_factor > 1):
             raise ValueError(
@@ -282,6 +312,8 @@ PRESETS = tuple(_PRESETS)
 # DiLoCo's H (Douillard et al. 2023: 500) for the real presets; the tiny CPU preset rounds every
 # few steps so a 2-core laptop sees several rounds in minutes.
 INNER_STEPS = 500
+# Rounds over which a new run's outer momentum warms up (outer_schedule); bench/outer_sim.py
+OUTER_WARMUP_ROUNDS = 3
 TINY_INNER_STEPS = 16
 
 
@@ -309,6 +341,7 @@ def preset_spec(preset: str, *, run_id: str) -> RunSpec:
             seq_len=seq_len,
             batch_size=batch,
             inner=inner,
+            outer=OuterOptimizerSpec(warmup_rounds=OUTER_WARMUP_ROUNDS),
             inner_steps=TINY_INNER_STEPS,
         )
     tokens_per_step = seq_len * batch
@@ -328,6 +361,7 @@ def preset_spec(preset: str, *, run_id: str) -> RunSpec:
         seq_len=seq_len,
         batch_size=batch,
         inner=inner,
+        outer=OuterOptimizerSpec(warmup_rounds=OUTER_WARMUP_ROUNDS),
         inner_steps=INNER_STEPS,
         matchmaking_time_s=15.0,
         averaging_timeout_s=600.0,

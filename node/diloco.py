@@ -12,7 +12,7 @@ import threading
 from collections.abc import Iterator, Sequence
 
 import torch
-from gpt5os.coordinator.run_spec import OuterOptimizerSpec
+from gpt5os.coordinator.run_spec import OuterOptimizerSpec, outer_schedule
 from gpt5os.model.checkpoint import tensors_sha256
 
 __all__ = ["LivePseudoGradients", "OuterState", "tensors_sha256"]
@@ -50,6 +50,7 @@ class OuterState:
     """θ_global plus the outer optimizer's momentum; thread-safe against state-sharing requests."""
 
     def __init__(self, model: torch.nn.Module, outer: OuterOptimizerSpec) -> None:
+        self.spec = outer
         self.local_params = [p for p in model.parameters()]
         self.global_params = [
             p.detach().to("cpu", torch.float32).clone() for p in self.local_params
@@ -103,6 +104,10 @@ class OuterState:
             self.round += 1
             self.swarm_tokens += tokens
             self.group_size = group_size
+            # the round's outer lr and momentum (warmup): the same on every peer for a round
+            lr, momentum = outer_schedule(self.spec, self.round)
+            for group in self.optimizer.param_groups:
+                group["lr"], group["momentum"] = lr, momentum
             for i, g in enumerate(self.global_params):
                 old = g.clone() if delayed else None
                 g.grad = averaged[i].to(torch.float32).reshape(g.shape)

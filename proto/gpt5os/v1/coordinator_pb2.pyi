@@ -45,14 +45,16 @@ class InnerOptimizerSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., lr: _Optional[float] = ..., min_lr: _Optional[float] = ..., weight_decay: _Optional[float] = ..., beta1: _Optional[float] = ..., beta2: _Optional[float] = ..., eps: _Optional[float] = ..., warmup_tokens: _Optional[int] = ..., decay_tokens: _Optional[int] = ..., grad_clip: _Optional[float] = ...) -> None: ...
 
 class OuterOptimizerSpec(_message.Message):
-    __slots__ = ("lr", "momentum", "nesterov")
+    __slots__ = ("lr", "momentum", "nesterov", "warmup_rounds")
     LR_FIELD_NUMBER: _ClassVar[int]
     MOMENTUM_FIELD_NUMBER: _ClassVar[int]
     NESTEROV_FIELD_NUMBER: _ClassVar[int]
+    WARMUP_ROUNDS_FIELD_NUMBER: _ClassVar[int]
     lr: float
     momentum: float
     nesterov: bool
-    def __init__(self, lr: _Optional[float] = ..., momentum: _Optional[float] = ..., nesterov: _Optional[bool] = ...) -> None: ...
+    warmup_rounds: int
+    def __init__(self, lr: _Optional[float] = ..., momentum: _Optional[float] = ..., nesterov: _Optional[bool] = ..., warmup_rounds: _Optional[int] = ...) -> None: ...
 
 class RobustSpec(_message.Message):
     __slots__ = ("clip", "weight_cap", "max_claim_rounds", "send_factor")
