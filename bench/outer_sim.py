@@ -123,6 +123,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--setting", action="append", default=[], type=parse_setting)
     parser.add_argument("--no-baseline", action="store_true")
+    parser.add_argument("--only-baseline", action="store_true", help="(run beside a sim)")
     args = parser.parse_args()
 
     import torch
@@ -156,7 +157,7 @@ def main() -> None:
 
         return schedule
 
-    for setting in args.setting or [{}]:
+    for setting in [] if args.only_baseline else args.setting or [{}]:
         setting = dict(setting)
         kind = setting.pop("kind", "momentum")
         if kind not in ("momentum", "lr", "both"):

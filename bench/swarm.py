@@ -205,6 +205,7 @@ def run(args: argparse.Namespace, root: Path) -> dict:
          "--seq-len", str(args.seq_len), "--batch-size", str(args.batch_size),
          "--compression", args.compression, "--heartbeat-seconds", "2",
          *(["--outer-lr", str(args.outer_lr)] if args.outer_lr else []),
+         *([] if args.outer_momentum is None else ["--outer-momentum", str(args.outer_momentum)]),
          *([] if args.outer_warmup_rounds is None
            else ["--outer-warmup-rounds", str(args.outer_warmup_rounds)])],
         check=True, capture_output=True, timeout=300,
@@ -312,6 +313,7 @@ def run(args: argparse.Namespace, root: Path) -> dict:
         "batch_size": spec.batch_size,
         "compression": spec.compression,
         "outer_lr": spec.outer.lr,
+        "outer_momentum": spec.outer.momentum,
         "outer_warmup_rounds": spec.outer.warmup_rounds,
         "overlap": args.overlap,
         "params": params,
@@ -358,7 +360,8 @@ def report(r: dict) -> str:
         f"{r['date']}: {r['nodes']} nodes + {r['late']} late, {r['rounds']} rounds of H = "
         f"{r['inner_steps']}, tiny ({r['params']:,} params), {r['seq_len']}x{r['batch_size']} "
         f"tokens/step, compression {r['compression']}, overlap {r['overlap']}, outer lr "
-        f"{r['outer_lr']} (warmup {r['outer_warmup_rounds']} rounds), network {r['network']}",
+        f"{r['outer_lr']} momentum {r['outer_momentum']} (warmup {r['outer_warmup_rounds']} "
+        f"rounds), network {r['network']}",
         f"val loss: swarm {r['val_loss']:.4f}, baseline {r['baseline_val_loss']:.4f} "
         f"({100 * r['val_loss_vs_baseline']:+.1f}%; baseline {r['baseline']['steps']} steps of "
         f"{r['baseline']['batch']} sequences)",
@@ -393,6 +396,7 @@ def main() -> None:
         "--compression", default=DEFAULT_COMPRESSION, choices=COMPRESSIONS, help="the run spec's"
     )
     parser.add_argument("--outer-lr", type=float, help="default: the preset's")
+    parser.add_argument("--outer-momentum", type=float, help="default: the preset's")
     parser.add_argument("--outer-warmup-rounds", type=int, help="default: the preset's")
     parser.add_argument("--val-batches", type=int, default=32)
     parser.add_argument("--val-batch-size", type=int, default=8)

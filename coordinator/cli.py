@@ -87,6 +87,7 @@ def _fail(e: BaseException) -> click.ClickException:
 @click.option("--inner-min-lr", type=click.FloatRange(min=0))
 @click.option("--inner-optimizer", "inner_name", type=click.Choice(["adamw", "adamw8bit"]))
 @click.option("--outer-lr", type=click.FloatRange(min=0, min_open=True))
+@click.option("--outer-momentum", type=click.FloatRange(min=0, max=1, max_open=True))
 @click.option(
     "--outer-warmup-rounds",
     type=click.IntRange(min=0),

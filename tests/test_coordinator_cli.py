@@ -269,11 +269,12 @@ def test_init_options_and_errors(tmp_path: Path) -> None:
     r = cli("init", "--dir", str(run_dir), "--data", str(data), "--preset", "tiny", "--seq-len", "256",
             "--inner-steps", "8", "--inner-lr", "0.001", "--compression", "none", "--seed", "7",
             "--lease-seconds", "30", "--heartbeat-seconds", "3", "--run-id", "my-run",
-            "--val-batches", "3", "--outer-lr", "0.5", "--outer-warmup-rounds", "5")  # fmt: skip
+            "--val-batches", "3", "--outer-lr", "0.5", "--outer-momentum", "0.6",
+            "--outer-warmup-rounds", "5")  # fmt: skip
     assert r.returncode == 0, r.stderr
     spec = json.loads((run_dir / "run.json").read_text())
     assert spec["spec"]["outer"] == {
-        "lr": 0.5, "momentum": 0.9, "nesterov": True, "warmup_rounds": 5
+        "lr": 0.5, "momentum": 0.6, "nesterov": True, "warmup_rounds": 5
     }  # fmt: skip
     assert spec["spec"]["run_id"] == "my-run" and spec["spec"]["seq_len"] == 256
     assert spec["spec"]["inner"]["lr"] == 0.001 and spec["spec"]["compression"] == "none"
