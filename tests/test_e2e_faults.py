@@ -185,7 +185,13 @@ def test_node_rides_out_a_coordinator_kill9_and_restart(tmp_path: Path, data_dir
             return [r for r in db.reports(node_id) if r["round"] not in before]
 
         new = wait_for(reported_again, 600, "a round report at the restarted coordinator", 0.5)
-        assert db.node(node_id)["last_seen_unix"] >= up_at  # heartbeats reach it too
+        # heartbeats reach it too (after the node's backoff, which may outlast a short round)
+        wait_for(
+            lambda: db.node(node_id)["last_seen_unix"] >= up_at,
+            120,
+            "a heartbeat at the restarted coordinator",
+            0.5,
+        )
         rc = proc.wait(600)
         assert_clean_exit(proc, rc)
         assert_counted_once(db)
