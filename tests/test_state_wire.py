@@ -11,6 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from gpt5os.common.log_limit import LogLimit
 from gpt5os.node.diloco import tensors_sha256
 from gpt5os.node.state_sync import Adopted, NotAdopted, StateSync, Target
 from gpt5os.node.state_wire import (
@@ -143,6 +144,7 @@ def _server(limit: int, sharing: bool = True) -> SimpleNamespace:
     return SimpleNamespace(
         allow_state_sharing=sharing,
         _serving=ServeSlots(limit=limit),
+        _refusals=LogLimit(),
         serializer=MSGPackSerializer,
         _get_current_state_from_host_process=current_state,
     )
@@ -286,6 +288,7 @@ def _download_from(server: SimpleNamespace, problem: str = ""):
         _averaged_tensors=[None],  # θ_global is the first tensor
         serializer=MSGPackSerializer,
         source_problem=lambda meta, peer: problem,
+        _refusals=LogLimit(),
     )
     future = MPFuture()
     download = PseudoGradientAverager._download_state_from
